@@ -1,0 +1,232 @@
+"""The parsed configuration: frozen values, built once by the loader and never mutated.
+
+Runtime state (health, counters, admin changes at run time) lives elsewhere
+(``balancing.state``); these objects only say what the operator wrote, with defaults filled in.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+# Defaults, with their precedent.
+DEFAULT_CONNECT_TIMEOUT = 5.0  # HAProxy examples use `timeout connect 5s`
+DEFAULT_HEADER_TIMEOUT = 10.0  # Pound `Client` 10 s; HAProxy `timeout http-request` 10s typical
+DEFAULT_CLIENT_IDLE_TIMEOUT = 60.0  # HAProxy `timeout http-keep-alive` falls back to client 60s
+DEFAULT_SERVER_TIMEOUT = 60.0  # HAProxy `timeout server` in the shipped examples
+DEFAULT_TUNNEL_TIMEOUT = 600.0  # Pound `WSTimeOut` 600 s
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # same budget as the request head
+DEFAULT_GRACE = 30.0  # in-flight requests get this long after SIGTERM (HAProxy hard-stop-after)
+DEFAULT_CHECK_INTERVAL = 2.0  # HAProxy DEF_CHKINTR 2000 ms
+DEFAULT_CHECK_RISE = 2  # HAProxy DEF_RISETIME
+DEFAULT_CHECK_FALL = 3  # HAProxy DEF_FALLTIME
+DEFAULT_CHECK_TIMEOUT = 1.0  # below the interval so a check never overlaps the next one
+DEFAULT_SOURCE_TIMEOUT = 300.0  # stick-table `expire 5m` in HAProxy's examples
+DEFAULT_SOURCE_MASK4 = 24  # the appliance's "source IP /24"
+DEFAULT_SOURCE_MASK6 = 64
+DEFAULT_SOURCE_TABLE_SIZE = 100_000  # bounded like a stick-table `size 100k`
+DEFAULT_STATE_DIR = "./lbproxy-state"
+
+
+class Mode(enum.Enum):
+    HTTP = "http"
+
+
+class Balance(enum.Enum):
+    ROUNDROBIN = "roundrobin"
+    LEASTCONN = "leastconn"
+    SOURCE = "source"
+
+
+class AdminState(enum.Enum):
+    """What the operator asked for; health (up/down) is separate runtime state."""
+
+    READY = "ready"
+    DRAIN = "drain"  # no new clients; persistent clients still served
+    MAINT = "maint"  # no traffic at all
+
+
+class Verify(enum.Enum):
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host (IPv4, IPv6 without brackets, or a name) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSpec:
+    """One certificate file (PEM bundle, or leaf with a sidecar ``.key``) or a directory."""
+
+    path: str
+    default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    # Empty means: a self-signed certificate made on first start under global.state_dir.
+    certificates: tuple[CertificateSpec, ...] = ()
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    ciphers: str | None = None  # OpenSSL cipher string for TLS <= 1.2; None = Mozilla intermediate
+    ciphersuites: str | None = None  # TLS 1.3 suites; None = Mozilla intermediate
+    client_ca: str | None = None
+    verify: Verify = Verify.NONE
+    strict_sni: bool = False  # unknown SNI -> handshake failure instead of the default cert
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    address: Address
+    tls: TlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    header: float = DEFAULT_HEADER_TIMEOUT
+    client_idle: float = DEFAULT_CLIENT_IDLE_TIMEOUT
+    server: float = DEFAULT_SERVER_TIMEOUT
+    tunnel: float = DEFAULT_TUNNEL_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    label: str  # the persistence cookie value and the name in logs and stats
+    address: Address
+    weight: int = 1  # 0 = drain (HAProxy: no new sessions, persistent ones still served)
+    state: AdminState = AdminState.READY
+    check_address: Address | None = None  # health checks go here instead, when set
+    backup: bool = False  # the fallback server
+
+
+@dataclass(frozen=True, slots=True)
+class CookiePersistence:
+    """HAProxy ``cookie NAME insert indirect nocache`` with ``attr``-style options."""
+
+    name: str = "SERVERID"
+    httponly: bool = False
+    secure: bool | None = None  # None: on for requests that arrived over TLS
+    samesite: str | None = None  # "Strict" | "Lax" | "None"
+    domain: str | None = None
+    path: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePersistence:
+    timeout: float = DEFAULT_SOURCE_TIMEOUT
+    mask4: int = DEFAULT_SOURCE_MASK4
+    mask6: int = DEFAULT_SOURCE_MASK6
+    size: int = DEFAULT_SOURCE_TABLE_SIZE
+
+
+Persistence = CookiePersistence | SourcePersistence
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCheck:
+    path: str = "/"
+    method: str = "GET"
+    expect: int = 200
+    body: str | None = None  # substring the response body must contain
+    host: str | None = None  # Host header; default: the server address
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    enabled: bool = True
+    interval: float = DEFAULT_CHECK_INTERVAL
+    rise: int = DEFAULT_CHECK_RISE
+    fall: int = DEFAULT_CHECK_FALL
+    timeout: float = DEFAULT_CHECK_TIMEOUT
+    http: HttpCheck | None = None  # None: TCP connect check
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A set of real servers with how to choose among them (HAProxy backend)."""
+
+    name: str
+    real_servers: tuple[RealServer, ...]
+    balance: Balance = Balance.ROUNDROBIN
+    fallback: RealServer | None = None  # label "fallback"; used only when no real server can
+    persistence: Persistence | None = None
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+
+    def server(self, label: str) -> RealServer | None:
+        for server in self.real_servers:
+            if server.label == label:
+                return server
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str  # lower-case
+    value: str | None = None  # None: the header is present; else exact value
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """URL switching: every condition given must match; the first matching rule wins."""
+
+    pool: str
+    host: str | None = None  # lower-case, no port; "*.example.com" matches one label or more
+    path_prefix: str | None = None
+    path_regex: re.Pattern[str] | None = None
+    header: HeaderMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    """One virtual server: where it listens, how it routes, its own pool (HAProxy frontend)."""
+
+    label: str
+    binds: tuple[Bind, ...]
+    pool: Pool  # the default pool, named after the virtual service
+    mode: Mode = Mode.HTTP
+    forwardfor: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    rules: tuple[Rule, ...] = ()
+    redirect_to_https: bool = False
+    hsts: float | None = None  # max-age in seconds, sent on TLS responses only
+    rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSettings:
+    bind: Address
+    path: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalSettings:
+    state_dir: str = DEFAULT_STATE_DIR
+    grace: float = DEFAULT_GRACE
+    log_level: str = "info"
+    access_log: bool = True
+    stats: StatsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    virtual_servers: tuple[VirtualService, ...]
+    pools: dict[str, Pool] = field(default_factory=dict)  # named pools referenced by rules
+    global_: GlobalSettings = field(default_factory=GlobalSettings)
+    source: str = "<embedded>"  # the file it came from, for messages
+
+    def all_pools(self) -> list[Pool]:
+        """Every pool once: each virtual server's own, then the named ones."""
+        return [vs.pool for vs in self.virtual_servers] + list(self.pools.values())

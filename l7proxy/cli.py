@@ -1,0 +1,102 @@
+"""The ``lbproxy`` command: run, check, demo, and the certificate toolkit.
+
+Exit status: 0 success, 1 bad input (a clear one-line cause on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from . import certcmd
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lbproxy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from config.loader import ConfigError, load_file
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    count = len(config.virtual_servers)
+    print(f"{args.config}: configuration is valid ({count} virtual server(s))")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from config.loader import ConfigError, load_file
+
+    from . import app
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return app.run(config, config_path=args.config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run_demo(
+        http_port=args.port, https_port=args.tls_port, stats_port=args.stats_port
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbproxy",
+        description="Layer-7 load balancer with TLS termination (HAProxy + Pound in one process).",
+    )
+    parser.add_argument("--version", action="version", version=f"lbproxy {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the proxy from a YAML configuration file")
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="check a configuration file and exit (like haproxy -c)")
+    check.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    check.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser(
+        "demo", help="run an embedded demo: two real servers, HTTP, HTTPS and the stats page"
+    )
+    demo.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    demo.add_argument("--tls-port", type=int, default=8443, help="HTTPS port (default 8443)")
+    demo.add_argument("--stats-port", type=int, default=8404, help="stats port (default 8404)")
+    demo.set_defaults(func=_cmd_demo)
+
+    certcmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on usage errors, 0 on --help/--version
+        return int(exit_.code or 0)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
