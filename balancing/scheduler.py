@@ -1,0 +1,126 @@
+"""choose(): persistence, then the pool's algorithm, then the fallback, else NoServerAvailable.
+
+Pure and synchronous: the connection code calls it once per attempt, passing the labels it has
+already tried in ``exclude``. Because nothing here awaits, looking up the source table and
+recording a new entry happen in one step, so two first requests from one client cannot land on
+different servers.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from config.model import Balance, CookiePersistence, SourcePersistence
+
+from .algorithms import Candidate
+from .persistence import source_key
+from .state import PoolState, ServerState
+
+
+class Reason(enum.Enum):
+    """Why a server was chosen; logged with every request."""
+
+    COOKIE = "cookie"
+    SOURCE = "source"
+    HASH = "hash"
+    BALANCE = "balance"
+    REDISPATCH = "redispatch"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    server: ServerState
+    reason: Reason
+    insert_cookie: bool  # response carries Set-Cookie with server.label
+    clear_cookie: bool  # response expires the cookie (fallback responses, as HAProxy does)
+
+
+class NoServerAvailable(Exception):
+    """No real server and no fallback can take the request: answer 503."""
+
+
+def _hash_key(client_ip: str) -> str:
+    # `balance source` hashes the whole address; IPv4-mapped IPv6 is the IPv4 client.
+    try:
+        addr = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return client_ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _balance(pool: PoolState, candidates: list[ServerState], client_ip: str) -> ServerState:
+    if pool.balance is Balance.SOURCE:
+        servers = [(s.label, s.weight) for s in pool.servers]
+        label = pool.ring.pick(
+            _hash_key(client_ip), servers, frozenset(s.label for s in candidates)
+        )
+    else:
+        cands = [Candidate(s.label, s.weight, s.counters.active) for s in candidates]
+        if pool.balance is Balance.LEASTCONN:
+            label = pool.least_conn.pick(cands)
+        else:
+            label = pool.round_robin.pick(cands)
+    chosen = pool.server(label)
+    assert chosen is not None
+    return chosen
+
+
+def choose(
+    pool: PoolState,
+    *,
+    cookie_label: str | None,
+    client_ip: str,
+    now: float,
+    exclude: frozenset[str] = frozenset(),
+) -> Choice:
+    """Pick the server for one attempt of one request.
+
+    ``cookie_label`` is what ``persistence.read_cookie`` found (None: no valid cookie);
+    ``exclude`` holds the labels already tried for this request. Raises NoServerAvailable.
+    """
+    persistence = pool.pool.persistence
+    cookie_mode = isinstance(persistence, CookiePersistence)
+    redispatch = False
+
+    if cookie_mode and cookie_label is not None:
+        held = pool.server(cookie_label)
+        if held is not None:
+            if held.label not in exclude and held.accepts_sticky():
+                return Choice(held, Reason.COOKIE, insert_cookie=False, clear_cookie=False)
+            redispatch = True
+        # An unknown label is no cookie at all: normal balancing, and a new cookie.
+
+    key: str | None = None
+    if isinstance(persistence, SourcePersistence) and pool.source_table is not None:
+        key = source_key(client_ip, persistence.mask4, persistence.mask6)
+        label = pool.source_table.lookup(key, now)
+        if label is not None:
+            held = pool.server(label)
+            if held is not None and held.label not in exclude and held.accepts_sticky():
+                return Choice(held, Reason.SOURCE, insert_cookie=False, clear_cookie=False)
+            redispatch = redispatch or held is not None
+
+    candidates = [s for s in pool.servers if s.label not in exclude and s.accepts_new()]
+    if candidates:
+        chosen = _balance(pool, candidates, client_ip)
+        if redispatch:
+            reason = Reason.REDISPATCH
+        elif pool.balance is Balance.SOURCE:
+            reason = Reason.HASH
+        else:
+            reason = Reason.BALANCE
+        if key is not None and pool.source_table is not None:
+            pool.source_table.record(key, chosen.label, now)
+        return Choice(chosen, reason, insert_cookie=cookie_mode, clear_cookie=False)
+
+    fallback = pool.fallback
+    if fallback is not None and fallback.label not in exclude and fallback.accepts_sticky():
+        # Never recorded in the source table and the cookie is cleared: clients go back to the
+        # real servers as soon as one recovers.
+        return Choice(fallback, Reason.FALLBACK, insert_cookie=False, clear_cookie=cookie_mode)
+    raise NoServerAvailable(f"no server available in pool {pool.pool.name}")

@@ -1,0 +1,202 @@
+"""Runtime state of pools and real servers: health, admin state, weight, counters.
+
+The config objects are frozen; everything that changes while the proxy runs lives here, owned by
+the trio thread. Nothing here awaits, so a read and the write that depends on it are atomic.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from config.model import (
+    Address,
+    AdminState,
+    Balance,
+    HealthCheck,
+    Pool,
+    RealServer,
+    SourcePersistence,
+)
+
+from .algorithms import HashRing, LeastConnections, SmoothRoundRobin
+from .persistence import SourceTable
+
+RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+
+
+class Health(enum.Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+def _response_slots() -> dict[str, int]:
+    return dict.fromkeys(RESPONSE_CLASSES, 0)
+
+
+@dataclass
+class ServerCounters:
+    """Per-server statistics, in the spirit of HAProxy's stats CSV columns."""
+
+    total: int = 0
+    active: int = 0
+    max_active: int = 0
+    failures_connect: int = 0
+    failures_response: int = 0
+    retries: int = 0
+    redispatches: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    responses: dict[str, int] = field(default_factory=_response_slots)
+    check_status: str = ""  # L4OK L4TOUT L4CON L7OK L7STS L7RSP L7TOUT
+    check_desc: str = ""  # "connection refused", "timeout", "status 500 (expected 200)"
+    check_duration: float | None = None
+    last_change: float = 0.0
+
+    def record_response(self, status: int) -> None:
+        key = f"{status // 100}xx" if 100 <= status <= 599 else "other"
+        self.responses[key] += 1
+
+
+class ServerState:
+    """One real server (or the fallback) at run time."""
+
+    def __init__(
+        self, server: RealServer, pool_name: str, check: HealthCheck, *, fallback: bool = False
+    ) -> None:
+        self.server = server
+        self.pool_name = pool_name
+        self.check = check
+        self.is_fallback = fallback
+        # Servers start UP, as in HAProxy: a dead one is taken out by its checks (or at once by
+        # refused connects from live traffic), a live one takes traffic from the first request.
+        self.health = Health.UP
+        self.admin = server.state
+        self.weight = server.weight
+        self.counters = ServerCounters()
+        # Consecutive check results in the current direction, for rise/fall hysteresis.
+        self.consecutive_ok = 0
+        self.consecutive_fail = 0
+        self.pool: PoolState | None = None  # set by PoolState; used for "N active left"
+
+    @property
+    def label(self) -> str:
+        return self.server.label
+
+    @property
+    def address(self) -> Address:
+        return self.server.address
+
+    def accepts_new(self) -> bool:
+        """May be chosen for a client that is not bound to it."""
+        return self.health is Health.UP and self.admin is AdminState.READY and self.weight > 0
+
+    def accepts_sticky(self) -> bool:
+        """May serve a client bound to it: drain and weight 0 still serve their holders."""
+        return self.health is Health.UP and self.admin is not AdminState.MAINT
+
+    def status_text(self) -> str:
+        """One word for stats pages: MAINT, DOWN, DRAIN or UP (HAProxy's precedence)."""
+        if self.admin is AdminState.MAINT:
+            return "MAINT"
+        if self.health is Health.DOWN:
+            return "DOWN"
+        if self.admin is AdminState.DRAIN or self.weight == 0:
+            return "DRAIN"
+        return "UP"
+
+    def set_admin(self, admin: AdminState, now: float) -> None:
+        if admin is not self.admin:
+            self.admin = admin
+            self.counters.last_change = now
+
+    def set_weight(self, weight: int) -> None:
+        self.weight = max(weight, 0)
+
+    def row(self) -> dict[str, object]:
+        c = self.counters
+        return {
+            "pool": self.pool_name,
+            "label": self.label,
+            "address": str(self.address),
+            "fallback": self.is_fallback,
+            "status": self.status_text(),
+            "health": self.health.value,
+            "admin": self.admin.value,
+            "weight": self.weight,
+            "total": c.total,
+            "active": c.active,
+            "max_active": c.max_active,
+            "failures_connect": c.failures_connect,
+            "failures_response": c.failures_response,
+            "retries": c.retries,
+            "redispatches": c.redispatches,
+            "bytes_in": c.bytes_in,
+            "bytes_out": c.bytes_out,
+            "responses": dict(c.responses),
+            "check_status": c.check_status,
+            "check_desc": c.check_desc,
+            "check_duration": c.check_duration,
+            "last_change": c.last_change,
+        }
+
+
+class PoolState:
+    """A pool at run time: its servers' states, the algorithm's cursors, the source table."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        check = pool.health_check
+        self.servers = [ServerState(s, pool.name, check) for s in pool.real_servers]
+        self.fallback = (
+            ServerState(pool.fallback, pool.name, check, fallback=True) if pool.fallback else None
+        )
+        for state in self.all_states():
+            state.pool = self
+        self._by_label = {s.label: s for s in self.servers}
+        self.round_robin = SmoothRoundRobin()
+        self.least_conn = LeastConnections()
+        self.ring = HashRing()
+        persistence = pool.persistence
+        self.source_table = (
+            SourceTable(persistence.size, persistence.timeout)
+            if isinstance(persistence, SourcePersistence)
+            else None
+        )
+
+    @property
+    def balance(self) -> Balance:
+        return self.pool.balance
+
+    def all_states(self) -> list[ServerState]:
+        """Real servers in config order, then the fallback."""
+        return self.servers + ([self.fallback] if self.fallback else [])
+
+    def server(self, label: str) -> ServerState | None:
+        """A real server by label (never the fallback: it has no cookie)."""
+        return self._by_label.get(label)
+
+    def usable_count(self) -> int:
+        """Real servers that are up and not in maintenance ("N active left" in logs)."""
+        return sum(
+            1 for s in self.servers if s.health is Health.UP and s.admin is not AdminState.MAINT
+        )
+
+    def begin(self, state: ServerState) -> None:
+        c = state.counters
+        c.total += 1
+        c.active += 1
+        c.max_active = max(c.max_active, c.active)
+
+    def end(self, state: ServerState) -> None:
+        c = state.counters
+        c.active = max(c.active - 1, 0)
+
+    def statistics(self) -> list[dict[str, object]]:
+        return [s.row() for s in self.all_states()]
+
+
+def new_states(pools: Iterable[Pool]) -> dict[str, PoolState]:
+    """Fresh runtime state for every pool, keyed by pool name."""
+    return {pool.name: PoolState(pool) for pool in pools}
