@@ -1,0 +1,259 @@
+"""Process plumbing for the benchmarks: tools, ports, child processes, CPU accounting.
+
+Every child is started in its own session so that stopping it also stops the workers it forked
+(nginx master + worker), and every wait here has a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# How long a server gets to answer its first request: nginx and HAProxy take milliseconds,
+# lbproxy imports trio/h11/cryptography and may build TLS contexts, a second or two.
+READY_TIMEOUT = 20.0
+READY_POLL = 0.1
+# SIGTERM, then this long before SIGKILL: nginx fast shutdown and HAProxy stop at once; lbproxy's
+# grace applies only to in-flight requests, of which there are none between runs.
+STOP_TIMEOUT = 10.0
+# apt-get can be slow on a cold cache; bounded so the harness never hangs on the network.
+APT_UPDATE_TIMEOUT = 300.0
+APT_INSTALL_TIMEOUT = 600.0
+# One probe request during the readiness check.
+PROBE_TIMEOUT = 2.0
+LOG_TAIL_LINES = 20
+
+
+class BenchError(Exception):
+    """A problem to report to the user in one line and exit 1."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def find_tool(name: str) -> str | None:
+    """The tool on PATH, or in the sbin directories a non-root PATH often lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def ensure_tools(names: list[str]) -> dict[str, str | None]:
+    """Find each tool; when some are missing and we are root, apt-get install them once."""
+    found = {name: find_tool(name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        say(f"installing missing tools: {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        # RUNLEVEL=1 keeps the packages' maintainer scripts from starting system nginx/haproxy
+        # services we did not ask for (invoke-rc.d honours it).
+        env["RUNLEVEL"] = "1"
+        try:
+            subprocess.run(
+                ["apt-get", "update"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=APT_UPDATE_TIMEOUT,
+                check=False,
+            )
+            for name in missing:
+                # One at a time: a package that is unavailable must not block the others.
+                subprocess.run(
+                    ["apt-get", "install", "-y", "--no-install-recommends", name],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=APT_INSTALL_TIMEOUT,
+                    check=False,
+                )
+        except subprocess.TimeoutExpired:
+            say("package installation timed out")
+        found = {name: find_tool(name) for name in names}
+    return found
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the small race until the server binds is accepted:
+    every server is checked for readiness before it is measured)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinning(cpu: int | None) -> Callable[[], None] | None:
+    """A preexec hook pinning the child (and what it forks) to one CPU, if that CPU exists."""
+    if cpu is None or cpu not in os.sched_getaffinity(0):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def start(
+    name: str,
+    argv: list[str],
+    *,
+    workdir: Path,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Start ``argv`` in its own session with output to ``workdir/name.log``."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pinning(cpu),
+            env=env,
+        )
+    return Child(name, popen, log)
+
+
+def stop(child: Child, first_signal: int = signal.SIGTERM) -> None:
+    """Stop the child and everything in its session; SIGKILL after STOP_TIMEOUT."""
+    pgid = child.pid  # start_new_session made it the group leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, first_signal)
+    try:
+        child.popen.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        child.popen.wait(timeout=STOP_TIMEOUT)
+    # Workers that outlived their master (they should not) go too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _client_tls() -> ssl.SSLContext:
+    # The harness made the certificate itself a moment ago, for 127.0.0.1 only.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fetch(port: int, path: str, *, tls: bool) -> tuple[int, bytes]:
+    """One GET to 127.0.0.1:port; returns status and body."""
+    connection: http.client.HTTPConnection
+    if tls:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=PROBE_TIMEOUT, context=_client_tls()
+        )
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def wait_ready(child: Child, port: int, path: str, expect_len: int, *, tls: bool) -> None:
+    """Wait until ``path`` answers 200 with ``expect_len`` bytes; BenchError otherwise."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with status {child.popen.returncode}")
+        try:
+            status, body = fetch(port, path, tls=tls)
+        except (OSError, http.client.HTTPException) as error:
+            last = f"{type(error).__name__}: {error}"
+        else:
+            if status == 200 and len(body) == expect_len:
+                return
+            last = f"status {status}, {len(body)} bytes instead of 200 and {expect_len}"
+        time.sleep(READY_POLL)
+    raise BenchError(f"{child.name} not ready after {READY_TIMEOUT:.0f}s ({last})")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields start after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (nginx workers, for instance)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of pid and its descendants, from /proc/PID/stat."""
+    ticks = 0
+    for member in descendants(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])  # stat fields 14 and 15
+    return ticks / CLOCK_TICKS
+
+
+def repin(pid: int, cpu: int) -> None:
+    """Move pid and its descendants to one CPU (the backend changes core between phases)."""
+    if cpu not in os.sched_getaffinity(0):
+        return
+    for member in descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(member, {cpu})

@@ -1,0 +1,176 @@
+"""Tables and ratios from the measurements (pure: values in, text out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadgen import Result
+
+# Issue 4: new TLS handshakes per second at least three quarters of HAProxy's.
+HANDSHAKE_TARGET = 0.75
+
+CASE_TITLES = {
+    "plain": "plain HTTP, keep-alive",
+    "tls": "HTTPS, keep-alive (RSA-2048 certificate)",
+    "handshake": "new TLS handshake per request (Connection: close)",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str  # plain | tls | handshake
+    variant: str  # the file size, or for handshakes the key type
+    target: str  # direct | lbproxy | haproxy | nginx
+    result: Result | None = None
+    cpu_seconds: float = 0.0  # of the measured server process and its children
+    note: str = ""  # why there is no result, or what went wrong
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.result is None or self.result.requests == 0:
+            return None
+        return self.cpu_seconds * 1e6 / self.result.requests
+
+    @property
+    def cpu_share(self) -> float | None:
+        """CPU seconds per wall second: near 1.0 means the server's core was the bottleneck."""
+        if self.result is None or self.result.seconds <= 0:
+            return None
+        return self.cpu_seconds / self.result.seconds
+
+    def as_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "case": self.case,
+            "variant": self.variant,
+            "target": self.target,
+            "note": self.note,
+        }
+        if self.result is not None:
+            data.update(
+                requests_per_second=round(self.result.rps, 1),
+                requests=self.result.requests,
+                p50_us=self.result.p50_us,
+                p99_us=self.result.p99_us,
+                socket_errors=self.result.socket_errors,
+                bad_status=self.result.bad_status,
+                cpu_us_per_request=self.cpu_us_per_request,
+                cpu_share=self.cpu_share,
+            )
+        return data
+
+
+def latency(us: float) -> str:
+    """wrk-style units: microseconds below 1 ms, milliseconds below 1 s, else seconds."""
+    if us < 1000:
+        return f"{us:.0f}us"
+    if us < 1_000_000:
+        return f"{us / 1000:.2f}ms"
+    return f"{us / 1_000_000:.2f}s"
+
+
+def _cell(row: Row) -> list[str]:
+    if row.result is None:
+        return [row.variant, row.target, "-", "-", "-", "-", "-", "-", row.note]
+    res = row.result
+    per_req = row.cpu_us_per_request
+    share = row.cpu_share
+    return [
+        row.variant,
+        row.target,
+        f"{res.rps:,.0f}",
+        latency(res.p50_us),
+        latency(res.p99_us),
+        str(res.errors),
+        "-" if per_req is None else f"{per_req:.1f}",
+        "-" if share is None else f"{share * 100:.0f}%",
+        row.note,
+    ]
+
+
+HEADER = ["size/key", "server", "req/s", "p50", "p99", "errors", "CPU us/req", "CPU", "note"]
+RIGHT = {2, 3, 4, 5, 6, 7}
+
+
+def table(rows: list[Row]) -> str:
+    cells = [HEADER] + [_cell(row) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
+    lines = []
+    for line in cells:
+        parts = [
+            text.rjust(widths[i]) if i in RIGHT else text.ljust(widths[i])
+            for i, text in enumerate(line)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _find(rows: list[Row], variant: str, target: str) -> Row | None:
+    for row in rows:
+        if row.variant == variant and row.target == target and row.result is not None:
+            return row
+    return None
+
+
+def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
+    """req/s of numerator over denominator, when both ran and the denominator did work."""
+    if numerator is None or denominator is None:
+        return None
+    assert numerator.result is not None and denominator.result is not None
+    if denominator.result.rps == 0:
+        return None
+    return numerator.result.rps / denominator.result.rps
+
+
+def ratio_lines(case: str, rows: list[Row]) -> list[str]:
+    """``lbproxy/X`` for every other server, per size or key type; a '*' marks runs with errors."""
+    lines = []
+    variants = list(dict.fromkeys(row.variant for row in rows))
+    for variant in variants:
+        ours = _find(rows, variant, "lbproxy")
+        parts = []
+        for other in ("direct", "haproxy", "nginx"):
+            theirs = _find(rows, variant, other)
+            value = ratio(ours, theirs)
+            if value is None:
+                continue
+            assert ours is not None and theirs is not None
+            flawed = ours.result is not None and ours.result.errors > 0
+            flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
+            text = f"lbproxy/{other} {value:.2f}{'*' if flawed else ''}"
+            if case == "handshake" and other == "haproxy":
+                verdict = "meets" if value >= HANDSHAKE_TARGET else "below"
+                text += f" ({verdict} the {HANDSHAKE_TARGET} target)"
+            parts.append(text)
+        cpu = _cpu_ratio(ours, _find(rows, variant, "haproxy"))
+        if cpu is not None:
+            parts.append(f"CPU/req lbproxy/haproxy {cpu:.1f}x")
+        if parts:
+            lines.append(f"  {variant}: " + ", ".join(parts))
+        elif ours is None:
+            lines.append(f"  {variant}: no lbproxy figure")
+    return lines
+
+
+def _cpu_ratio(ours: Row | None, theirs: Row | None) -> float | None:
+    if ours is None or theirs is None:
+        return None
+    mine, other = ours.cpu_us_per_request, theirs.cpu_us_per_request
+    if mine is None or other is None or other == 0:
+        return None
+    return mine / other
+
+
+def render(rows: list[Row], *, seconds: float, connections: int) -> str:
+    out = []
+    for case, title in CASE_TITLES.items():
+        selected = [row for row in rows if row.case == case]
+        if not selected:
+            continue
+        out.append(f"== {title}: wrk -t1 -c{connections} -d{seconds:g}s ==")
+        out.append(table(selected))
+        out.append("ratios (req/s):")
+        out.extend(ratio_lines(case, selected) or ["  none (lbproxy or the others missing)"])
+        out.append("")
+    if any(row.result is not None and row.result.errors for row in rows):
+        out.append("* a run had errors (socket errors or non-2xx answers): its req/s is suspect")
+    return "\n".join(out)

@@ -1,0 +1,324 @@
+"""`make bench`: lbproxy against the direct backend, HAProxy and nginx, on one core each.
+
+Placement on a two-core machine: the server under test (lbproxy, HAProxy, nginx as a proxy, or
+the backend itself for the "direct" line) owns core 0; wrk and, during the proxy runs, the
+backend nginx share core 1. Settings come from the environment (see README.md):
+BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_CASES, BENCH_TARGETS, BENCH_SIZES,
+BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead (profiling.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import certs
+import harness
+import loadgen
+import report
+import servers
+from harness import BenchError, say
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPU = 0  # the server under test
+LOAD_CPU = 1  # wrk, and the backend while a proxy is measured
+DEFAULT_DURATION = 10.0  # seconds; wrk's own example duration is of this order
+DEFAULT_WARMUP = 2.0  # seconds of load thrown away first: pools filled, caches warm
+DEFAULT_CONNECTIONS = 50
+CASES = ("plain", "tls", "handshake")
+CASE_ALIASES = {"tls": ("tls", "handshake"), "tls-keepalive": ("tls",), "all": CASES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float
+    warmup: float
+    connections: int
+    cases: tuple[str, ...]
+    targets: tuple[str, ...]
+    sizes: tuple[str, ...]
+    json_path: str | None
+    lbproxy: list[str]
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip().removesuffix("s")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BenchError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise BenchError(f"{name} must not be negative")
+    return value
+
+
+def _names(name: str, default: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name, default)
+    chosen = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+    bad = [p for p in chosen if p not in allowed]
+    if bad or not chosen:
+        raise BenchError(f"{name}: choose from {', '.join(allowed)} (got {raw!r})")
+    return chosen
+
+
+def settings_from_env() -> Settings:
+    cases: list[str] = []
+    for case in _names("BENCH_CASES", "plain,tls", (*CASES, *CASE_ALIASES)):
+        cases.extend(CASE_ALIASES.get(case, (case,)))
+    connections = os.environ.get("BENCH_CONNECTIONS", str(DEFAULT_CONNECTIONS))
+    if not connections.isdigit() or int(connections) < 1:
+        raise BenchError(f"BENCH_CONNECTIONS={connections!r} is not a positive number")
+    seconds = _seconds("BENCH_DURATION", DEFAULT_DURATION)
+    if seconds < 1:
+        raise BenchError("BENCH_DURATION must be at least 1 second")
+    return Settings(
+        seconds=seconds,
+        warmup=_seconds("BENCH_WARMUP", DEFAULT_WARMUP),
+        connections=int(connections),
+        cases=tuple(c for c in CASES if c in cases),
+        targets=_names("BENCH_TARGETS", ",".join(servers.TARGETS), servers.TARGETS),
+        sizes=_names("BENCH_SIZES", ",".join(servers.FILES), tuple(servers.FILES)),
+        json_path=os.environ.get("BENCH_JSON") or None,
+        lbproxy=find_lbproxy(),
+    )
+
+
+def find_lbproxy() -> list[str]:
+    """The command that starts lbproxy: $LBPROXY, the virtualenv's script, or the package run
+    as a module by this interpreter (works before `pip install -e .` made the script)."""
+    explicit = os.environ.get("LBPROXY")
+    if explicit:
+        return [explicit]
+    local = ROOT / ".venv" / "bin" / "lbproxy"
+    if local.exists():
+        return [str(local)]
+    return [sys.executable, "-m", "l7proxy"]
+
+
+class Bench:
+    """One bench run: the temp dir, the backend, and the rows measured so far."""
+
+    def __init__(self, settings: Settings, tools: dict[str, str | None], workdir: Path) -> None:
+        self.settings = settings
+        self.tools = tools
+        self.workdir = workdir
+        self.rows: list[report.Row] = []
+        self.script = loadgen.write_script(workdir)
+        self.www = servers.make_docroot(workdir)
+        self.backend_port = harness.free_port()
+        self._bundles: dict[str, Path] = {}
+
+    def bundle(self, key_type: str) -> Path:
+        if key_type not in self._bundles:
+            self._bundles[key_type] = certs.make_bundle(self.workdir, key_type)
+        return self._bundles[key_type]
+
+    def wrk(self, url: str, seconds: float, *, close: bool) -> loadgen.Result:
+        wrk = self.tools["wrk"]
+        assert wrk is not None
+        return loadgen.run(
+            wrk,
+            url,
+            script=self.script,
+            seconds=seconds,
+            connections=self.settings.connections,
+            cpu=LOAD_CPU,
+            close=close,
+        )
+
+    def measure(self, server: servers.Server, path: str, *, close: bool = False) -> report.Row:
+        """Warm up, then one measured wrk run, counting the server's CPU time around it."""
+        scheme = "https" if server.tls else "http"
+        url = f"{scheme}://127.0.0.1:{server.port}/{path}"
+        if self.settings.warmup > 0:
+            self.wrk(url, self.settings.warmup, close=close)
+        before = harness.cpu_seconds(server.child.pid)
+        result = self.wrk(url, self.settings.seconds, close=close)
+        used = harness.cpu_seconds(server.child.pid) - before
+        note = ""
+        if not server.child.alive():
+            note = f"exited during the run (status {server.child.popen.returncode})"
+        elif result.requests == 0:
+            note = "no answers"
+        return report.Row("", "", server.name, result, used, note)
+
+    def record(self, case: str, variant: str, row: report.Row) -> None:
+        row = report.Row(case, variant, row.target, row.result, row.cpu_seconds, row.note)
+        self.rows.append(row)
+        res = row.result
+        if res is None:
+            say(f"  {case} {variant} {row.target}: {row.note}")
+        else:
+            say(
+                f"  {case} {variant} {row.target}: {res.rps:,.0f} req/s, p99 "
+                f"{report.latency(res.p99_us)}, {res.errors} errors {row.note}".rstrip()
+            )
+
+    def skip(self, case: str, variants: tuple[str, ...], target: str, why: str) -> None:
+        for variant in variants:
+            self.record(case, variant, report.Row(case, variant, target, note=why))
+
+    @contextlib.contextmanager
+    def proxy(self, name: str, bundle: Path | None) -> Iterator[servers.Server | str]:
+        """A started, ready proxy; or the reason it is not there (a str), to be reported."""
+        tool = self.tools.get(name)
+        if name == "lbproxy":
+            command = self.settings.lbproxy
+        elif tool is not None:
+            command = [tool]
+        else:
+            yield f"{name} not installed"
+            return
+        server = servers.start_proxy(
+            name, command, self.workdir, self.backend_port, bundle, SERVER_CPU
+        )
+        try:
+            problem = self.ready(server)
+            yield server if problem is None else problem
+            if problem is None and not server.child.alive():
+                say(f"--- last lines of {name}'s output ---\n{server.child.log_tail()}\n---")
+        finally:
+            harness.stop(server.child)
+
+    def ready(self, server: servers.Server) -> str | None:
+        """None when the server answers every file in full; else why not (its output shown)."""
+        try:
+            for size in self.settings.sizes:
+                harness.wait_ready(
+                    server.child, server.port, "/" + size, servers.FILES[size], tls=server.tls
+                )
+        except BenchError as error:
+            say(f"{server.child.name} did not start: {error}")
+            tail = server.child.log_tail()
+            if tail:
+                say(f"--- last lines of its output ---\n{tail}\n---")
+            return f"did not start ({error})"
+        return None
+
+    def run_plain(self, backend: harness.Child) -> None:
+        sizes = self.settings.sizes
+        for target in self.settings.targets:
+            if target == "direct":
+                # The backend gets the server core to itself for its own line.
+                harness.repin(backend.pid, SERVER_CPU)
+                try:
+                    direct = servers.Server("direct", backend, self.backend_port, False)
+                    for size in sizes:
+                        self.record("plain", size, self.measure(direct, size))
+                finally:
+                    harness.repin(backend.pid, LOAD_CPU)
+                continue
+            with self.proxy(target, None) as server:
+                if isinstance(server, str):
+                    self.skip("plain", sizes, target, server)
+                    continue
+                for size in sizes:
+                    self.record("plain", size, self.measure(server, size))
+
+    def run_tls(self) -> None:
+        sizes = self.settings.sizes
+        bundle = self.bundle("rsa2048")
+        for target in self.proxies():
+            with self.proxy(target, bundle) as server:
+                if isinstance(server, str):
+                    self.skip("tls", sizes, target, server)
+                    continue
+                for size in sizes:
+                    self.record("tls", size, self.measure(server, size))
+
+    def run_handshakes(self) -> None:
+        for key_type in certs.KEY_TYPES:
+            bundle = self.bundle(key_type)
+            for target in self.proxies():
+                with self.proxy(target, bundle) as server:
+                    if isinstance(server, str):
+                        self.skip("handshake", (key_type,), target, server)
+                        continue
+                    row = self.measure(server, "100b", close=True)
+                    self.record("handshake", key_type, row)
+
+    def proxies(self) -> list[str]:
+        return [t for t in self.settings.targets if t != "direct"]
+
+
+def bench(settings: Settings) -> int:
+    tools = harness.ensure_tools(["wrk", "nginx", "haproxy"])
+    needed = [name for name in ("wrk", "nginx") if tools[name] is None]
+    if needed:
+        raise BenchError(f"{' and '.join(needed)} not found and could not be installed")
+    for name in ("haproxy",):
+        if tools[name] is None and name in settings.targets:
+            say(f"{name} not found and could not be installed: its lines are skipped")
+    if len(os.sched_getaffinity(0)) < 2:
+        say("fewer than two CPUs available: processes are not pinned, figures are rough")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lbproxy-bench-") as tmp:
+        workdir = Path(tmp)
+        run = Bench(settings, tools, workdir)
+        assert tools["nginx"] is not None
+        backend = servers.start_backend(
+            tools["nginx"], workdir, run.www, run.backend_port, LOAD_CPU
+        )
+        try:
+            for size in settings.sizes:
+                harness.wait_ready(
+                    backend, run.backend_port, "/" + size, servers.FILES[size], tls=False
+                )
+            if "plain" in settings.cases:
+                run.run_plain(backend)
+            if "tls" in settings.cases:
+                run.run_tls()
+            if "handshake" in settings.cases:
+                run.run_handshakes()
+        except BenchError as error:
+            tail = backend.log_tail()
+            raise BenchError(f"{error}{' / backend: ' + tail if tail else ''}") from error
+        finally:
+            harness.stop(backend)
+    print()
+    print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
+    print(f"(total {time.monotonic() - started:.0f}s)")
+    if settings.json_path:
+        Path(settings.json_path).write_text(
+            json.dumps([row.as_dict() for row in run.rows], indent=2) + "\n"
+        )
+    return 0
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM would end Python without running the finally blocks that stop the servers.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args[:1] == ["--profile"]:
+            import profiling
+
+            return profiling.main(args[1:])
+        if args:
+            raise BenchError(f"unknown argument {args[0]!r} (settings come from BENCH_* variables)")
+        return bench(settings_from_env())
+    except BenchError as error:
+        say(f"bench: {error}")
+        return 1
+    except KeyboardInterrupt:
+        say("bench: interrupted; every server started was stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
