@@ -1,0 +1,264 @@
+"""Server ``ssl.SSLContext`` building with Mozilla "intermediate" (guidelines 5.7) defaults.
+
+One context per certificate; ``tls.server_tls`` switches between them in the SNI callback.
+OpenSSL copies options, verify mode, groups and ALPN from the context a connection starts on, so
+every context of one bind is built from the same settings by this one function.
+
+Python 3.11's ``ssl`` cannot set the key-exchange groups or the TLS 1.3 suites. Both are plain
+``SSL_CTX_ctrl``/``SSL_CTX_set_ciphersuites`` calls on the ``SSL_CTX`` that ``_ssl`` already
+holds, made through ctypes against the very libssl ``_ssl`` is linked with. The pointer is found
+from CPython's object layout and proven before use: flipping an option through ``ssl`` must show
+up through ``SSL_CTX_get_options`` on that pointer, else nothing is called on it. The other
+route, an OpenSSL configuration file with ``Groups = ...``, is process-wide, must be in place
+before OpenSSL initialises and would silently do nothing when the variable is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+from collections.abc import Iterator
+
+from config.model import TlsSettings, Verify
+
+from .certificate import LoadedCertificate
+from .keys import write_secret_file
+
+log = logging.getLogger("lbproxy.tls")
+
+# Mozilla server-side TLS guidelines 5.7, "intermediate" profile.
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+MOZILLA_INTERMEDIATE_CIPHERSUITES = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+)
+# Mozilla intermediate: X25519, prime256v1, secp384r1 (OpenSSL's default adds X448 and P-521).
+GROUPS = "X25519:P-256:P-384"
+# HTTP/1.1 only: h11 speaks nothing else, so a client must never be told h2 is available.
+ALPN_PROTOCOLS = ("http/1.1",)
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+# RFC 7919 ffdhe2048, the DH group Mozilla's intermediate configuration ships for the DHE suites.
+FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL ssl.h; SSL_CTX_set1_groups_list is this ctrl
+
+
+class _LibSsl:
+    """The few libssl calls ``ssl`` lacks, bound to the libssl that ``_ssl`` uses."""
+
+    def __init__(self) -> None:
+        import _ssl
+
+        # dlsym on _ssl's handle also searches its dependencies, so this finds the same libssl
+        # (never the copy bundled inside ``cryptography``) without naming a file.
+        lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
+        self.ctrl = lib.SSL_CTX_ctrl
+        self.ctrl.restype = ctypes.c_long
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.get_options = lib.SSL_CTX_get_options
+        self.get_options.restype = ctypes.c_uint64
+        self.get_options.argtypes = [ctypes.c_void_p]
+        self.set_ciphersuites = lib.SSL_CTX_set_ciphersuites
+        self.set_ciphersuites.restype = ctypes.c_int
+        self.set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+    def ssl_ctx(self, context: ssl.SSLContext) -> int:
+        """The ``SSL_CTX *`` inside ``context``; RuntimeError unless proven to be it."""
+        # CPython's PySSLContext starts with PyObject_HEAD, then ``SSL_CTX *ctx``.
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer:
+            raise RuntimeError("no SSL_CTX pointer at the expected place")
+        probe = ssl.OP_NO_TICKET  # toggled and restored: a bit nothing else here depends on
+        before = context.options
+        try:
+            for options in (before ^ probe, before):
+                context.options = options
+                if self.get_options(pointer) != int(context.options):
+                    raise RuntimeError("SSL_CTX pointer does not track SSLContext.options")
+        finally:
+            context.options = before
+        return pointer
+
+
+_libssl: _LibSsl | None = None
+_libssl_error: str | None = None
+
+
+def _openssl() -> _LibSsl | None:
+    global _libssl, _libssl_error
+    if _libssl is None and _libssl_error is None:
+        try:
+            _libssl = _LibSsl()
+        except (OSError, AttributeError, ImportError) as exc:
+            _libssl_error = str(exc)
+    return _libssl
+
+
+def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
+    """Limit key exchange to ``groups``; False when only the one-curve fallback was possible."""
+    lib = _openssl()
+    if lib is not None:
+        try:
+            pointer = lib.ssl_ctx(context)
+        except RuntimeError as exc:
+            log.warning("cannot reach OpenSSL's context (%s)", exc)
+        else:
+            if lib.ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+                raise ValueError(f"OpenSSL refused the key exchange groups {groups!r}")
+            return True
+    # Still inside the profile, but X25519-only TLS 1.3 clients need a HelloRetryRequest.
+    log.warning("key exchange limited to P-256 only: this Python cannot set a groups list")
+    context.set_ecdh_curve("prime256v1")
+    return False
+
+
+def _set_ciphersuites(context: ssl.SSLContext, suites: str) -> None:
+    lib = _openssl()
+    if lib is None:
+        raise ValueError(
+            f"tls ciphersuites: cannot be changed with this Python ({_libssl_error or 'unknown'})"
+        )
+    try:
+        pointer = lib.ssl_ctx(context)
+    except RuntimeError as exc:
+        raise ValueError(f"tls ciphersuites: cannot be changed with this Python ({exc})") from None
+    wanted = [s for s in suites.split(":") if s]
+    if lib.set_ciphersuites(pointer, suites.encode("ascii")) != 1 or not wanted:
+        raise ValueError(f"tls ciphersuites: OpenSSL accepts none of {suites!r}")
+    offered = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"}
+    # OpenSSL skips unknown names silently; a typo must not quietly drop a suite.
+    unknown = [s for s in wanted if s not in offered]
+    if unknown:
+        raise ValueError(f"tls ciphersuites: unknown TLS 1.3 suite(s) {', '.join(unknown)}")
+
+
+@contextlib.contextmanager
+def private_files(files: dict[str, bytes]) -> Iterator[dict[str, str]]:
+    """Paths holding ``files`` for as long as the block runs, readable by this user only.
+
+    ``ssl`` loads certificates and keys only from paths. Anonymous memory files
+    (``memfd_create``, reached through ``/proc/self/fd``) never touch a disk and vanish with the
+    process; where they do not exist, a 0700 temporary folder with 0600 files is used and
+    removed afterwards, even when loading fails.
+    """
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        fds: list[int] = []
+        try:
+            paths = {}
+            for name, data in files.items():
+                fd = memfd(f"lbproxy-{name}", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+                paths[name] = f"/proc/self/fd/{fd}"
+            yield paths
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with temporary_private_files(files) as paths:
+        yield paths
+
+
+@contextlib.contextmanager
+def temporary_private_files(files: dict[str, bytes]) -> Iterator[dict[str, str]]:
+    """The 0700 folder / 0600 files fallback of ``private_files``, removed on the way out."""
+    folder = tempfile.mkdtemp(prefix="lbproxy-tls-")  # mkdtemp creates the folder 0700
+    try:
+        paths = {}
+        for name, data in files.items():
+            path = os.path.join(folder, name)
+            write_secret_file(path, data)
+            paths[name] = path
+        yield paths
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_chain(context: ssl.SSLContext, cert: LoadedCertificate) -> None:
+    with private_files(
+        {"chain.pem": cert.chain_pem, "key.pem": cert.key_pem, "dh.pem": FFDHE2048_PEM}
+    ) as paths:
+        try:
+            context.load_cert_chain(paths["chain.pem"], paths["key.pem"])
+            context.load_dh_params(paths["dh.pem"])
+        except ssl.SSLError as exc:
+            # The reason only: OpenSSL's message never contains key bytes, but be terse anyway.
+            raise ValueError(
+                f"{cert.source}: OpenSSL cannot use this certificate ({exc.reason})"
+            ) from None
+
+
+def build_context(cert: LoadedCertificate, settings: TlsSettings) -> ssl.SSLContext:
+    """A server context serving ``cert`` with ``settings``; ValueError names what is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.minimum_version = MIN_VERSIONS[settings.min_version]
+    except KeyError:
+        raise ValueError(
+            f"tls min_version: {settings.min_version!r} is not one of {', '.join(MIN_VERSIONS)}"
+        ) from None
+    context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    # Mozilla intermediate wants the client's preference (it may lack AES hardware: ChaCha20).
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options &= ~ssl.OP_NO_TICKET  # resumption on: tickets and the session cache
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ciphers = settings.ciphers or MOZILLA_INTERMEDIATE_CIPHERS
+    try:
+        context.set_ciphers(ciphers)
+    except ssl.SSLError:
+        raise ValueError(f"tls ciphers: OpenSSL accepts none of {ciphers!r}") from None
+    if settings.ciphersuites is not None:
+        _set_ciphersuites(context, settings.ciphersuites)
+    elif _openssl() is not None:
+        _set_ciphersuites(context, MOZILLA_INTERMEDIATE_CIPHERSUITES)
+    # else: OpenSSL's default TLS 1.3 suites are the same three, in another order.
+    restrict_groups(context)
+    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    _configure_client_auth(context, settings)
+    _load_chain(context, cert)
+    return context
+
+
+def _configure_client_auth(context: ssl.SSLContext, settings: TlsSettings) -> None:
+    if settings.verify is Verify.NONE:
+        return
+    if not settings.client_ca:
+        raise ValueError(f"tls verify: {settings.verify.value} needs client_ca (a PEM file of CAs)")
+    try:
+        context.load_verify_locations(cafile=settings.client_ca)
+    except FileNotFoundError:
+        raise ValueError(f"tls client_ca: {settings.client_ca}: no such file") from None
+    except PermissionError:
+        raise ValueError(f"tls client_ca: {settings.client_ca}: permission denied") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or "unreadable"
+        raise ValueError(f"tls client_ca: {settings.client_ca}: {reason}") from None
+    context.verify_mode = (
+        ssl.CERT_REQUIRED if settings.verify is Verify.REQUIRED else ssl.CERT_OPTIONAL
+    )
