@@ -1,0 +1,559 @@
+"""One client connection: h11 SERVER side, the request loop, and the relay to a real server.
+
+Decisions are made by pure code (routing, balancing, exchange, errors); this module only moves
+bytes and keeps time. Failures of one connection stay in it (DESIGN.md principle 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from balancing.health import report_passive_failure
+from balancing.persistence import clear_cookie_value, read_cookie, set_cookie_value
+from balancing.scheduler import Choice, NoServerAvailable, choose
+from balancing.state import PoolState
+from config.model import Bind, CookiePersistence, ProxyConfig, VirtualService
+
+from . import accesslog
+from .errors import canned, status_for_protocol_error
+from .exchange import (
+    IDEMPOTENT_METHODS,
+    MAX_HEAD_BYTES,
+    ClientInfo,
+    Headers,
+    add_private_cache_control,
+    check_request,
+    forward_request_headers,
+    forward_response_headers,
+    request_has_body,
+)
+from .routing import route
+from .upstream import ConnectError, UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("lbproxy.connection")
+
+READ_SIZE = 65536
+# HAProxy `retries 3` (CONN_RETRIES): how often an idempotent request may be sent again after a
+# server closed before any response byte.
+MAX_RESEND = 3
+# How many servers one request may try to connect to before giving up with 503.
+MAX_CONNECT_ATTEMPTS = 8
+
+
+class ClientGone(Exception):
+    """The client closed, reset, or sent something h11 refused mid-request."""
+
+    def __init__(self, status: int | None = None) -> None:
+        super().__init__(status)
+        self.status = status  # what to answer if nothing was sent yet; None = just close
+
+
+class ServerFailed(Exception):
+    """The real server failed this exchange."""
+
+    def __init__(self, status: int, cause: str, *, resendable: bool) -> None:
+        super().__init__(cause)
+        self.status = status
+        self.cause = cause
+        self.resendable = resendable  # nothing of a response arrived: safe to resend if idempotent
+
+
+@dataclass
+class Runtime:
+    """What every connection shares. Owned by the trio thread."""
+
+    config: ProxyConfig
+    pools: dict[str, PoolState]
+    upstream: UpstreamPool
+    access_log: logging.Logger | None = None
+    shutting_down: bool = False
+    idle_scopes: set[trio.CancelScope] = field(default_factory=set)
+    active_requests: int = 0
+
+    def begin_shutdown(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.shutting_down = True
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One bound address of a virtual server; ``port`` is the real one (a config may say 0)."""
+
+    vs: VirtualService
+    bind: Bind
+    port: int
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What happened to one request: the facts the access log line is made of."""
+
+    method: bytes = b"-"
+    target: bytes = b"-"
+    http_version: bytes = b"1.1"
+    pool: str = "-"
+    server: str = "-"
+    reason: str = "-"
+    status: int = 0
+    bytes_out: int = 0
+    started: float = 0.0
+    response_started: bool = False
+    request_body_done: bool = True
+    request_body_started: bool = False
+    server_reusable: bool = True
+    client_keepalive: bool = True
+    termination: str = "--"
+
+
+class ClientConnection:
+    def __init__(
+        self,
+        runtime: Runtime,
+        listener: Listener,
+        stream: trio.abc.Stream,
+        client: ClientInfo,
+    ) -> None:
+        self.runtime = runtime
+        self.listener = listener
+        self.vs = listener.vs
+        self.stream = stream
+        self.client = client
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.timeouts = listener.vs.timeouts
+
+    # ---- client I/O -------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive()
+                continue
+            return event  # type: ignore[return-value]
+
+    async def _send(self, *events: h11.Event) -> None:
+        data = b"".join(self.h11.send(event) or b"" for event in events)
+        if data:
+            await self.stream.send_all(data)
+
+    async def _send_canned(self, status: int, *, close: bool = True) -> None:
+        response = canned(status, close=close)
+        if self.h11.our_state is not h11.SEND_RESPONSE:
+            return
+        try:
+            await self._send(
+                h11.Response(
+                    status_code=response.status, reason=response.reason, headers=response.headers
+                ),
+                h11.Data(data=response.body),
+                h11.EndOfMessage(),
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    # ---- the request loop -------------------------------------------------------------------
+
+    async def run(self, accepted_at: float) -> None:
+        """Serve requests until the client or a failure ends the connection."""
+        deadline: float | None = accepted_at + self.timeouts.header
+        while True:
+            request = await self._read_head(deadline)
+            if request is None:
+                return
+            keep = await self._serve(request)
+            if not keep or self.runtime.shutting_down:
+                return
+            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                return
+            self.h11.start_next_cycle()
+            deadline = None
+
+    async def _read_head(self, deadline: float | None) -> h11.Request | None:
+        """The next request head, or None when the connection should just close."""
+        try:
+            event = self.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            await self._send_canned(status_for_protocol_error(error.error_status_hint))
+            return None
+        if event is h11.NEED_DATA and deadline is None:
+            # Between requests: wait for the first byte for the idle timeout, then close
+            # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
+            with trio.move_on_after(self.timeouts.client_idle) as idle:
+                self.runtime.idle_scopes.add(idle)
+                try:
+                    await self._receive()
+                finally:
+                    self.runtime.idle_scopes.discard(idle)
+            if idle.cancelled_caught:
+                return None
+            deadline = trio.current_time() + self.timeouts.header
+        elif event is not h11.NEED_DATA:
+            return self._head_event(event)
+        assert deadline is not None
+        with trio.move_on_at(deadline):
+            try:
+                return self._head_event(await self._next_event())
+            except h11.RemoteProtocolError as error:
+                await self._send_canned(status_for_protocol_error(error.error_status_hint))
+                return None
+        if self.h11.their_state is h11.IDLE and not self._has_partial_head():
+            return None  # nothing at all arrived: silent close, like HAProxy
+        await self._send_canned(408)
+        return None
+
+    def _has_partial_head(self) -> bool:
+        return bool(self.h11.trailing_data[0])
+
+    @staticmethod
+    def _head_event(event: object) -> h11.Request | None:
+        if isinstance(event, h11.Request):
+            return event
+        return None  # ConnectionClosed or PAUSED after a close
+
+    async def _serve(self, request: h11.Request) -> bool:
+        """Answer one request; True when the connection may carry another."""
+        ex = Exchange(
+            method=request.method,
+            target=request.target,
+            http_version=request.http_version,
+            started=time.monotonic(),
+        )
+        headers: Headers = list(request.headers)
+        try:
+            problem = check_request(request.method, request.target, request.http_version, headers)
+            if problem is not None:
+                ex.status = problem.status
+                ex.termination = "PR"
+                await self._send_canned(problem.status)
+                return False
+            return await self._proxy(request, headers, ex)
+        except ClientGone as gone:
+            ex.termination = "CD" if ex.termination == "--" else ex.termination
+            if gone.status and not ex.response_started:
+                ex.status = gone.status
+                await self._send_canned(gone.status)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            ex.termination = "CD"
+            return False
+        except Exception:
+            log.exception("internal error while serving %s %r", self.client.ip, request.target)
+            ex.termination = "PI"
+            if not ex.response_started:
+                ex.status = 500
+                await self._send_canned(500)
+            return False
+        finally:
+            self._log(ex)
+
+    def _log(self, ex: Exchange) -> None:
+        logger = self.runtime.access_log
+        if logger is not None and logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s",
+                accesslog.format_line(
+                    client=self.client,
+                    vs=self.vs.label,
+                    pool=ex.pool,
+                    server=ex.server,
+                    reason=ex.reason,
+                    status=ex.status,
+                    bytes_out=ex.bytes_out,
+                    duration=time.monotonic() - ex.started,
+                    termination=ex.termination,
+                    method=ex.method,
+                    target=ex.target,
+                    http_version=ex.http_version,
+                    when=time.time(),
+                ),
+            )
+
+    # ---- proxying ---------------------------------------------------------------------------
+
+    async def _proxy(self, request: h11.Request, headers: Headers, ex: Exchange) -> bool:
+        pool_name = route(self.vs, request.target, headers)
+        pool = self.runtime.pools[pool_name]
+        ex.pool = pool_name
+        persistence = pool.pool.persistence
+        cookie_label: str | None = None
+        if isinstance(persistence, CookiePersistence):
+            cookie_label, headers = read_cookie(headers, persistence.name)
+        out_headers = forward_request_headers(
+            headers,
+            self.client,
+            forwardfor=self.vs.forwardfor,
+            listener_port=self.listener.port,
+        )
+        has_body = request_has_body(headers)
+        idempotent = request.method in IDEMPOTENT_METHODS
+        exclude: set[str] = set()
+        resends = 0
+        while True:
+            choice, conn = await self._connect(pool, cookie_label, exclude, ex)
+            if choice is None or conn is None:
+                ex.status = 503
+                ex.termination = "SC" if exclude else "SQ"
+                await self._send_canned(503, close=False)
+                return self._client_can_continue()
+            ex.server = choice.server.label
+            ex.reason = choice.reason.value
+            pool.begin(choice.server)
+            try:
+                await self._exchange(request, out_headers, has_body, conn, choice, ex)
+            except ServerFailed as failure:
+                conn.stream.close()
+                choice.server.counters.failures_response += 1
+                can_resend = (
+                    failure.resendable
+                    and idempotent
+                    and not ex.request_body_started
+                    and resends < MAX_RESEND
+                )
+                if can_resend:
+                    resends += 1
+                    choice.server.counters.retries += 1
+                    if not conn.reused:
+                        exclude.add(choice.server.label)
+                    log.info(
+                        "resending %s %r: %s (%s)",
+                        request.method.decode(),
+                        request.target,
+                        failure.cause,
+                        choice.server.label,
+                    )
+                    continue
+                if not ex.response_started:
+                    ex.status = failure.status
+                    ex.termination = "SH" if failure.status == 502 else "sH"
+                    await self._send_canned(failure.status)
+                else:
+                    self._abort_client()
+                return False
+            except BaseException:
+                conn.stream.close()
+                raise
+            finally:
+                pool.end(choice.server)
+            if ex.server_reusable:
+                self.runtime.upstream.release(conn)
+            else:
+                conn.stream.close()
+            return ex.client_keepalive and self._client_can_continue()
+
+    def _client_can_continue(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def _abort_client(self) -> None:
+        abort = getattr(self.stream, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            transport = getattr(self.stream, "transport_stream", None)
+            if transport is not None and hasattr(transport, "abort"):
+                transport.abort()
+
+    async def _connect(
+        self,
+        pool: PoolState,
+        cookie_label: str | None,
+        exclude: set[str],
+        ex: Exchange,
+    ) -> tuple[Choice, UpstreamConnection] | tuple[None, None]:
+        """Choose a server and connect; a refused connect moves on to the next server."""
+        for _ in range(MAX_CONNECT_ATTEMPTS):
+            try:
+                choice = choose(
+                    pool,
+                    cookie_label=cookie_label,
+                    client_ip=self.client.ip,
+                    now=trio.current_time(),
+                    exclude=frozenset(exclude),
+                )
+            except NoServerAvailable:
+                break
+            server = choice.server
+            try:
+                conn = await self.runtime.upstream.acquire(server.address, self.timeouts.connect)
+            except ConnectError as error:
+                server.counters.failures_connect += 1
+                message = report_passive_failure(server, trio.current_time(), error.cause)
+                if message:
+                    logging.getLogger("lbproxy.health").warning("%s", message)
+                exclude.add(server.label)
+                if server.is_fallback:
+                    break
+                continue
+            return choice, conn
+        return None, None
+
+    async def _exchange(
+        self,
+        request: h11.Request,
+        out_headers: Headers,
+        has_body: bool,
+        conn: UpstreamConnection,
+        choice: Choice,
+        ex: Exchange,
+    ) -> None:
+        head = h11.Request(method=request.method, target=request.target, headers=out_headers)
+        data = conn.h11.send(head) or b""
+        body_pending = has_body and self.h11.their_state is h11.SEND_BODY
+        if not body_pending:
+            data += conn.h11.send(h11.EndOfMessage()) or b""
+        try:
+            await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            raise ServerFailed(502, f"send failed: {error}", resendable=True) from error
+        if not body_pending:
+            await self._relay_response(conn, choice, ex)
+            return
+        ex.request_body_done = False
+        # Failures are carried out of the nursery by hand: trio would wrap them in groups.
+        failures: list[ClientGone | ServerFailed] = []
+        async with trio.open_nursery() as nursery:
+
+            async def pump() -> None:
+                try:
+                    await self._pump_body(conn, ex)
+                except (ClientGone, ServerFailed) as error:
+                    failures.append(error)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump)
+            try:
+                await self._relay_response(conn, choice, ex)
+            except (ClientGone, ServerFailed) as error:
+                failures.append(error)
+            if not ex.request_body_done:
+                # The server answered (or failed) before the whole body arrived: an early error,
+                # or a final status to Expect: 100-continue. The rest must not reach that
+                # connection, and the client's unread body makes its connection unusable too.
+                nursery.cancel_scope.cancel()
+                ex.server_reusable = False
+                ex.client_keepalive = False
+        if failures:
+            ex.server_reusable = False
+            raise failures[0]
+
+    async def _pump_body(self, conn: UpstreamConnection, ex: Exchange) -> None:
+        """Client request body → server, with back-pressure (one read, one write)."""
+        while True:
+            with trio.move_on_after(self.timeouts.client_idle) as stall:
+                try:
+                    event = await self._next_event()
+                except h11.RemoteProtocolError as error:
+                    raise ClientGone(status_for_protocol_error(error.error_status_hint)) from error
+            if stall.cancelled_caught:
+                raise ClientGone(408)
+            if isinstance(event, h11.Data):
+                ex.request_body_started = True
+                payload = conn.h11.send(h11.Data(data=bytes(event.data))) or b""
+            elif isinstance(event, h11.EndOfMessage):
+                payload = conn.h11.send(h11.EndOfMessage()) or b""
+            else:
+                raise ClientGone(None)  # ConnectionClosed mid-body
+            try:
+                await conn.stream.send_all(payload)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                raise ServerFailed(502, "server closed during upload", resendable=False) from error
+            if isinstance(event, h11.EndOfMessage):
+                ex.request_body_done = True
+                return
+
+    async def _server_event(self, conn: UpstreamConnection, timeout: float) -> h11.Event:
+        while True:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise ServerFailed(502, f"invalid response: {error}", resendable=False) from error
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(timeout) as scope:
+                    try:
+                        data = await conn.stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                if scope.cancelled_caught:
+                    raise ServerFailed(504, "server timeout", resendable=False)
+                conn.h11.receive_data(data)
+                continue
+            return event  # type: ignore[return-value]
+
+    async def _relay_response(self, conn: UpstreamConnection, choice: Choice, ex: Exchange) -> None:
+        timeout = self.timeouts.server
+        server = choice.server
+        while True:
+            try:
+                event = await self._server_event(conn, timeout)
+            except ServerFailed as failure:
+                if failure.status == 502 and conn.h11.their_state is h11.SEND_RESPONSE:
+                    # Closed before any response byte: the one case a resend may cure.
+                    raise ServerFailed(502, failure.cause, resendable=True) from failure
+                raise
+            if isinstance(event, h11.ConnectionClosed):
+                raise ServerFailed(502, "server closed before responding", resendable=True)
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    raise ServerFailed(502, "protocol upgrade is not supported", resendable=False)
+                await self._send(
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        reason=event.reason,
+                        headers=forward_response_headers(list(event.headers)),
+                    )
+                )
+                continue
+            assert isinstance(event, h11.Response)
+            break
+        ex.status = event.status_code
+        server.counters.record_response(event.status_code)
+        headers = forward_response_headers(list(event.headers), self._cookie_headers(choice))
+        if choice.insert_cookie:
+            headers = add_private_cache_control(headers)
+        ex.response_started = True
+        await self._send(
+            h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)
+        )
+        while True:
+            try:
+                event = await self._server_event(conn, timeout)
+            except ServerFailed as failure:
+                self._abort_client()
+                ex.termination = "SD" if failure.status == 502 else "sD"
+                raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
+            if isinstance(event, h11.Data):
+                ex.bytes_out += len(event.data)
+                await self._send(h11.Data(data=bytes(event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send(h11.EndOfMessage())
+                server.counters.bytes_out += ex.bytes_out
+                if conn.h11.their_state is not h11.DONE:
+                    ex.server_reusable = False
+                return
+            else:  # ConnectionClosed before the end of a framed body
+                self._abort_client()
+                raise ServerFailed(502, "server closed mid-response", resendable=False)
+
+    def _cookie_headers(self, choice: Choice) -> list[tuple[bytes, bytes]]:
+        persistence = self.runtime.pools[choice.server.pool_name].pool.persistence
+        if not isinstance(persistence, CookiePersistence):
+            return []
+        if choice.clear_cookie:
+            return [(b"set-cookie", clear_cookie_value(persistence, self.client.tls))]
+        if choice.insert_cookie:
+            value = set_cookie_value(persistence, choice.server.label, self.client.tls)
+            return [(b"set-cookie", value)]
+        return []

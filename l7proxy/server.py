@@ -1,0 +1,151 @@
+"""Listening sockets, the accept loop, and the guarded per-connection handler."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from config.model import Address
+
+from .connection import ClientConnection, Listener, Runtime
+from .exchange import ClientInfo
+from .stream import SockStream
+
+log = logging.getLogger("lbproxy.server")
+
+LISTEN_BACKLOG = 1024  # HAProxy's default maxconn-derived backlog is of this order
+MAX_ACCEPTS_PER_WAKEUP = 64  # accept a burst, but let the connections run in between
+TLS_CLOSE_TIMEOUT = 1.0  # how long a close_notify may take before the socket just closes
+
+
+class BindError(Exception):
+    """A listening address could not be opened; the message names it."""
+
+
+def open_listening_socket(address: Address) -> socket.socket:
+    """Bind and listen on ``address`` (IPv4, IPv6, or a name resolved once at start)."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise BindError(f"cannot bind {address}: {error.strerror}") from error
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "::" serves IPv4 too, like HAProxy's `bind :::80 v4v6`; other addresses are v6 only.
+            sock.setsockopt(
+                socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address.host == "::" else 1
+            )
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise BindError(f"cannot bind {address}: {error.strerror or error}") from error
+    return sock
+
+
+def client_ip(raw: str) -> str:
+    """The address as a client should be known: IPv4-mapped IPv6 shown as IPv4, no zone."""
+    raw = raw.split("%", 1)[0]
+    try:
+        parsed = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return raw
+
+
+Handler = Callable[[socket.socket, Any], Awaitable[None]]
+
+
+async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nursery) -> None:
+    """Accept connections forever; each runs as its own task in ``nursery``."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, peer = sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; pausing accepts for 100 ms", error.strerror)
+                    await trio.sleep(0.1)
+                break
+            nursery.start_soon(handler, conn, peer)
+        await trio.lowlevel.checkpoint()
+
+
+def _client_info(sock: socket.socket, peer: Any, tls: bool) -> ClientInfo:
+    local = sock.getsockname()
+    if isinstance(peer, tuple):
+        return ClientInfo(client_ip(peer[0]), peer[1], client_ip(local[0]), local[1], tls)
+    return ClientInfo("unix", 0, "unix", 0, tls)
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close politely (a TLS close_notify within a bound, even during shutdown), then for sure."""
+    if isinstance(stream, trio.SSLStream):
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + TLS_CLOSE_TIMEOUT
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        transport = stream.transport_stream
+        if isinstance(transport, SockStream):
+            transport.close()
+    elif isinstance(stream, SockStream):
+        stream.close()
+    else:
+        await trio.aclose_forcefully(stream)
+
+
+def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -> Handler:
+    """The guarded handler for one listener: TLS handshake, then the request loop."""
+    handshake_timeout = listener.bind.tls.handshake_timeout if listener.bind.tls else 0.0
+
+    async def handle(sock: socket.socket, peer: Any) -> None:
+        accepted_at = trio.current_time()
+        try:
+            client = _client_info(sock, peer, tls_server is not None)
+        except OSError:
+            sock.close()
+            return
+        raw = SockStream(sock)
+        stream: trio.abc.Stream = raw
+        try:
+            if tls_server is not None:
+                ssl_stream = trio.SSLStream(
+                    raw, tls_server.context, server_side=True, https_compatible=True
+                )
+                stream = ssl_stream
+                with trio.move_on_after(handshake_timeout) as scope:
+                    try:
+                        await ssl_stream.do_handshake()
+                    except trio.BrokenResourceError as error:
+                        log.debug("TLS handshake with %s failed: %s", client.ip, error.__cause__)
+                        return
+                if scope.cancelled_caught:
+                    log.debug("TLS handshake with %s timed out", client.ip)
+                    return
+            await ClientConnection(runtime, listener, stream, client).run(accepted_at)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("connection from %s:%s failed", client.ip, client.port)
+        finally:
+            await close_stream(stream)
+
+    return handle

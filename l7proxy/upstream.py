@@ -1,0 +1,94 @@
+"""Connections to real servers: connect under a timeout, and a bounded keep-alive pool.
+
+A connection goes back to the pool only when its last exchange ended cleanly on both sides
+(h11 says DONE/DONE and nothing unread is waiting); before reuse it is checked for a close by
+the server while it was idle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from config.model import Address
+
+from .stream import SockStream, connect
+
+# HAProxy keeps idle server connections for pool-purge-delay (5 s); Apache's KeepAliveTimeout is
+# 5 s, so reusing a connection idle for longer mostly meets one that the server has closed.
+IDLE_TIMEOUT = 4.0
+MAX_IDLE_PER_SERVER = 64  # more than the usual concurrency per server; bounds sockets held
+MAX_SERVER_HEAD = 65536  # response heads larger than this are a 502 (HAProxy tune.bufsize order)
+
+
+class ConnectError(Exception):
+    """The real server could not be reached; nothing was sent."""
+
+    def __init__(self, address: Address, cause: str) -> None:
+        super().__init__(f"{address}: {cause}")
+        self.cause = cause
+
+
+@dataclass(slots=True, eq=False)
+class UpstreamConnection:
+    address: Address
+    stream: SockStream
+    h11: h11.Connection = field(
+        default_factory=lambda: h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=MAX_SERVER_HEAD
+        )
+    )
+    reused: bool = False
+    idle_since: float = 0.0
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per real-server address. Owned by the trio thread."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Address, deque[UpstreamConnection]] = {}
+
+    async def acquire(self, address: Address, connect_timeout: float) -> UpstreamConnection:
+        """A usable connection: a kept-alive one when there is one, else a new one."""
+        now = trio.current_time()
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()  # most recently used first: least likely to have timed out
+            if now - conn.idle_since < IDLE_TIMEOUT and conn.stream.is_idle_and_open():
+                conn.reused = True
+                return conn
+            conn.stream.close()
+        with trio.move_on_after(connect_timeout) as scope:
+            try:
+                stream = await connect(address.host, address.port)
+            except OSError as error:
+                raise ConnectError(address, error.strerror or str(error)) from error
+        if scope.cancelled_caught:
+            raise ConnectError(address, "connect timeout")
+        return UpstreamConnection(address, stream)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give back a connection whose exchange is complete; anything else is closed."""
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            queue = self._idle.setdefault(conn.address, deque())
+            now = trio.current_time()
+            while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:
+                queue.popleft().stream.close()
+            if len(queue) < MAX_IDLE_PER_SERVER:
+                conn.idle_since = now
+                queue.append(conn)
+                return
+        conn.stream.close()
+
+    def idle_count(self, address: Address) -> int:
+        return len(self._idle.get(address, ()))
+
+    def close_all(self) -> None:
+        for queue in self._idle.values():
+            for conn in queue:
+                conn.stream.close()
+        self._idle.clear()
