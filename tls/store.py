@@ -62,6 +62,11 @@ def _load_key_block(block: bytes, label: bytes, source: str) -> PrivateKey:
     return key
 
 
+def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """``(label, whole block)`` for each PEM block, in file order; text between is skipped."""
+    return [(match.group(1), match.group(0)) for match in _PEM_BLOCK.finditer(data)]
+
+
 def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[x509.Certificate]]:
     """The key (if any) and the certificates of a PEM file, in file order.
 
@@ -71,15 +76,14 @@ def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[
     """
     key: PrivateKey | None = None
     certs: list[x509.Certificate] = []
-    blocks = list(_PEM_BLOCK.finditer(data))
+    blocks = pem_blocks(data)
     if not blocks:
         if data[:1] == b"\x30":
             raise CertificateError(
                 source, "not PEM (looks like DER); convert it with `lbproxy convert-cer`"
             )
         raise CertificateError(source, "no PEM block found (expected -----BEGIN CERTIFICATE-----)")
-    for match in blocks:
-        label, block = match.group(1), match.group(0)
+    for label, block in blocks:
         if label == b"CERTIFICATE":
             try:
                 certs.append(x509.load_pem_x509_certificate(block))
@@ -160,12 +164,25 @@ def _pick_leaf(certs: list[x509.Certificate], key: PrivateKey | None) -> x509.Ce
         if not any(other is not cert and issued_by(other, cert) for other in certs)
     ]
     candidates = issued_nothing or certs
-    # Among certificates that issued nothing (several when unrelated ones are mixed in), an
-    # end-entity certificate beats a CA: a stray root must not be taken for the leaf.
-    for cert in candidates:
-        if not _is_ca(cert):
-            return cert
-    return candidates[0]
+    # Several certificates issued nothing when unrelated ones are mixed in: an end-entity
+    # certificate beats a CA (a stray root is no leaf), then the one whose issuers are present
+    # (the stranger has none), then file order.
+    return max(
+        candidates,
+        key=lambda cert: (not _is_ca(cert), len(_walk(cert, certs)), -candidates.index(cert)),
+    )
+
+
+def _walk(leaf: x509.Certificate, pool: list[x509.Certificate]) -> list[x509.Certificate]:
+    chain = [leaf]
+    remaining = [cert for cert in pool if cert is not leaf]
+    while remaining and not is_self_signed(chain[-1]):
+        issuer = next((cert for cert in remaining if issued_by(chain[-1], cert)), None)
+        if issuer is None:
+            break
+        chain.append(issuer)
+        remaining.remove(issuer)
+    return chain
 
 
 def order_chain(
@@ -179,15 +196,7 @@ def order_chain(
     pool = _unique(certs)
     if not pool:
         return []
-    chain = [_pick_leaf(pool, key)]
-    remaining = [cert for cert in pool if cert is not chain[0]]
-    while remaining and not is_self_signed(chain[-1]):
-        issuer = next((cert for cert in remaining if issued_by(chain[-1], cert)), None)
-        if issuer is None:
-            break
-        chain.append(issuer)
-        remaining.remove(issuer)
-    return chain
+    return _walk(_pick_leaf(pool, key), pool)
 
 
 def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:

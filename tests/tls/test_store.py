@@ -209,6 +209,8 @@ def test_parse_pem_bundle_skips_dh_parameters() -> None:
         ([INTER_PEM, LEAF_PEM], False, [LEAF_PEM, INTER_PEM]),
         ([ROOT_PEM, LEAF_PEM], True, [LEAF_PEM]),  # the intermediate is missing: root left out
         ([OTHER_PEM, INTER_PEM, LEAF_PEM], True, [LEAF_PEM, INTER_PEM]),  # stranger left out
+        ([OTHER_PEM, INTER_PEM, LEAF_PEM], False, [LEAF_PEM, INTER_PEM]),  # longest chain wins
+        ([ROOT_PEM, OTHER_PEM], False, [OTHER_PEM, ROOT_PEM]),  # a root is never the leaf
         ([LEAF_PEM, LEAF_PEM, INTER_PEM], False, [LEAF_PEM, INTER_PEM]),  # duplicate dropped
         ([LEAF_PEM], False, [LEAF_PEM]),
         ([], False, []),
@@ -220,6 +222,8 @@ def test_parse_pem_bundle_skips_dh_parameters() -> None:
         "no-root",
         "missing-intermediate",
         "stranger",
+        "stranger-without-key",
+        "root-first",
         "duplicate",
         "leaf-only",
         "empty",
