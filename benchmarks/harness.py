@@ -43,6 +43,20 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A duration from the environment: "10", "2.5" or "10s"; BenchError when malformed."""
+    raw = os.environ.get(name, "").strip().removesuffix("s")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BenchError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise BenchError(f"{name} must not be negative")
+    return value
+
+
 def find_tool(name: str) -> str | None:
     """The tool on PATH, or in the sbin directories a non-root PATH often lacks."""
     found = shutil.which(name)
@@ -151,13 +165,13 @@ def start(
     return Child(name, popen, log)
 
 
-def stop(child: Child, first_signal: int = signal.SIGTERM) -> None:
-    """Stop the child and everything in its session; SIGKILL after STOP_TIMEOUT."""
+def stop(child: Child, first_signal: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop the child and everything in its session; SIGKILL after ``timeout`` seconds."""
     pgid = child.pid  # start_new_session made it the group leader
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, first_signal)
     try:
-        child.popen.wait(timeout=STOP_TIMEOUT)
+        child.popen.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

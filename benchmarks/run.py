@@ -50,19 +50,6 @@ class Settings:
     lbproxy: list[str]
 
 
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip().removesuffix("s")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BenchError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise BenchError(f"{name} must not be negative")
-    return value
-
-
 def _names(name: str, default: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     raw = os.environ.get(name, default)
     chosen = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
@@ -79,12 +66,12 @@ def settings_from_env() -> Settings:
     connections = os.environ.get("BENCH_CONNECTIONS", str(DEFAULT_CONNECTIONS))
     if not connections.isdigit() or int(connections) < 1:
         raise BenchError(f"BENCH_CONNECTIONS={connections!r} is not a positive number")
-    seconds = _seconds("BENCH_DURATION", DEFAULT_DURATION)
+    seconds = harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION)
     if seconds < 1:
         raise BenchError("BENCH_DURATION must be at least 1 second")
     return Settings(
         seconds=seconds,
-        warmup=_seconds("BENCH_WARMUP", DEFAULT_WARMUP),
+        warmup=harness.env_seconds("BENCH_WARMUP", DEFAULT_WARMUP),
         connections=int(connections),
         cases=tuple(c for c in CASES if c in cases),
         targets=_names("BENCH_TARGETS", ",".join(servers.TARGETS), servers.TARGETS),

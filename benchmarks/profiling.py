@@ -1,0 +1,137 @@
+"""`run.py --profile`: lbproxy under cProfile during one wrk run; prints where the time goes.
+
+The profiler slows lbproxy down severalfold, so the req/s printed here is not a benchmark
+figure; the proportions between functions are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pstats
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import certs
+import harness
+import loadgen
+import servers
+from harness import BenchError, say
+
+SERVER_CPU = 0
+LOAD_CPU = 1
+DEFAULT_TOP = 30
+DEFAULT_DURATION = 10.0  # as in run.py
+# lbproxy's SIGINT handling may give in-flight requests its grace period (30 s by default);
+# after a wrk run there are none, so this is a generous bound for writing the profile.
+PROFILE_STOP_TIMEOUT = 45.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run.py --profile",
+        description="Run lbproxy under cProfile during one wrk run and print the top functions.",
+    )
+    parser.add_argument("--size", choices=sorted(servers.FILES), default="100b")
+    parser.add_argument(
+        "--tls",
+        choices=certs.KEY_TYPES,
+        default=None,
+        help="listen with TLS, with a certificate of this key type",
+    )
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="Connection: close, a new connection (and TLS handshake) per request",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION),
+        help="seconds of load (default: BENCH_DURATION or 10)",
+    )
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="functions per listing")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="also keep the raw profile in this file"
+    )
+    return parser.parse_args(argv)
+
+
+def top_functions(profile: Path, top: int) -> str:
+    """The ``top`` functions by cumulative time, then by own time, as pstats prints them."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=out)
+    stats.strip_dirs()
+    for key, title in (("cumulative", "cumulative time"), ("tottime", "own time")):
+        out.write(f"\n===== top {top} by {title} =====\n")
+        stats.sort_stats(key).print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    tools = harness.ensure_tools(["wrk", "nginx"])
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise BenchError(f"{' and '.join(missing)} not found and could not be installed")
+    wrk, nginx = tools["wrk"], tools["nginx"]
+    assert wrk is not None and nginx is not None
+    with tempfile.TemporaryDirectory(prefix="lbproxy-profile-") as tmp:
+        workdir = Path(tmp)
+        www = servers.make_docroot(workdir)
+        backend_port = harness.free_port()
+        backend = servers.start_backend(nginx, workdir, www, backend_port, LOAD_CPU)
+        try:
+            harness.wait_ready(
+                backend, backend_port, f"/{args.size}", servers.FILES[args.size], tls=False
+            )
+            bundle = certs.make_bundle(workdir, args.tls) if args.tls else None
+            profile = workdir / "lbproxy.prof"
+            command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "l7proxy"]
+            server = servers.start_proxy(
+                "lbproxy", command, workdir, backend_port, bundle, SERVER_CPU
+            )
+            try:
+                harness.wait_ready(
+                    server.child,
+                    server.port,
+                    f"/{args.size}",
+                    servers.FILES[args.size],
+                    tls=server.tls,
+                )
+                scheme = "https" if server.tls else "http"
+                result = loadgen.run(
+                    wrk,
+                    f"{scheme}://127.0.0.1:{server.port}/{args.size}",
+                    script=loadgen.write_script(workdir),
+                    seconds=args.duration,
+                    connections=args.connections,
+                    cpu=LOAD_CPU,
+                    close=args.close,
+                )
+            except BenchError:
+                say(f"--- last lines of lbproxy's output ---\n{server.child.log_tail()}\n---")
+                raise
+            finally:
+                # SIGINT: trio raises KeyboardInterrupt, cProfile writes the file on the way out.
+                harness.stop(server.child, signal.SIGINT, PROFILE_STOP_TIMEOUT)
+        finally:
+            harness.stop(backend)
+        if not profile.exists():
+            tail = server.child.log_tail()
+            raise BenchError(
+                f"lbproxy wrote no profile (status {server.child.popen.returncode})"
+                + (f"; its output:\n{tail}" if tail else "")
+            )
+        print(
+            f"under the profiler: {result.rps:,.0f} req/s, p99 "
+            f"{result.p99_us / 1000:.2f}ms, {result.errors} errors"
+        )
+        print(top_functions(profile, args.top))
+        if args.output is not None:
+            args.output.write_bytes(profile.read_bytes())
+            print(f"raw profile kept in {args.output} (python -m pstats {args.output})")
+    return 0

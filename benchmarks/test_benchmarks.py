@@ -1,0 +1,287 @@
+"""Tests of the bench harness itself: `.venv/bin/python -m pytest benchmarks -q`.
+
+The parsing, report and configuration pieces are pure; the last tests start the real nginx
+backend on loopback and put a short wrk run through it.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import certs
+import harness
+import loadgen
+import pytest
+import report
+import run
+import servers
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+RESULT = loadgen.Result(
+    seconds=10.0,
+    requests=1000,
+    bytes=1,
+    socket_errors=0,
+    bad_status=0,
+    p50_us=500.0,
+    p99_us=2000.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "BENCH-RESULT 10000000 50000 1 0 0 0 0 0 512.0 2048.5",
+            loadgen.Result(10.0, 50000, 1, 0, 0, 512.0, 2048.5),
+        ),
+        (
+            "Running 10s test\nBENCH-RESULT 2000000 10 5 1 2 3 4 5 1.0 9.0\n",
+            loadgen.Result(2.0, 10, 5, 1 + 2 + 3 + 5, 4, 1.0, 9.0),
+        ),
+    ],
+)
+def test_parse_reads_the_marker_line(line: str, expected: loadgen.Result) -> None:
+    assert loadgen.parse(line) == expected
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["", "Requests/sec: 100\n", "BENCH-RESULT 1 2 3\n", "BENCH-RESULT x 0 0 0 0 0 0 0 1 1\n"],
+)
+def test_parse_rejects_output_without_a_good_line(output: str) -> None:
+    with pytest.raises(ValueError):
+        loadgen.parse(output)
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [(0.0, "0us"), (999.0, "999us"), (1000.0, "1.00ms"), (2500.0, "2.50ms"), (3.5e6, "3.50s")],
+)
+def test_latency_units(micros: float, text: str) -> None:
+    assert report.latency(micros) == text
+
+
+def _row(target: str, rps: float, *, variant: str = "rsa2048", errors: int = 0) -> report.Row:
+    result = loadgen.Result(1.0, int(rps), 0, errors, 0, 1.0, 1.0)
+    return report.Row("handshake", variant, target, result, cpu_seconds=rps * 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "verdict"),
+    [(800.0, 1000.0, "meets"), (750.0, 1000.0, "meets"), (740.0, 1000.0, "below")],
+)
+def test_handshake_ratio_against_the_target(ours: float, theirs: float, verdict: str) -> None:
+    lines = report.ratio_lines("handshake", [_row("lbproxy", ours), _row("haproxy", theirs)])
+    assert len(lines) == 1
+    assert f"lbproxy/haproxy {ours / theirs:.2f} ({verdict} the 0.75 target)" in lines[0]
+
+
+def test_ratio_with_errors_is_marked_and_missing_lines_are_skipped() -> None:
+    rows = [
+        _row("lbproxy", 500.0, errors=3),
+        _row("haproxy", 1000.0),
+        report.Row("handshake", "rsa2048", "nginx", note="nginx not installed"),
+    ]
+    (line,) = report.ratio_lines("handshake", rows)
+    assert "lbproxy/haproxy 0.50*" in line
+    assert "nginx" not in line
+
+
+def test_no_lbproxy_figure_is_said() -> None:
+    rows = [
+        report.Row("plain", "100b", "lbproxy", note="did not start"),
+        _row("haproxy", 10.0, variant="100b"),
+    ]
+    assert report.ratio_lines("plain", rows) == ["  100b: no lbproxy figure"]
+
+
+def test_cpu_per_request_and_share() -> None:
+    row = report.Row("plain", "100b", "haproxy", RESULT, cpu_seconds=5.0)
+    assert row.cpu_us_per_request == pytest.approx(5000.0)
+    assert row.cpu_share == pytest.approx(0.5)
+    assert report.Row("plain", "100b", "haproxy").cpu_us_per_request is None
+
+
+def test_table_shows_every_row_and_notes() -> None:
+    rows = [
+        report.Row("plain", "100b", "direct", RESULT, cpu_seconds=1.0),
+        report.Row("plain", "100b", "lbproxy", note="did not start (exit 1)"),
+    ]
+    text = report.render(rows, seconds=10, connections=50)
+    assert "  100  " in text  # 1000 requests in 10 s
+    assert "did not start (exit 1)" in text
+    assert "wrk -t1 -c50 -d10s" in text
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_lbproxy_config_is_the_documented_yaml(tls: bool) -> None:
+    bundle = Path("/tmp/b.pem") if tls else None
+    data = yaml.safe_load(servers.lbproxy_conf(8443, 9000, bundle))
+    assert data["global"] == {"access_log": False, "log_level": "warning"}
+    (vs,) = data["virtual_servers"]
+    assert vs["real_servers"] == [{"label": "nginx", "address": "127.0.0.1:9000"}]
+    assert vs["health_check"] == {"enabled": False}
+    if tls:
+        assert vs["bind"] == [{"address": "127.0.0.1:8443", "tls": {"certificate": "/tmp/b.pem"}}]
+    else:
+        assert vs["bind"] == "127.0.0.1:8443"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "bind"),
+    [
+        (None, "bind 127.0.0.1:8443\n"),
+        (Path("/x.pem"), "bind 127.0.0.1:8443 ssl crt /x.pem alpn http/1.1\n"),
+    ],
+)
+def test_haproxy_config(bundle: Path | None, bind: str) -> None:
+    text = servers.haproxy_conf(8443, 9000, bundle)
+    assert bind in text
+    assert "nbthread 1" in text
+    assert "server nginx 127.0.0.1:9000" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "cases"),
+    [
+        ({}, ("plain", "tls", "handshake")),
+        ({"BENCH_CASES": "plain"}, ("plain",)),
+        ({"BENCH_CASES": "tls"}, ("tls", "handshake")),
+        ({"BENCH_CASES": "handshake,plain"}, ("plain", "handshake")),
+        ({"BENCH_CASES": "tls-keepalive"}, ("tls",)),
+    ],
+)
+def test_settings_cases(
+    env: dict[str, str], cases: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("BENCH_CASES", "BENCH_DURATION", "BENCH_TARGETS", "BENCH_SIZES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = run.settings_from_env()
+    assert settings.cases == cases
+    assert settings.seconds == run.DEFAULT_DURATION
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BENCH_CASES", "fast", "BENCH_CASES: choose from"),
+        ("BENCH_TARGETS", "envoy", "BENCH_TARGETS: choose from"),
+        ("BENCH_DURATION", "ten", "not a number of seconds"),
+        ("BENCH_DURATION", "0.5", "at least 1 second"),
+        ("BENCH_CONNECTIONS", "-3", "not a positive number"),
+    ],
+)
+def test_settings_errors_are_one_line(
+    name: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(harness.BenchError, match=message) as caught:
+        run.settings_from_env()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key_type", certs.KEY_TYPES)
+def test_bundle_is_private_and_key_matches(key_type: str, tmp_path: Path) -> None:
+    path = certs.make_bundle(tmp_path, key_type)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    data = path.read_bytes()
+    cert = x509.load_pem_x509_certificate(data)
+    key = serialization.load_pem_private_key(data, password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(serialization.Encoding.PEM, public) == (
+        cert.public_key().public_bytes(serialization.Encoding.PEM, public)
+    )
+
+
+def test_stat_cpu_counts_a_busy_child() -> None:
+    child = subprocess.Popen(["python3", "-c", "while True: pass"])
+    try:
+        used = 0.0
+        for _ in range(100):  # at most ~5 s: one clock tick of CPU takes 10 ms
+            used = harness.cpu_seconds(child.pid)
+            if used > 0:
+                break
+            time.sleep(0.05)
+        assert used > 0
+        assert child.pid in harness.descendants(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=5)
+
+
+NEEDS = [name for name in ("nginx", "wrk") if harness.find_tool(name) is None]
+
+
+@pytest.fixture
+def backend() -> Iterator[tuple[harness.Child, int, Path]]:
+    nginx = harness.find_tool("nginx")
+    assert nginx is not None
+    with tempfile.TemporaryDirectory(prefix="bench-test-") as tmp:
+        workdir = Path(tmp)
+        www = servers.make_docroot(workdir)
+        port = harness.free_port()
+        child = servers.start_backend(nginx, workdir, www, port, cpu=None)
+        try:
+            harness.wait_ready(child, port, "/64k", 65536, tls=False)
+            yield child, port, workdir
+        finally:
+            harness.stop(child)
+        assert not child.alive()
+
+
+@pytest.mark.skipif(bool(NEEDS), reason=f"needs {' and '.join(NEEDS)} installed")
+def test_wrk_against_the_real_backend(backend: tuple[harness.Child, int, Path]) -> None:
+    child, port, workdir = backend
+    wrk = harness.find_tool("wrk")
+    assert wrk is not None
+    result = loadgen.run(
+        wrk,
+        f"http://127.0.0.1:{port}/100b",
+        script=loadgen.write_script(workdir),
+        seconds=1,
+        connections=4,
+        cpu=None,
+    )
+    assert result.requests > 0
+    assert result.errors == 0
+    assert result.p50_us <= result.p99_us
+    # The worker is a child of the master: its CPU time is counted.
+    assert len(harness.descendants(child.pid)) >= 2
+
+
+@pytest.mark.skipif(bool(NEEDS), reason=f"needs {' and '.join(NEEDS)} installed")
+def test_connection_close_makes_new_connections(backend: tuple[harness.Child, int, Path]) -> None:
+    _, port, workdir = backend
+    wrk = harness.find_tool("wrk")
+    assert wrk is not None
+    result = loadgen.run(
+        wrk,
+        f"http://127.0.0.1:{port}/100b",
+        script=loadgen.write_script(workdir),
+        seconds=1,
+        connections=2,
+        cpu=None,
+        close=True,
+    )
+    assert result.requests > 0
+    assert result.errors == 0
+
+
+def test_a_server_that_exits_is_reported(tmp_path: Path) -> None:
+    child = harness.start(
+        "broken", ["python3", "-c", "import sys; sys.exit('no config')"], workdir=tmp_path, cpu=None
+    )
+    with pytest.raises(harness.BenchError, match="broken exited with status 1"):
+        harness.wait_ready(child, harness.free_port(), "/", 0, tls=False)
+    assert "no config" in child.log_tail()
+    harness.stop(child)
