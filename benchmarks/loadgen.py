@@ -37,6 +37,7 @@ class Result:
     bad_status: int  # answers other than 2xx/3xx
     p50_us: float
     p99_us: float
+    error_detail: str = ""  # e.g. "read 12, status 3": which kinds wrk counted
 
     @property
     def rps(self) -> float:
@@ -57,6 +58,11 @@ def parse(output: str) -> Result:
             duration, requests, size, connect, read, write, status, timeout = (
                 int(float(f)) for f in fields[:8]
             )
+            kinds = zip(
+                ("connect", "read", "write", "status", "timeout"),
+                (connect, read, write, status, timeout),
+                strict=True,
+            )
             return Result(
                 seconds=duration / 1e6,
                 requests=requests,
@@ -65,6 +71,7 @@ def parse(output: str) -> Result:
                 bad_status=status,
                 p50_us=float(fields[8]),
                 p99_us=float(fields[9]),
+                error_detail=", ".join(f"{kind} {n}" for kind, n in kinds if n),
             )
     raise ValueError("wrk printed no result line")
 

@@ -53,6 +53,7 @@ class Row:
                 p99_us=self.result.p99_us,
                 socket_errors=self.result.socket_errors,
                 bad_status=self.result.bad_status,
+                error_detail=self.result.error_detail,
                 cpu_us_per_request=self.cpu_us_per_request,
                 cpu_share=self.cpu_share,
             )
@@ -83,7 +84,7 @@ def _cell(row: Row) -> list[str]:
         str(res.errors),
         "-" if per_req is None else f"{per_req:.1f}",
         "-" if share is None else f"{share * 100:.0f}%",
-        row.note,
+        "; ".join(filter(None, [row.note, res.error_detail and f"errors: {res.error_detail}"])),
     ]
 
 

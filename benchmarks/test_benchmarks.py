@@ -40,11 +40,20 @@ RESULT = loadgen.Result(
     [
         (
             "BENCH-RESULT 10000000 50000 1 0 0 0 0 0 512.0 2048.5",
-            loadgen.Result(10.0, 50000, 1, 0, 0, 512.0, 2048.5),
+            loadgen.Result(10.0, 50000, 1, 0, 0, 512.0, 2048.5, ""),
         ),
         (
             "Running 10s test\nBENCH-RESULT 2000000 10 5 1 2 3 4 5 1.0 9.0\n",
-            loadgen.Result(2.0, 10, 5, 1 + 2 + 3 + 5, 4, 1.0, 9.0),
+            loadgen.Result(
+                2.0,
+                10,
+                5,
+                1 + 2 + 3 + 5,
+                4,
+                1.0,
+                9.0,
+                "connect 1, read 2, write 3, status 4, timeout 5",
+            ),
         ),
     ],
 )
