@@ -1,0 +1,209 @@
+"""Active health checks: one trio task per checked server, TCP connect or HTTP request. [io]
+
+The only I/O in ``balancing``. Each task probes its server every ``interval`` seconds and feeds
+the result to the pure ``health.apply_check``; transitions are logged at WARNING with their cause.
+Start times are spread evenly over the interval so checks do not pulse together (HAProxy
+``spread-checks``). Servers in maintenance are not probed, as in HAProxy.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+
+import h11
+import trio
+
+from config.model import Address, AdminState, HealthCheck, HttpCheck
+
+from .health import L4CON, L4OK, L4TOUT, L7OK, L7RSP, L7STS, L7TOUT, CheckResult, apply_check
+from .state import PoolState, ServerState
+
+# A content check looks at most this far into the body: HAProxy matches `http-check expect
+# string` within one buffer (tune.bufsize, 16 KiB by default).
+CHECK_BODY_LIMIT = 16 * 1024
+# The response head may not exceed this either (h11's own default and HAProxy's buffer size).
+CHECK_HEAD_LIMIT = 16 * 1024
+# Bytes asked of the socket per read; a check reads little, the head usually in one go.
+RECV_SIZE = 4096
+USER_AGENT = "lbproxy-health-check"
+# A cause quoted from a server's bytes (h11's error text) is cut here to keep log lines short.
+MAX_DESC_CHARS = 200
+
+_CAUSES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "timeout",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection reset",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short lower-case cause for logs and stats: "connection refused", "no route to host"."""
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve address"
+    if exc.errno is not None:
+        return _CAUSES.get(exc.errno) or os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+class _Progress:
+    """How far a probe got, so a timeout can be told apart: connect (L4) or response (L7)."""
+
+    connected = False
+
+
+async def _connect(address: Address) -> trio.SocketStream:
+    """Connect to ``address``; raise OSError with the errno of the last attempt."""
+    infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(errno.EHOSTUNREACH, "no address")
+    for family, type_, proto, _, sockaddr in infos:
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            await sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+    raise last
+
+
+def _fail(status: str, desc: str) -> CheckResult:
+    return CheckResult(ok=False, status=status, desc=desc[:MAX_DESC_CHARS], duration=None)
+
+
+async def _http_exchange(
+    stream: trio.SocketStream, address: Address, http: HttpCheck
+) -> CheckResult:
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=CHECK_HEAD_LIMIT)
+    headers = [
+        ("Host", http.host or str(address)),
+        ("User-Agent", USER_AGENT),
+        ("Connection", "close"),
+    ]
+    request = conn.send(h11.Request(method=http.method, target=http.path, headers=headers))
+    end = conn.send(h11.EndOfMessage())
+    await stream.send_all((request or b"") + (end or b""))
+    needle = http.body.encode() if http.body is not None else None
+    body = bytearray()
+    eof = False
+    got_response = False
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if eof and not got_response:
+                return _fail(L7RSP, "connection closed without a response")
+            if eof:
+                return _fail(L7RSP, "connection closed in the response body")
+            return _fail(L7RSP, f"invalid response: {exc}")
+        if event is h11.NEED_DATA:
+            chunk = await stream.receive_some(RECV_SIZE)
+            eof = not chunk
+            conn.receive_data(chunk)
+            continue
+        if isinstance(event, h11.Response):
+            got_response = True
+            if event.status_code != http.expect:
+                return _fail(L7STS, f"status {event.status_code} (expected {http.expect})")
+            if needle is None:
+                return CheckResult(True, L7OK, f"status {event.status_code}", None)
+        elif isinstance(event, h11.Data):
+            assert needle is not None
+            body += event.data
+            if needle in body:
+                return CheckResult(True, L7OK, f"status {http.expect}, body matched", None)
+            if len(body) >= CHECK_BODY_LIMIT:
+                return _fail(
+                    L7RSP,
+                    f"body does not contain {http.body!r} in its first {CHECK_BODY_LIMIT} bytes",
+                )
+        elif isinstance(event, h11.EndOfMessage):
+            return _fail(L7RSP, f"body does not contain {http.body!r}")
+        elif isinstance(event, h11.ConnectionClosed):
+            return _fail(L7RSP, "connection closed without a response")
+        # InformationalResponse (1xx): keep reading for the final response.
+
+
+async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) -> CheckResult:
+    try:
+        stream = await _connect(address)
+    except OSError as exc:
+        return _fail(L4CON, describe_os_error(exc))
+    progress.connected = True
+    async with stream:
+        if http is None:
+            return CheckResult(True, L4OK, "connected", None)
+        try:
+            return await _http_exchange(stream, address, http)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            desc = describe_os_error(cause) if isinstance(cause, OSError) else "connection lost"
+            return _fail(L7RSP, desc)
+
+
+async def check_once(server: ServerState, check: HealthCheck) -> CheckResult:
+    """Probe one server once under ``check.timeout``; never raises for network trouble."""
+    address = server.server.check_address or server.server.address
+    progress = _Progress()
+    started = trio.current_time()
+    result: CheckResult | None = None
+    with trio.move_on_after(check.timeout):
+        result = await _probe(address, check.http, progress)
+    if result is None:
+        result = _fail(L7TOUT if progress.connected else L4TOUT, "timeout")
+    return CheckResult(result.ok, result.status, result.desc, trio.current_time() - started)
+
+
+async def _check_loop(
+    server: ServerState, check: HealthCheck, offset: float, log: logging.Logger
+) -> None:
+    await trio.sleep(offset)
+    while True:
+        started = trio.current_time()
+        if server.admin is not AdminState.MAINT:
+            try:
+                result = await check_once(server, check)
+            except Exception:
+                # A bug in the probe must not stop the other checks or the proxy; health stays.
+                log.exception("health check of %s/%s crashed", server.pool_name, server.label)
+            else:
+                message = apply_check(server, result, check, trio.current_time())
+                if message is not None:
+                    log.warning(message)
+        # Fixed rate: a slow check does not push the schedule back.
+        await trio.sleep_until(started + check.interval)
+
+
+async def run_checks(
+    states: dict[str, PoolState],
+    *,
+    log: logging.Logger,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Check every server (and fallback) of every pool with checks enabled, until cancelled.
+
+    Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
+    Reports started once every check task is scheduled.
+    """
+    targets = [
+        (state, pool.pool.health_check)
+        for pool in states.values()
+        if pool.pool.health_check.enabled
+        for state in pool.all_states()
+    ]
+    async with trio.open_nursery() as nursery:
+        for index, (state, check) in enumerate(targets):
+            offset = check.interval * index / len(targets)
+            nursery.start_soon(_check_loop, state, check, offset, log)
+        task_status.started()
+        await trio.sleep_forever()
