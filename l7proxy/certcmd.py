@@ -32,7 +32,7 @@ from tls.keys import (
     write_public_file,
     write_secret_file,
 )
-from tls.pfx import PfxContents, read_pfx
+from tls.pfx import PfxContents, PfxOpenError, read_pfx
 from tls.selfsigned import DEFAULT_DAYS, make_self_signed
 from tls.store import CertificateError, chain_pem, describe_subject, order_chain, parse_pem_bundle
 
@@ -180,7 +180,7 @@ def _open_pfx(path: str, data: bytes, args: argparse.Namespace) -> tuple[PfxCont
         return read_pfx(data, password, path), password
     try:
         return read_pfx(data, None, path), b""
-    except CertificateError:
+    except PfxOpenError:
         prompted = _prompt(f"Password for {path}: ")
         if prompted is None:
             raise BadInput(

@@ -23,6 +23,10 @@ OPEN_FAILED = (
 )
 
 
+class PfxOpenError(CertificateError):
+    """Wrong password or disabled algorithm: the caller may ask for a password and retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class PfxContents:
     """``chain`` is leaf first towards the root; ``others`` were in the file but not on it."""
@@ -44,12 +48,12 @@ def read_pfx(data: bytes, password: bytes | None, source: str) -> PfxContents:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
     except ValueError:
         if password:
-            raise CertificateError(source, OPEN_FAILED) from None
+            raise PfxOpenError(source, OPEN_FAILED) from None
         # OpenSSL encodes "no password" and "empty password" differently; exports use either.
         try:
             key, cert, extra = pkcs12.load_key_and_certificates(data, b"")
         except ValueError:
-            raise CertificateError(source, OPEN_FAILED) from None
+            raise PfxOpenError(source, OPEN_FAILED) from None
     if key is not None and not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise CertificateError(source, "unsupported key type (lbproxy serves RSA and EC keys)")
     # A certificate-only file has no key to pair with, so the leaf may sit among `extra`.
