@@ -173,38 +173,41 @@ def _compose(text: str, problems: Problems) -> Node | None:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        message = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem and exc.context_mark is not None:
-            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        if "'\\t'" in message:
-            message = (
-                message.replace("character '\\t'", "a tab").replace("'\\t'", "a tab")
-                + " (YAML indents with spaces only)"
-            )
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        lines = text.splitlines()
-        if (
-            mark is not None
-            and mark.line < len(lines)
-            and _UNQUOTED_IPV6_RE.search(lines[mark.line])
-        ):
-            # `bind: [::1]:80` starts a YAML flow list; the parser's message never says so.
-            message += '; quote IPv6 addresses: "[::1]:80"'
-
-        problems.at(line, column, "(yaml)", message)
+        problems.at(line, column, "(yaml)", _yaml_message(exc, text))
         return None
-    except yaml.YAMLError as exc:  # reader errors: control characters, no marks
+    except yaml.YAMLError as exc:  # reader errors (control characters) carry no marks
         position = getattr(exc, "position", 0)
         before = text[:position]
         line = before.count("\n") + 1
         column = position - (before.rfind("\n") + 1) + 1
         reason = getattr(exc, "reason", None) or "invalid YAML"
+        character = getattr(exc, "character", None)
+        if isinstance(character, int):
+            reason = f"{reason} (character {character:#04x})"
         problems.at(line, column, "(yaml)", str(reason))
         return None
-    if root is None:
+    if root is None or (isinstance(root, ScalarNode) and root.tag.endswith(":null")):
         problems.at(1, 1, "(file)", "the file is empty; expected a mapping with virtual_servers")
         return None
     return root
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """PyYAML's context and problem as one line, with hints for the two usual mistakes."""
+    message = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem:
+        where = f" (line {exc.context_mark.line + 1})" if exc.context_mark is not None else ""
+        message = f"{exc.context}{where}, {exc.problem}"
+    if "'\\t'" in message:
+        message = message.replace("character '\\t'", "a tab").replace("'\\t'", "a tab")
+        message += " (YAML indents with spaces only)"
+    mark = exc.problem_mark
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and _UNQUOTED_IPV6_RE.search(lines[mark.line]):
+        # `bind: [::1]:80` starts a YAML flow list; the parser's message never says so.
+        message += '; quote IPv6 addresses: "[::1]:80"'
+    return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,9 +405,10 @@ class _Builder(Reader):
         state = self.opt_enum(m.get("state"), AdminState, AdminState.READY)
         check_address: Address | None = None
         check_entry = m.get("check_address")
-        if check_entry is not None and address is not None:
+        if check_entry is not None:
             # Without a port, checks go to the server's own port on another host.
-            check_address = self.address(check_entry.value, check_entry.path, address.port)
+            port = address.port if address is not None else 1
+            check_address = self.address(check_entry.value, check_entry.path, port)
             if check_address is None:
                 return None
         if label is None or address is None or weight is None or state is None:

@@ -68,7 +68,7 @@ class Problems:
         self.items: list[Problem] = []
 
     def at(self, line: int, column: int, path: str, message: str) -> None:
-        text = f"{self.source}:{line}:{column}: {path}: {message}"
+        text = f"{self.source}:{line}:{column}: {path or '(top level)'}: {message}"
         self.items.append(Problem(line, column, text))
 
     def add(self, node: Node, path: str, message: str) -> None:
@@ -130,7 +130,9 @@ class Reader:
         entries: dict[str, Entry] = {}
         for key_node, value_node in self._pairs(node, path):
             if not isinstance(key_node, ScalarNode) or key_node.tag != STR_TAG:
-                self.problem(key_node, path, f"keys must be strings, got {kind(key_node)}")
+                self.problem(
+                    key_node, path, f"keys must be strings, got {describe(key_node)}; quote it"
+                )
                 continue
             key = key_node.value
             key_path = join(path, key)
@@ -198,11 +200,13 @@ class Reader:
             return str(node.value)
         if isinstance(node, ScalarNode):
             # YAML 1.1 reads `no`, `on`, `1.0`, `~` as non-strings; say how to keep the text.
-            shown = node.value if node.value else "an empty value"
+            if not node.value:
+                self.problem(node, path, "expected a string, got nothing")
+                return None
             self.problem(
                 node,
                 path,
-                f"expected a string, got {kind(node)} ({shown}); "
+                f"expected a string, got {kind(node)} ({node.value}); "
                 f'put it in quotes if it is meant as text: "{node.value}"',
             )
             return None

@@ -73,6 +73,8 @@ def parse_address(value: str, default_port: int | None = None) -> Address:
     text = value.strip()
     if not text:
         raise ValueError("empty address: expected HOST:PORT")
+    if "://" in text:
+        raise ValueError(f"invalid address {value!r}: write HOST:PORT, without a scheme")
     port_text: str | None
     if text.startswith("["):
         end = text.find("]")

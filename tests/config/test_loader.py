@@ -274,7 +274,7 @@ BAD: list[tuple[str, str, str, str]] = [
         "empty label",
         GOOD_VS.replace("label: www", "label:"),
         "2:11: virtual_servers[0].label:",
-        "expected a string, got null",
+        "expected a string, got nothing",
     ),
     (
         "label with a space",
