@@ -84,12 +84,11 @@ class LeastConnections:
             elif lhs == rhs:
                 tied.append(cand)
         chosen = tied[0]
-        if self._last is not None:
-            labels = [c.label for c in candidates]
-            last_index = labels.index(self._last) if self._last in labels else -1
-            after = [c for c in tied if labels.index(c.label) > last_index]
-            if after:
-                chosen = after[0]
+        if self._last is not None and len(tied) > 1:
+            position = {c.label: i for i, c in enumerate(candidates)}
+            last_index = position.get(self._last, -1)
+            # The first tied server after the one picked last, wrapping around.
+            chosen = next((c for c in tied if position[c.label] > last_index), tied[0])
         self._last = chosen.label
         return chosen.label
 

@@ -200,3 +200,52 @@ class PoolState:
 def new_states(pools: Iterable[Pool]) -> dict[str, PoolState]:
     """Fresh runtime state for every pool, keyed by pool name."""
     return {pool.name: PoolState(pool) for pool in pools}
+
+
+def _carry_server(old: ServerState, new: ServerState, notes: list[str]) -> None:
+    # The operator's new config wins over a runtime change only where the config changed.
+    if old.server.state is new.server.state:
+        new.admin = old.admin
+    if old.server.weight == new.server.weight:
+        new.weight = old.weight
+    same_target = (
+        old.server.address == new.server.address
+        and old.server.check_address == new.server.check_address
+    )
+    if not same_target:
+        notes.append(
+            f"server {new.pool_name}/{new.label} now at {new.address}: health and counters reset"
+        )
+        return
+    new.health = old.health
+    new.consecutive_ok = old.consecutive_ok
+    new.consecutive_fail = old.consecutive_fail
+    # The same object: requests still running on the old generation end on it too.
+    new.counters = old.counters
+
+
+def carry_over(previous: dict[str, PoolState], current: dict[str, PoolState]) -> list[str]:
+    """Move runtime state from the old generation to a freshly built one, on reload.
+
+    Matched by pool name and server label (the fallback with the fallback). Health, check
+    results and counters move when the server's address and check address are unchanged; admin
+    state and weight move unless the operator changed them in the config; source-persistence
+    entries move when both pools use source persistence. Returns one note per server whose
+    state was reset, for the log.
+    """
+    notes: list[str] = []
+    for name, new_pool in current.items():
+        old_pool = previous.get(name)
+        if old_pool is None:
+            continue
+        for new_state in new_pool.servers:
+            old_state = old_pool.server(new_state.label)
+            if old_state is not None:
+                _carry_server(old_state, new_state, notes)
+        if old_pool.fallback is not None and new_pool.fallback is not None:
+            _carry_server(old_pool.fallback, new_pool.fallback, notes)
+        if old_pool.source_table is not None and new_pool.source_table is not None:
+            for key, label, seen in old_pool.source_table.items():
+                if new_pool.server(label) is not None:
+                    new_pool.source_table.record(key, label, seen)
+    return notes
