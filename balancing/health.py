@@ -76,9 +76,9 @@ def report_passive_failure(state: ServerState, now: float, cause: str) -> str | 
     """A connect to ``state`` failed on live traffic (refused, reset, timed out).
 
     Counts like a failed check, so ``fall`` of them in a row take the server down. Without active
-    checks nothing would ever bring it back, so then only the counter moves.
+    checks nothing would ever bring it back, so then nothing changes. The caller counts the
+    failed connect itself (``counters.failures_connect``); this function does not.
     """
-    state.counters.failures_connect += 1
     if not state.check.enabled:
         return None
     result = CheckResult(ok=False, status=PASSIVE, desc=cause, duration=None)

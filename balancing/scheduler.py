@@ -85,14 +85,14 @@ def choose(
     """
     persistence = pool.pool.persistence
     cookie_mode = isinstance(persistence, CookiePersistence)
-    redispatch = False
+    redispatched_from: ServerState | None = None  # the sticky server we had to leave
 
     if cookie_mode and cookie_label is not None:
         held = pool.server(cookie_label)
         if held is not None:
             if held.label not in exclude and held.accepts_sticky():
                 return Choice(held, Reason.COOKIE, insert_cookie=False, clear_cookie=False)
-            redispatch = True
+            redispatched_from = held
         # An unknown label is no cookie at all: normal balancing, and a new cookie.
 
     key: str | None = None
@@ -103,12 +103,14 @@ def choose(
             held = pool.server(label)
             if held is not None and held.label not in exclude and held.accepts_sticky():
                 return Choice(held, Reason.SOURCE, insert_cookie=False, clear_cookie=False)
-            redispatch = redispatch or held is not None
+            redispatched_from = redispatched_from or held
 
     candidates = [s for s in pool.servers if s.label not in exclude and s.accepts_new()]
     if candidates:
         chosen = _balance(pool, candidates, client_ip)
-        if redispatch:
+        if redispatched_from is not None:
+            # Counted on the server the client was taken from, like HAProxy's wredis.
+            redispatched_from.counters.redispatches += 1
             reason = Reason.REDISPATCH
         elif pool.balance is Balance.SOURCE:
             reason = Reason.HASH

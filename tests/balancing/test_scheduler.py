@@ -235,3 +235,21 @@ def test_new_states_and_statistics() -> None:
     assert rows[0]["responses"] == {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 1, "other": 0}
     assert rows[2]["fallback"] is True
     assert rows[0]["address"] == "127.0.0.1:8001"
+
+
+@pytest.mark.parametrize(
+    ("persistence", "sticky"), [(COOKIE, Reason.COOKIE), (SOURCE, Reason.SOURCE)]
+)
+def test_redispatch_counted_on_the_server_left(
+    persistence: CookiePersistence | SourcePersistence, sticky: Reason
+) -> None:
+    pool = PoolState(make_pool(["a", "b"], persistence=persistence))
+    a, b = pool.servers
+    pick(pool, "a")  # records a in the source table (cookie mode: ignored)
+    set_states(pool, {"a": "down"})
+    choice = pick(pool, "a")
+    assert (choice.server, choice.reason) == (b, Reason.REDISPATCH)
+    assert (a.counters.redispatches, b.counters.redispatches) == (1, 0)
+    # The client now holds b (new cookie, or the source entry was rewritten): no more redispatch.
+    assert (pick(pool, "b").server, pick(pool, "b").reason) == (b, sticky)
+    assert a.counters.redispatches == 1
