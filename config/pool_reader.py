@@ -1,0 +1,273 @@
+"""Reading pools: real servers, the fallback server, persistence and health checks."""
+
+from __future__ import annotations
+
+import re
+
+from yaml.nodes import Node, ScalarNode
+
+from .fields import PATH_RE, FieldReader
+from .model import (
+    Address,
+    AdminState,
+    Balance,
+    CookiePersistence,
+    HealthCheck,
+    HttpCheck,
+    Persistence,
+    Pool,
+    RealServer,
+    SourcePersistence,
+)
+from .nodes import STR_TAG, Entry, Mapping, join
+
+# HAProxy accepts server weights 0..256; 0 drains the server.
+MAX_WEIGHT = 256
+MAX_MASK4 = 32
+MAX_MASK6 = 128
+# Stick-table sizes beyond this would cost gigabytes; HAProxy examples stay well below.
+MAX_SOURCE_TABLE_SIZE = 10_000_000
+# RFC 9110 status codes are three digits; 1xx..5xx are the defined classes.
+MIN_STATUS = 100
+MAX_STATUS = 599
+
+FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats and cookies
+SAMESITE_VALUES = ("Strict", "Lax", "None")
+_DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "real_servers")
+SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
+COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
+PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
+SOURCE_KEYS = ("timeout", "mask", "mask6", "size")
+HEALTH_KEYS = ("enabled", "interval", "rise", "fall", "timeout", "http")
+HTTP_CHECK_KEYS = ("path", "method", "expect", "body", "host")
+
+
+class PoolReader(FieldReader):
+    """The part of a virtual server (or a named pool) that says where requests may go."""
+
+    def pool(self, m: Mapping, name: str, what: str) -> Pool | None:
+        balance = self.opt_enum(m.get("balance"), Balance, Balance.ROUNDROBIN)
+        persistence: Persistence | None = None
+        persistence_entry = m.get("persistence")
+        if persistence_entry is not None:
+            persistence = self.persistence(persistence_entry)
+        health: HealthCheck | None = HealthCheck()
+        health_entry = m.get("health_check")
+        if health_entry is not None:
+            health = self.health_check(health_entry)
+        fallback: RealServer | None = None
+        fallback_entry = m.get("fallback")
+        if fallback_entry is not None:
+            address = self.address(fallback_entry.value, fallback_entry.path)
+            if address is not None:
+                fallback = RealServer(label=FALLBACK_LABEL, address=address, backup=True)
+        servers = self.real_servers(m, what)
+        if balance is None or health is None or servers is None:
+            return None
+        return Pool(
+            name=name,
+            real_servers=servers,
+            balance=balance,
+            fallback=fallback,
+            persistence=persistence,
+            health_check=health,
+        )
+
+    def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
+        entry = m.get("real_servers")
+        if entry is None:
+            self.problem(
+                m.node,
+                join(m.path, "real_servers"),
+                f"required key is missing: a {what} needs at least one real server",
+            )
+            return None
+        items = self.sequence(entry.value, entry.path)
+        if items is None:
+            return None
+        if not items:
+            self.problem(
+                entry.value,
+                entry.path,
+                f"must not be empty: a {what} needs at least one real server",
+            )
+            return None
+        servers: list[RealServer] = []
+        seen: dict[str, Node] = {}
+        ok = True
+        for index, item in enumerate(items):
+            server = self.real_server(item, f"{entry.path}[{index}]", seen)
+            if server is None:
+                ok = False
+            else:
+                servers.append(server)
+        return tuple(servers) if ok else None
+
+    def real_server(self, node: Node, path: str, seen: dict[str, Node]) -> RealServer | None:
+        m = self.mapping(node, path, SERVER_KEYS, required=("label", "address"))
+        if m is None:
+            return None
+        label = self.label(m.get("label"), "real server label", seen)
+        if label == FALLBACK_LABEL:
+            label_entry = m.get("label")
+            assert label_entry is not None
+            self.problem(
+                label_entry.value,
+                label_entry.path,
+                f"the label {FALLBACK_LABEL!r} is reserved for the pool's fallback server",
+            )
+            label = None
+        address_entry = m.get("address")
+        address = self.address(address_entry.value, address_entry.path) if address_entry else None
+        weight = self.opt_int(m.get("weight"), 1, 0, MAX_WEIGHT)
+        state = self.opt_enum(m.get("state"), AdminState, AdminState.READY)
+        check_address: Address | None = None
+        check_entry = m.get("check_address")
+        if check_entry is not None:
+            # Without a port, checks go to the server's own port on another host.
+            port = address.port if address is not None else 1
+            check_address = self.address(check_entry.value, check_entry.path, port)
+            if check_address is None:
+                return None
+        if label is None or address is None or weight is None or state is None:
+            return None
+        return RealServer(
+            label=label, address=address, weight=weight, state=state, check_address=check_address
+        )
+
+    def persistence(self, entry: Entry) -> Persistence | None:
+        m = self.mapping(entry.value, entry.path, PERSISTENCE_KEYS)
+        if m is None:
+            return None
+        source_entry = m.get("source")
+        if source_entry is not None:
+            others = [e for e in m if e.key.value != "source"]
+            for other in others:
+                self.problem(
+                    other.key, other.path, "cookie settings do not apply to source persistence"
+                )
+            source = self.source_persistence(source_entry)
+            return None if others else source
+        if "cookie" not in m:
+            self.problem(
+                entry.value,
+                entry.path,
+                "expected 'cookie: NAME' (cookie persistence) or 'source: {...}' (source address)",
+            )
+            return None
+        return self.cookie_persistence(m)
+
+    def cookie_persistence(self, m: Mapping) -> CookiePersistence | None:
+        defaults = CookiePersistence()
+        name = self.token(m.get("cookie"), defaults.name)
+        httponly = self.opt_bool(m.get("httponly"), defaults.httponly)
+        secure: bool | None = defaults.secure
+        secure_entry = m.get("secure")
+        if secure_entry is not None:
+            secure = self.boolean(secure_entry.value, secure_entry.path)
+        samesite = self.opt_choice(m.get("samesite"), SAMESITE_VALUES, None)
+        samesite_entry = m.get("samesite")
+        if samesite == "None" and secure is False and samesite_entry is not None:
+            self.problem(
+                samesite_entry.value,
+                samesite_entry.path,
+                "browsers reject SameSite=None without Secure; drop 'secure: false'",
+            )
+            samesite = None
+        domain: str | None = None
+        domain_entry = m.get("domain")
+        if domain_entry is not None:
+            domain = self.string(domain_entry.value, domain_entry.path)
+            if domain is not None:
+                domain = domain.lower()
+                if not _DOMAIN_RE.fullmatch(domain):
+                    self.problem(domain_entry.value, domain_entry.path, "not a valid domain name")
+                    domain = None
+        path = self.url_path(m.get("path"), defaults.path)
+        if name is None or httponly is None or path is None or self.failed_since(m):
+            return None
+        return CookiePersistence(
+            name=name,
+            httponly=httponly,
+            secure=secure,
+            samesite=samesite,
+            domain=domain,
+            path=path,
+        )
+
+    def source_persistence(self, entry: Entry) -> SourcePersistence | None:
+        node = entry.value
+        if isinstance(node, ScalarNode) and node.tag != STR_TAG:
+            if self.boolean(node, entry.path):
+                return SourcePersistence()
+            if node.tag.endswith("bool"):
+                self.problem(node, entry.path, "use 'source: true' or leave persistence out")
+            return None
+        m = self.mapping(node, entry.path, SOURCE_KEYS)
+        if m is None:
+            return None
+        defaults = SourcePersistence()
+        timeout = self.opt_duration(m.get("timeout"), defaults.timeout)
+        mask4 = self.opt_int(m.get("mask"), defaults.mask4, 0, MAX_MASK4)
+        mask6 = self.opt_int(m.get("mask6"), defaults.mask6, 0, MAX_MASK6)
+        size = self.opt_int(m.get("size"), defaults.size, 1, MAX_SOURCE_TABLE_SIZE)
+        if timeout is None or mask4 is None or mask6 is None or size is None:
+            return None
+        return SourcePersistence(timeout=timeout, mask4=mask4, mask6=mask6, size=size)
+
+    def health_check(self, entry: Entry) -> HealthCheck | None:
+        m = self.mapping(entry.value, entry.path, HEALTH_KEYS)
+        if m is None:
+            return None
+        defaults = HealthCheck()
+        enabled = self.opt_bool(m.get("enabled"), defaults.enabled)
+        interval = self.opt_duration(m.get("interval"), defaults.interval)
+        rise = self.opt_int(m.get("rise"), defaults.rise, 1)
+        fall = self.opt_int(m.get("fall"), defaults.fall, 1)
+        timeout = self.opt_duration(m.get("timeout"), defaults.timeout)
+        timeout_entry = m.get("timeout")
+        if interval is not None and timeout is not None and timeout > interval:
+            node = timeout_entry.value if timeout_entry else m.node
+            self.problem(
+                node,
+                join(m.path, "timeout"),
+                f"the check timeout ({timeout:g}s) must not exceed the interval ({interval:g}s), "
+                "or checks would overlap",
+            )
+            timeout = None
+        http: HttpCheck | None = None
+        http_entry = m.get("http")
+        if http_entry is not None:
+            http = self.http_check(http_entry)
+            if http is None:
+                return None
+        if enabled is None or interval is None or rise is None or fall is None or timeout is None:
+            return None
+        return HealthCheck(
+            enabled=enabled, interval=interval, rise=rise, fall=fall, timeout=timeout, http=http
+        )
+
+    def http_check(self, entry: Entry) -> HttpCheck | None:
+        m = self.mapping(entry.value, entry.path, HTTP_CHECK_KEYS)
+        if m is None:
+            return None
+        defaults = HttpCheck()
+        path = self.url_path(m.get("path"), defaults.path)
+        method = self.token(m.get("method"), defaults.method)
+        expect = self.opt_int(m.get("expect"), defaults.expect, MIN_STATUS, MAX_STATUS)
+        body: str | None = None
+        body_entry = m.get("body")
+        if body_entry is not None:
+            body = self.string(body_entry.value, body_entry.path)
+        host: str | None = None
+        host_entry = m.get("host")
+        if host_entry is not None:
+            host = self.string(host_entry.value, host_entry.path)
+            if host is not None and not PATH_RE.fullmatch("/" + host):
+                self.problem(host_entry.value, host_entry.path, "must not contain spaces")
+                host = None
+        if path is None or method is None or expect is None or self.failed_since(m):
+            return None
+        return HttpCheck(path=path, method=method, expect=expect, body=body, host=host)
