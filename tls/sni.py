@@ -55,7 +55,8 @@ class SniIndex:
 
     def pick(self, server_name: str | None) -> LoadedCertificate | None:
         """The certificate for ``server_name``; None means: fail the handshake (strict)."""
-        if server_name:
+        # "*" is no hostname character (RFC 952/1123): such a name only ever matches the default.
+        if server_name and "*" not in server_name:
             name = normalize_name(server_name)
             exact = self._exact.get(name)
             if exact is not None:
