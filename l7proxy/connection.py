@@ -112,6 +112,14 @@ class Exchange:
     termination: str = "--"
 
 
+def check_head_bytes(data: bytes | bytearray) -> None:
+    """Refuse obs-fold in a request head: h11 would unfold it silently (RELIABILITY.md §1)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    if b"\n " in head or b"\n\t" in head:
+        raise h11.RemoteProtocolError("obsolete line folding in the request head", 400)
+
+
 class ClientConnection:
     def __init__(
         self,
@@ -135,6 +143,8 @@ class ClientConnection:
             data = await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
+        if self.h11.their_state is h11.IDLE and data:
+            check_head_bytes(data)
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
@@ -152,7 +162,8 @@ class ClientConnection:
 
     async def _send_canned(self, status: int, *, close: bool = True) -> None:
         response = canned(status, close=close)
-        if self.h11.our_state is not h11.SEND_RESPONSE:
+        # IDLE too: h11 lets a server answer a request head it could not parse.
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:
             await self._send(
@@ -185,10 +196,13 @@ class ClientConnection:
     async def _read_head(self, deadline: float | None) -> h11.Request | None:
         """The next request head, or None when the connection should just close."""
         try:
-            event = self.h11.next_event()
+            return await self._read_head_or_raise(deadline)
         except h11.RemoteProtocolError as error:
             await self._send_canned(status_for_protocol_error(error.error_status_hint))
             return None
+
+    async def _read_head_or_raise(self, deadline: float | None) -> h11.Request | None:
+        event = self.h11.next_event()
         if event is h11.NEED_DATA and deadline is None:
             # Between requests: wait for the first byte for the idle timeout, then close
             # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
@@ -205,11 +219,7 @@ class ClientConnection:
             return self._head_event(event)
         assert deadline is not None
         with trio.move_on_at(deadline):
-            try:
-                return self._head_event(await self._next_event())
-            except h11.RemoteProtocolError as error:
-                await self._send_canned(status_for_protocol_error(error.error_status_hint))
-                return None
+            return self._head_event(await self._next_event())
         if self.h11.their_state is h11.IDLE and not self._has_partial_head():
             return None  # nothing at all arrived: silent close, like HAProxy
         await self._send_canned(408)
@@ -240,6 +250,9 @@ class ClientConnection:
                 ex.termination = "PR"
                 await self._send_canned(problem.status)
                 return False
+            if not request_has_body(headers):
+                # h11 has the EndOfMessage of a body-less request ready without any I/O.
+                self.h11.next_event()
             return await self._proxy(request, headers, ex)
         except ClientGone as gone:
             ex.termination = "CD" if ex.termination == "--" else ex.termination
@@ -488,6 +501,7 @@ class ClientConnection:
                         data = b""
                 if scope.cancelled_caught:
                     raise ServerFailed(504, "server timeout", resendable=False)
+                conn.response_bytes += len(data)
                 conn.h11.receive_data(data)
                 continue
             return event  # type: ignore[return-value]
@@ -499,12 +513,13 @@ class ClientConnection:
             try:
                 event = await self._server_event(conn, timeout)
             except ServerFailed as failure:
-                if failure.status == 502 and conn.h11.their_state is h11.SEND_RESPONSE:
+                if failure.status == 502 and conn.response_bytes == 0:
                     # Closed before any response byte: the one case a resend may cure.
                     raise ServerFailed(502, failure.cause, resendable=True) from failure
                 raise
             if isinstance(event, h11.ConnectionClosed):
-                raise ServerFailed(502, "server closed before responding", resendable=True)
+                resendable = conn.response_bytes == 0
+                raise ServerFailed(502, "server closed before responding", resendable=resendable)
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     raise ServerFailed(502, "protocol upgrade is not supported", resendable=False)

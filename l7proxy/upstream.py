@@ -43,6 +43,7 @@ class UpstreamConnection:
     )
     reused: bool = False
     idle_since: float = 0.0
+    response_bytes: int = 0  # of the current exchange: 0 means a resend is still safe
 
 
 class UpstreamPool:
@@ -74,6 +75,7 @@ class UpstreamPool:
         """Give back a connection whose exchange is complete; anything else is closed."""
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
             conn.h11.start_next_cycle()
+            conn.response_bytes = 0
             queue = self._idle.setdefault(conn.address, deque())
             now = trio.current_time()
             while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:

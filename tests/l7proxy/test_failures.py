@@ -1,0 +1,216 @@
+"""Failure mapping (DESIGN.md): every row through real sockets, checking bytes on both sides."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from config.model import Address, Timeouts
+from tests.helpers import (
+    Backend,
+    free_port,
+    raw_exchange,
+    read_request_head,
+    request,
+    serve_raw,
+    server,
+    simple_config,
+    start_proxy,
+)
+
+
+async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web2")
+            await nursery.start(web.serve)
+            dead = Address("127.0.0.1", free_port())
+            config = simple_config([server("web1", dead), server("web2", web)])
+            proxy = await start_proxy(nursery, config)
+            _, port = proxy.address("www")
+            for _ in range(4):
+                resp = await request(port, "POST", "/form", body=b"a=1")
+                assert resp.status == 200
+                assert resp.body == b"web2 POST /form 3"
+            # Each POST reached the live server exactly once.
+            assert [s.body for s in web.seen] == [b"a=1"] * 4
+            nursery.cancel_scope.cancel()
+
+
+async def test_no_server_at_all_is_503_with_html() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            dead = Address("127.0.0.1", free_port())
+            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
+            _, port = proxy.address("www")
+            resp = await request(port, "GET", "/")
+            assert resp.status == 503
+            assert (
+                resp.header(
+                    "content-type",
+                )
+                == "text/html; charset=utf-8"
+            )
+            assert b"503 Service Unavailable" in resp.body
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"",  # closed without a response byte
+    ],
+    ids=["duplicate-cl", "bad-status", "garbage", "bad-header", "empty"],
+)
+async def test_bad_or_missing_response_head_is_502(reply: bytes) -> None:
+    async def broken(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        if reply:
+            await stream.send_all(reply)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, broken)
+            config = simple_config([server("bad", Address("127.0.0.1", port))])
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            resp = await request(pport, "POST", "/", body=b"x")
+            assert resp.status == 502
+            nursery.cancel_scope.cancel()
+
+
+async def test_silent_server_is_504_after_server_timeout() -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, silent)
+            config = simple_config(
+                [server("slow", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.5)
+            )
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            resp = await request(pport, "GET", "/")
+            assert resp.status == 504
+            nursery.cancel_scope.cancel()
+
+
+async def test_mid_body_death_truncates_the_client_response() -> None:
+    async def dies(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await trio.sleep(0.1)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, dies)
+            config = simple_config([server("dies", Address("127.0.0.1", port))])
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            raw = await raw_exchange(pport, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert body == b"partial"  # what arrived, then the connection ends short
+            nursery.cancel_scope.cancel()
+
+
+async def test_idempotent_request_is_resent_when_server_closes_before_responding() -> None:
+    calls = {"n": 0}
+
+    async def flaky(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        calls["n"] += 1
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("good")
+            await nursery.start(web.serve)
+            port = await nursery.start(serve_raw, flaky)
+            config = simple_config(
+                [server("flaky", Address("127.0.0.1", port)), server("good", web)]
+            )
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            for _ in range(2):
+                assert (await request(pport, "GET", "/")).status == 200
+            assert calls["n"] == 1  # the GET that hit "flaky" was resent to "good"
+            # A POST that reached a server is never sent twice.
+            calls["n"] = 0
+            statuses = [(await request(pport, "POST", "/", body=b"x")).status for _ in range(2)]
+            assert sorted(statuses) == [200, 502]
+            assert calls["n"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_header_timeout_is_408_and_close() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1")
+            await nursery.start(web.serve)
+            config = simple_config([server("web1", web)], timeouts=Timeouts(header=0.3))
+            proxy = await start_proxy(nursery, config)
+            _, port = proxy.address("www")
+            raw = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert raw.startswith(b"HTTP/1.1 408")
+            assert web.seen == []
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", b"400"),  # space before colon
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n  folded\r\n\r\n", b"400"),  # obs-fold
+        (b"GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"400",
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: b\r\n" * 120 + b"\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 40000 + b"\r\n\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n", b"400"),
+    ],
+    ids=[
+        "no-host",
+        "two-hosts",
+        "space-colon",
+        "obs-fold",
+        "fragment",
+        "te-and-cl",
+        "unknown-te",
+        "negative-cl",
+        "cl-list",
+        "long-uri",
+        "many-headers",
+        "big-header",
+        "nul",
+    ],
+)
+async def test_bad_requests_get_their_status_and_close(data: bytes, status: bytes) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1")
+            await nursery.start(web.serve)
+            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
+            _, port = proxy.address("www")
+            raw = await raw_exchange(port, data)  # returns only once the proxy closed
+            assert raw.startswith(b"HTTP/1.1 " + status), raw[:80]
+            assert b"connection: close" in raw.lower()
+            assert web.seen == []  # nothing reached the real server
+            nursery.cancel_scope.cancel()
