@@ -6,6 +6,8 @@ PKCS#7; the extension says nothing reliable, so only the bytes decide.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,6 +28,17 @@ class CertificateFile:
     certificates: list[x509.Certificate]
     key: PrivateKey | None
     encoding: str  # "PEM" | "DER" | "PKCS#7 (DER)"
+
+
+def _load_pkcs7(
+    loader: Callable[[bytes], list[x509.Certificate]], data: bytes
+) -> list[x509.Certificate]:
+    # `openssl crl2pkcs7` and Windows write certificate SETs unsorted (BER, not DER);
+    # cryptography then falls back to BER with a UserWarning that would reach the operator's
+    # terminal as a multi-line Python warning. The fallback is what we want, the noise is not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return loader(data)
 
 
 def _content_offset(data: bytes) -> int | None:
@@ -53,7 +66,7 @@ def _read_pem(data: bytes, source: str) -> CertificateFile:
     for label, block in pem_blocks(data):
         if label in _PKCS7_LABELS:
             try:
-                certs.extend(pkcs7.load_pem_pkcs7_certificates(block))
+                certs.extend(_load_pkcs7(pkcs7.load_pem_pkcs7_certificates, block))
             except ValueError:
                 raise CertificateError(source, "the PKCS#7 block is damaged") from None
             continue
@@ -89,7 +102,8 @@ def _read_der(data: bytes, source: str) -> CertificateFile:
     except ValueError:
         pass
     try:
-        return CertificateFile(pkcs7.load_der_pkcs7_certificates(data), None, "PKCS#7 (DER)")
+        certs = _load_pkcs7(pkcs7.load_der_pkcs7_certificates, data)
+        return CertificateFile(certs, None, "PKCS#7 (DER)")
     except ValueError:
         pass
     raise CertificateError(source, "not a certificate: neither PEM, DER nor PKCS#7")
