@@ -3,7 +3,8 @@
 The only I/O in ``balancing``. Each task probes its server every ``interval`` seconds and feeds
 the result to the pure ``health.apply_check``; transitions are logged at WARNING with their cause.
 Start times are spread evenly over the interval so checks do not pulse together (HAProxy
-``spread-checks``). Servers in maintenance are not probed, as in HAProxy.
+``spread-checks``); the pace quickens while a server is in transition
+(``health.next_check_delay``). Servers in maintenance are not probed, as in HAProxy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ import trio
 
 from config.model import Address, AdminState, HealthCheck, HttpCheck
 
-from .health import L4CON, L4OK, L4TOUT, L7OK, L7RSP, L7STS, L7TOUT, CheckResult, apply_check
+from .health import (
+    L4CON,
+    L4OK,
+    L4TOUT,
+    L7OK,
+    L7RSP,
+    L7STS,
+    L7TOUT,
+    CheckResult,
+    apply_check,
+    next_check_delay,
+)
 from .state import PoolState, ServerState
 
 # A content check looks at most this far into the body: HAProxy matches `http-check expect
@@ -180,8 +192,8 @@ async def _check_loop(
                 message = apply_check(server, result, check, trio.current_time())
                 if message is not None:
                     log.warning(message)
-        # Fixed rate: a slow check does not push the schedule back.
-        await trio.sleep_until(started + check.interval)
+        # Measured from the start: a slow check does not push the schedule back.
+        await trio.sleep_until(started + next_check_delay(server, check))
 
 
 async def run_checks(

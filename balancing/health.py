@@ -33,6 +33,26 @@ class CheckResult:
     duration: float | None  # seconds, None when not measured
 
 
+def in_transition(state: ServerState) -> bool:
+    """Some results already point the other way, but not yet ``rise``/``fall`` of them."""
+    if state.health is Health.UP:
+        return state.consecutive_fail > 0
+    return state.consecutive_ok > 0
+
+
+def next_check_delay(state: ServerState, check: HealthCheck) -> float:
+    """Seconds from the start of one check to the start of the next.
+
+    ``interval`` normally. While the server is in transition the pace quickens to
+    ``interval - timeout`` (HAProxy's ``fastinter`` idea), so even checks that each run into the
+    timeout (a pulled cable) reach ``fall`` results within ``fall * interval`` seconds of the
+    server's death: the appliance's "gone within 6 seconds" with the 2 s / 3 defaults.
+    """
+    if in_transition(state) and check.timeout < check.interval:
+        return check.interval - check.timeout
+    return check.interval
+
+
 def _message(state: ServerState, result: CheckResult) -> str:
     pool = state.pool
     left = pool.usable_count() if pool is not None else 0

@@ -279,13 +279,16 @@ async def test_down_after_fall_and_up_after_rise(autojump_clock: trio.testing.Mo
                 assert web1.counters.check_status == "L4OK"
             stopped = trio.current_time()
             went_down = await wait_for(lambda: web1.health is Health.DOWN)
-            # Three failed checks at the 2 s interval: after more than two intervals, within three.
-            assert 2 * check.interval < went_down - stopped <= 3 * check.interval
+            # Down on the third failed check (the first at most one interval after the stop, the
+            # others at the quicker transition pace): well within fall * interval = 6 s.
+            assert web1.consecutive_fail == check.fall
+            assert check.interval < went_down - stopped <= check.fall * check.interval
             assert web1.counters.check_desc == "connection refused"
             async with serving(just_close, port):
                 restarted = trio.current_time()
                 came_up = await wait_for(lambda: web1.health is Health.UP)
-                assert check.interval < came_up - restarted <= 2 * check.interval
+                assert web1.consecutive_ok == check.rise
+                assert check.interval / 2 < came_up - restarted <= check.rise * check.interval
             nursery.cancel_scope.cancel()
     assert records.messages == [
         (logging.WARNING, "server www/web1 is DOWN: connection refused (L4CON), 0 active left"),

@@ -9,6 +9,7 @@ from balancing.health import (
     L7OK,
     CheckResult,
     apply_check,
+    next_check_delay,
     report_passive_failure,
 )
 from balancing.state import Health, PoolState
@@ -120,3 +121,37 @@ def test_passive_failure_without_checks_only_counts() -> None:
         assert report_passive_failure(state, float(i), "connection refused") is None
     assert state.health is Health.UP
     assert state.consecutive_fail == 0
+
+
+@pytest.mark.parametrize(
+    ("health", "ok", "fail", "interval", "timeout", "delay"),
+    [
+        (Health.UP, 5, 0, 2.0, 1.0, 2.0),  # steady
+        (Health.UP, 0, 1, 2.0, 1.0, 1.0),  # going down: quicker
+        (Health.UP, 0, 2, 2.0, 0.5, 1.5),
+        (Health.DOWN, 0, 4, 2.0, 1.0, 2.0),  # steady down
+        (Health.DOWN, 1, 0, 2.0, 1.0, 1.0),  # coming up: quicker
+        (Health.UP, 0, 1, 2.0, 3.0, 2.0),  # timeout >= interval: no quickening
+    ],
+)
+def test_next_check_delay(
+    health: Health, ok: int, fail: int, interval: float, timeout: float, delay: float
+) -> None:
+    check = HealthCheck(interval=interval, timeout=timeout)
+    state = PoolState(make_pool(["a"], check=check)).servers[0]
+    state.health, state.consecutive_ok, state.consecutive_fail = health, ok, fail
+    assert next_check_delay(state, check) == delay
+
+
+def test_timeouts_reach_fall_within_fall_intervals() -> None:
+    """Worst case of a pulled cable: every check runs into the timeout."""
+    check = HealthCheck(interval=2.0, timeout=1.0, fall=3)
+    state = PoolState(make_pool(["a"], check=check)).servers[0]
+    timeout = CheckResult(ok=False, status="L4TOUT", desc="timeout", duration=1.0)
+    died = 0.001  # just after a good check at 0.0
+    start = check.interval  # the next scheduled check
+    while state.health is Health.UP:
+        apply_check(state, timeout, check, now=start + check.timeout)
+        went_down = start + check.timeout
+        start += next_check_delay(state, check)
+    assert went_down - died <= check.fall * check.interval
