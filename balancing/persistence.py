@@ -86,7 +86,13 @@ def _attributes(cfg: CookiePersistence, tls: bool) -> str:
 
 
 def set_cookie_value(cfg: CookiePersistence, label: str, tls: bool) -> bytes:
-    """The ``Set-Cookie`` value that sends the client to ``label``, byte for byte HAProxy's."""
+    """The ``Set-Cookie`` value that sends the client to ``label``, byte for byte HAProxy's.
+
+    Raises ValueError for a label that is not a plain cookie value (the loader never lets one
+    through; this keeps a bug from turning into header injection).
+    """
+    if not valid_label(label):
+        raise ValueError(f"label {label!r} cannot be a cookie value")
     return f"{cfg.name}={label}{_attributes(cfg, tls)}".encode("latin-1")
 
 

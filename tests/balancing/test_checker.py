@@ -229,6 +229,23 @@ async def test_http_check_request_bytes() -> None:
     assert (b"host", b"app.example") in list(request.headers)
 
 
+async def test_http_check_over_ipv6_loopback() -> None:
+    seen: list[h11.Request] = []
+    handler = http_handler(200, requests=seen)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="::1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        real = RealServer(label="v6", address=Address("::1", port))
+        check = http_check()
+        state = PoolState(Pool(name="www", real_servers=(real,), health_check=check)).servers[0]
+        with trio.fail_after(TEST_DEADLINE):
+            result = await check_once(state, check)
+        nursery.cancel_scope.cancel()
+    assert (result.ok, result.status) == (True, "L7OK")
+    assert (b"host", f"[::1]:{port}".encode()) in list(seen[0].headers)
+
+
 async def test_http_check_default_host_is_address() -> None:
     seen: list[h11.Request] = []
     async with serving(http_handler(200, requests=seen)) as port:

@@ -160,3 +160,9 @@ def test_source_table_overwrite_and_forget() -> None:
     table.forget("k")
     table.forget("missing")
     assert table.lookup("k", now=2.0) is None
+
+
+@pytest.mark.parametrize("label", ["", "a b", "a;b", "a\r\nSet-Cookie: x=y", '"q"'])
+def test_set_cookie_value_refuses_unsafe_labels(label: str) -> None:
+    with pytest.raises(ValueError, match="cannot be a cookie value"):
+        set_cookie_value(CookiePersistence(), label, False)
