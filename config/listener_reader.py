@@ -212,8 +212,12 @@ def _same_listener(a: Address, b: Address) -> bool:
         return True
     if isinstance(host_a, str) or isinstance(host_b, str):
         return False  # names are not resolved here; only equal names are known to collide
-    # A wildcard of one family takes the port for every address of that family.
-    return host_a.version == host_b.version and (host_a.is_unspecified or host_b.is_unspecified)
+    # A wildcard takes the port for every address of its family; the server opens "[::]" as a
+    # dual-stack socket (like HAProxy `bind :::80 v4v6`), so it takes IPv4 addresses too.
+    for wild, other in ((host_a, host_b), (host_b, host_a)):
+        if wild.is_unspecified and (wild.version == other.version or wild.version == 6):
+            return True
+    return False
 
 
 def _listener_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:

@@ -371,7 +371,7 @@ class _Builder(PoolReader, ListenerReader):
         if host_entry is not None:
             host = self.string(host_entry.value, host_entry.path)
             if host is not None:
-                host = host.lower()
+                host = host.lower().removesuffix(".")  # request hosts are compared without it
                 if not _RULE_HOST_RE.fullmatch(host):
                     self.problem(
                         host_entry.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -295,7 +296,9 @@ virtual_servers:
         ("10.0.0.1:80", "0.0.0.0:80", True),
         ('"[::]:80"', '"[::1]:80"', True),
         ('"[::1]:80"', '"[0:0:0:0:0:0:0:1]:80"', True),
-        ('"[::]:80"', "0.0.0.0:80", False),  # IPv6 listeners are v6-only
+        ('"[::]:80"', "0.0.0.0:80", True),  # the server opens [::] dual-stack
+        ("127.0.0.1:80", '"[::]:80"', True),
+        ("0.0.0.0:80", '"[::1]:80"', False),  # other IPv6 listeners are v6-only
         ("127.0.0.1:80", '"[::1]:80"', False),
         ("Web.Local:80", "web.local:80", True),
         ("localhost:80", "127.0.0.1:80", False),  # names are not resolved at load time
@@ -326,3 +329,35 @@ def test_check_address_defaults_to_the_server_port() -> None:
         GOOD.replace("127.0.0.1:8081}", "127.0.0.1:8081, check_address: '[::1]'}"), "/x"
     )
     assert config.virtual_servers[0].pool.real_servers[0].check_address == Address("::1", 8081)
+
+
+@pytest.mark.parametrize(
+    ("host", "stored"),
+    [
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("*.Static.Example.com", "*.static.example.com"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_rule_hosts_are_normalised(host: str, stored: str) -> None:
+    text = GOOD + f"    rules: [{{host: '{host}', pool: p}}]\n"
+    text += "pools: {p: {real_servers: [{label: a, address: 127.0.0.1:1}]}}\n"
+    assert load_text(text, "/lb.yaml").virtual_servers[0].rules[0].host == stored
+
+
+def test_every_key_is_documented() -> None:
+    from config import listener_reader, loader, pool_reader
+
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `(?:[a-z_\[\]]+\.)*([a-z_0-9]+)` \|", docs, re.MULTILINE))
+    modules = (loader, pool_reader, listener_reader)
+    keys = {
+        key
+        for module in modules
+        for name, value in vars(module).items()
+        if name.endswith("_KEYS")
+        for key in value
+    }
+    assert keys, "no key tables found"
+    assert sorted(keys - documented) == []
