@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -265,6 +266,94 @@ async def test_install_cert_bundle_serves_tls(
     assert await _serve_and_connect(bundle, pki["root"], tls_version) == ("hello from the bundle\n")
 
 
+REPO = Path(__file__).resolve().parents[2]
+BACKEND_BODY = b"served by the real server\n"
+
+
+async def _backend(stream: trio.SocketStream) -> None:
+    """A minimal real server: read one request head, answer, close."""
+    head = b""
+    try:
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            head += chunk
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            + f"Content-Length: {len(BACKEND_BODY)}\r\n\r\n".encode()
+            + BACKEND_BODY
+        )
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await stream.aclose()
+
+
+def _free_port() -> int:
+    # The configuration wants a fixed port (0 is refused); the kernel's pick is free right now.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command-line tool")
+async def test_install_cert_bundle_serves_through_lbproxy_to_curl(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    """The issue's item 6: csr-less CA answer -> install-cert -> `lbproxy run` -> curl.
+
+    curl trusts only the root, so it succeeds only if the bind sends the intermediate too.
+    """
+    bundle = tmp_path / "bundle.pem"
+    argv = ["install-cert", "--key", pki["key"], "--cert", pki["leaf"], "--chain", pki["inter"]]
+    assert main([*argv, "--out", str(bundle)]) == 0
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, _backend, 0, host="127.0.0.1"))
+            backend_port = listeners[0].socket.getsockname()[1]
+            port = _free_port()
+            config = tmp_path / "lbproxy.yaml"
+            config.write_text(
+                "virtual_servers:\n"
+                "  - label: www\n"
+                f"    bind: {{address: 127.0.0.1:{port}, tls: {{certificate: {bundle}}}}}\n"
+                "    health_check: {enabled: false}\n"
+                f"    real_servers: [{{label: web1, address: 127.0.0.1:{backend_port}}}]\n"
+            )
+            proxy = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "l7proxy", "run", "-c", str(config)],
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            try:
+                assert proxy.stderr is not None
+                log = b""
+                while b"listening: www" not in log:
+                    chunk = await proxy.stderr.receive_some(4096)
+                    assert chunk, log.decode(errors="replace")
+                    log += chunk
+                curl = await trio.run_process(
+                    [
+                        *("curl", "--silent", "--show-error", "--fail"),
+                        *("--cacert", pki["root"]),
+                        *("--resolve", f"www.example.com:{port}:127.0.0.1"),
+                        f"https://www.example.com:{port}/",
+                    ],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            finally:
+                proxy.terminate()
+                await proxy.wait()
+            nursery.cancel_scope.cancel()
+    assert curl.returncode == 0, curl.stderr.decode(errors="replace")
+    assert curl.stdout == BACKEND_BODY
+
+
 def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str, str]) -> None:
     """The installed entry point end to end: the password arrives on stdin, not in argv."""
     pfx = str(tmp_path / "site.pfx")
@@ -279,7 +368,7 @@ def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str
         input=SENTINEL.encode() + b"\n",
         capture_output=True,
         timeout=IO_TIMEOUT,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
@@ -299,7 +388,7 @@ def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str
         input=b"wrong\n",
         capture_output=True,
         timeout=IO_TIMEOUT,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO,
         check=False,
     )
     assert wrong.returncode == 1
