@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -18,6 +19,7 @@ from balancing.persistence import clear_cookie_value, read_cookie, set_cookie_va
 from balancing.scheduler import Choice, NoServerAvailable, choose
 from balancing.state import PoolState
 from config.model import Bind, CookiePersistence, ProxyConfig, VirtualService
+from tls.clientcert import CLIENT_HEADER_NAMES
 
 from . import accesslog
 from .errors import canned, status_for_protocol_error
@@ -30,7 +32,10 @@ from .exchange import (
     check_request,
     forward_request_headers,
     forward_response_headers,
+    header_value,
+    https_redirect_target,
     request_has_body,
+    rewrite_location,
 )
 from .routing import route
 from .upstream import ConnectError, UpstreamConnection, UpstreamPool
@@ -127,8 +132,11 @@ class ClientConnection:
         listener: Listener,
         stream: trio.abc.Stream,
         client: ClientInfo,
+        tls_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.runtime = runtime
+        self.tls_headers = tls_headers  # Pound's X-SSL-* facts of this TLS connection
+        self.request_host = b""
         self.listener = listener
         self.vs = listener.vs
         self.stream = stream
@@ -298,6 +306,9 @@ class ClientConnection:
     # ---- proxying ---------------------------------------------------------------------------
 
     async def _proxy(self, request: h11.Request, headers: Headers, ex: Exchange) -> bool:
+        self.request_host = header_value(headers, b"host") or b""
+        if self.vs.redirect_to_https and not self.client.tls:
+            return await self._redirect_to_https(request, ex)
         pool_name = route(self.vs, request.target, headers)
         pool = self.runtime.pools[pool_name]
         ex.pool = pool_name
@@ -310,7 +321,9 @@ class ClientConnection:
             self.client,
             forwardfor=self.vs.forwardfor,
             listener_port=self.listener.port,
+            drop=CLIENT_HEADER_NAMES,
         )
+        out_headers.extend(self.tls_headers)
         has_body = request_has_body(headers)
         idempotent = request.method in IDEMPOTENT_METHODS
         exclude: set[str] = set()
@@ -366,6 +379,55 @@ class ClientConnection:
             else:
                 conn.stream.close()
             return ex.client_keepalive and self._client_can_continue()
+
+    async def _redirect_to_https(self, request: h11.Request, ex: Exchange) -> bool:
+        tls_ports = [b.address.port for b in self.vs.binds if b.tls is not None]
+        location = https_redirect_target(self.request_host, request.target, tls_ports[0])
+        ex.status = 301
+        ex.termination = "LR"
+        body = b'<html><body>Moved to <a href="' + location + b'">HTTPS</a></body></html>\n'
+        headers = [
+            (b"location", location),
+            (b"content-type", b"text/html"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await self._send(
+            h11.Response(status_code=301, reason=b"Moved Permanently", headers=headers),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        )
+        return self._client_can_continue()
+
+    def _response_headers(self, headers: Headers, choice: Choice) -> Headers:
+        """What the client gets: hop-by-hop gone, cookie, nocache, HSTS, Location rewritten."""
+        out = forward_response_headers(headers, self._cookie_headers(choice))
+        if choice.insert_cookie:
+            out = add_private_cache_control(out)
+        if self.vs.rewrite_location:
+            address = choice.server.address
+            out = [
+                (
+                    name,
+                    rewrite_location(
+                        value,
+                        server_host=address.host,
+                        server_port=address.port,
+                        request_host=self.request_host,
+                        tls=self.client.tls,
+                    ),
+                )
+                if name in (b"location", b"content-location")
+                else (name, value)
+                for name, value in out
+            ]
+        hsts = self.vs.hsts
+        if (
+            self.client.tls
+            and hsts is not None
+            and not header_value(out, b"strict-transport-security")
+        ):
+            out.append((b"strict-transport-security", f"max-age={int(hsts)}".encode()))
+        return out
 
     def _client_can_continue(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
@@ -535,9 +597,7 @@ class ClientConnection:
             break
         ex.status = event.status_code
         server.counters.record_response(event.status_code)
-        headers = forward_response_headers(list(event.headers), self._cookie_headers(choice))
-        if choice.insert_cookie:
-            headers = add_private_cache_control(headers)
+        headers = self._response_headers(list(event.headers), choice)
         ex.response_started = True
         await self._send(
             h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)

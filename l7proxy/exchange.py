@@ -179,3 +179,49 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def _authority_parts(authority: bytes, default_port: int) -> tuple[bytes, int]:
+    host, port = authority, default_port
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        host = authority[1:end]
+        rest = authority[end + 1 :]
+        if rest.startswith(b":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif authority.count(b":") == 1:
+        name, _, digits = authority.partition(b":")
+        host = name
+        if digits.isdigit():
+            port = int(digits)
+    return host.lower(), port
+
+
+def rewrite_location(
+    location: bytes, *, server_host: str, server_port: int, request_host: bytes, tls: bool
+) -> bytes:
+    """Pound's ``RewriteLocation 1``: a Location that points at the real server itself, or at
+    this virtual server with the wrong scheme, is rewritten to what the client used."""
+    scheme, sep, rest = location.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https") or not request_host:
+        return location
+    slash = rest.find(b"/")
+    authority, path = (rest, b"") if slash < 0 else (rest[:slash], rest[slash:])
+    default_port = 443 if scheme.lower() == b"https" else 80
+    host, port = _authority_parts(authority, default_port)
+    client_scheme = b"https" if tls else b"http"
+    points_at_server = host == server_host.lower().encode() and port == server_port
+    wanted_host, _ = _authority_parts(request_host, 443 if tls else 80)
+    wrong_scheme = host == wanted_host and scheme.lower() != client_scheme
+    if points_at_server or wrong_scheme:
+        return client_scheme + b"://" + request_host + path
+    return location
+
+
+def https_redirect_target(host: bytes, target: bytes, tls_port: int) -> bytes:
+    """Where ``redirect_to_https`` sends a plain-HTTP request: same host and path, TLS port."""
+    name, _ = _authority_parts(host, 80)
+    if b":" in name:
+        name = b"[" + name + b"]"
+    port = b"" if tls_port == 443 else b":" + str(tls_port).encode()
+    return b"https://" + name + port + target

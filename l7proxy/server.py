@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from config.model import Address
+from tls.clientcert import client_headers
 
 from .connection import ClientConnection, Listener, Runtime
 from .exchange import ClientInfo
@@ -125,6 +126,7 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
             return
         raw = SockStream(sock)
         stream: trio.abc.Stream = raw
+        tls_headers: list[tuple[bytes, bytes]] = []
         try:
             if tls_server is not None:
                 ssl_stream = trio.SSLStream(
@@ -140,7 +142,12 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
                 if scope.cancelled_caught:
                     log.debug("TLS handshake with %s timed out", client.ip)
                     return
-            await ClientConnection(runtime, listener, stream, client).run(accepted_at)
+                tls_headers = client_headers(
+                    ssl_stream.getpeercert(binary_form=True),
+                    ssl_stream.cipher(),
+                    version=ssl_stream.version(),
+                )
+            await ClientConnection(runtime, listener, stream, client, tls_headers).run(accepted_at)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
