@@ -53,9 +53,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .demo import run_demo
 
-    return demo.run_demo(http_port=args.port, https_port=args.tls_port, stats_port=args.stats_port)
+    return run_demo(http_port=args.port, https_port=args.tls_port, stats_port=args.stats_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
