@@ -123,12 +123,9 @@ class FieldReader(Reader):
 
     def path_value(self, entry: Entry | None, default: str | None) -> str | None:
         if entry is None:
-            return self.path_in_config(default) if default is not None else None
+            return self.in_config_dir(default) if default is not None else None
         text = self.string(entry.value, entry.path)
         return self.in_config_dir(text) if text is not None else None
-
-    def path_in_config(self, text: str) -> str:
-        return self.in_config_dir(text)
 
     def in_config_dir(self, text: str) -> str:
         """Relative paths mean: next to the config file, whatever the working directory."""

@@ -120,6 +120,10 @@ def _compose(text: str, problems: Problems) -> Node | None:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problems.at(line, column, "(yaml)", _yaml_message(exc, text))
         return None
+    except RecursionError:
+        # The composer recurses once per nesting level; no real config comes close.
+        problems.at(1, 1, "(yaml)", "nested too deeply")
+        return None
     except yaml.YAMLError as exc:  # reader errors (control characters) carry no marks
         position = getattr(exc, "position", 0)
         before = text[:position]
@@ -214,7 +218,7 @@ class _Builder(PoolReader, ListenerReader):
         )
 
     def default_global(self) -> GlobalSettings:
-        return GlobalSettings(state_dir=self.path_in_config(GlobalSettings().state_dir))
+        return GlobalSettings(state_dir=self.in_config_dir(GlobalSettings().state_dir))
 
     def global_settings(self, entry: Entry) -> GlobalSettings | None:
         m = self.mapping(entry.value, entry.path, GLOBAL_KEYS)

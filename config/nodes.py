@@ -8,6 +8,7 @@ loader can go on and report every problem of a file at once.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -36,6 +37,8 @@ _KIND = {
     _TAG + "seq": "a list",
     _TAG + "map": "a mapping",
 }
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # One constructor to turn int/bool/float scalars into values exactly as yaml.safe_load would.
 _CONSTRUCTOR = yaml.SafeLoader("")
@@ -128,7 +131,7 @@ class Reader:
             self.problem(node, path, f"expected a mapping, got {kind(node)}")
             return None
         entries: dict[str, Entry] = {}
-        for key_node, value_node in self._pairs(node, path):
+        for key_node, value_node in self._pairs(node, path, {id(node)}):
             if not isinstance(key_node, ScalarNode) or key_node.tag != STR_TAG:
                 self.problem(
                     key_node, path, f"keys must be strings, got {describe(key_node)}; quote it"
@@ -151,11 +154,13 @@ class Reader:
                 self.problem(node, join(path, key), "required key is missing")
         return result
 
-    def _pairs(self, node: MappingNode, path: str) -> list[tuple[Node, Node]]:
+    def _pairs(self, node: MappingNode, path: str, visited: set[int]) -> list[tuple[Node, Node]]:
         """Key/value pairs with YAML merge keys (``<<: *defaults``) expanded.
 
         Merged keys come first and explicit keys override them without a duplicate
         complaint, as in every YAML loader; duplicates among explicit keys are still caught.
+        ``visited`` holds the mappings already expanded: aliases can form cycles, and a
+        mapping merged twice adds nothing the second time.
         """
         explicit: list[tuple[Node, Node]] = []
         merged: list[tuple[Node, Node]] = []
@@ -165,10 +170,13 @@ class Reader:
                 continue
             sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
             for source in sources:
-                if not isinstance(source, MappingNode) or source is node:
-                    self.problem(source, path, "'<<' merges only other mappings")
+                if not isinstance(source, MappingNode):
+                    self.problem(source, path, "'<<' merges only mappings")
                     continue
-                merged.extend(self._pairs(source, path))
+                if id(source) in visited:
+                    continue
+                visited.add(id(source))
+                merged.extend(self._pairs(source, path, visited))
         explicit_keys = {k.value for k, _ in explicit if isinstance(k, ScalarNode)}
         seen: set[str] = set()
         kept: list[tuple[Node, Node]] = []
@@ -196,6 +204,12 @@ class Reader:
         if isinstance(node, ScalarNode) and node.tag == STR_TAG:
             if not allow_empty and not node.value.strip():
                 self.problem(node, path, "must not be empty")
+                return None
+            control = _CONTROL_RE.search(node.value)
+            if control is not None:
+                # Strings end up in headers, paths and log lines, where these do harm.
+                code = ord(control.group())
+                self.problem(node, path, f"must not contain control characters (found {code:#04x})")
                 return None
             return str(node.value)
         if isinstance(node, ScalarNode):

@@ -652,6 +652,31 @@ BAD: list[tuple[str, str, str, str]] = [
         "expected true or false, got a string (true)",
     ),
     (
+        "control character in a string",
+        GOOD_VS + '    health_check: {http: {body: "a\\u0000b"}}\n',
+        "6:33: virtual_servers[0].health_check.http.body:",
+        "must not contain control characters (found 0x00)",
+    ),
+    (
+        "two documents",
+        GOOD_VS + "---\n" + GOOD_VS,
+        "6:1: (yaml):",
+        "expected a single document in the stream (line 1), but found another document",
+    ),
+    (
+        "undefined alias",
+        GOOD_VS + "    balance: *nope\n",
+        "6:14: (yaml):",
+        "found undefined alias 'nope'",
+    ),
+    (
+        "merge of a scalar",
+        GOOD_VS + "    timeouts: {<<: 5}\n",
+        "6:20: virtual_servers[0].timeouts:",
+        "'<<' merges only mappings",
+    ),
+    ("nested too deeply", "[" * 600 + "]" * 600, "1:1: (yaml):", "nested too deeply"),
+    (
         "non-string key",
         GOOD_VS + "    1: x\n",
         "6:5: virtual_servers[0]:",

@@ -361,3 +361,19 @@ def test_every_key_is_documented() -> None:
     }
     assert keys, "no key tables found"
     assert sorted(keys - documented) == []
+
+
+def test_merge_cycles_end() -> None:
+    text = "virtual_servers: [&a {b: &b {<<: *a}, <<: *b}]\n"
+    problems = problems_of(text)
+    assert any(": virtual_servers[0].b: unknown key" in p for p in problems)
+
+
+def test_the_reference_example_loads() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL)
+    complete = [block for block in blocks if "virtual_servers:" in block]
+    assert complete, "the reference has no complete example"
+    for block in complete:
+        config = load_text(block, "/etc/lbproxy/lb.yaml")
+        assert config.virtual_servers
