@@ -132,10 +132,9 @@ def _write(path: str, data: bytes, *, secret: bool, force: bool) -> None:
         raise BadInput(f"{path}: cannot write: {error.strerror or error}") from None
 
 
-def _strip_newline(data: bytes) -> bytes:
-    if data.endswith(b"\r\n"):
-        return data[:-2]
-    return data.removesuffix(b"\n")
+def _first_line(data: bytes) -> bytes:
+    """The password in a file is its first line, without the line end (LF or CRLF)."""
+    return data.split(b"\n", 1)[0].removesuffix(b"\r")
 
 
 def _password_from_options(args: argparse.Namespace) -> bytes | None:
@@ -149,12 +148,13 @@ def _password_from_options(args: argparse.Namespace) -> bytes | None:
             where = args.password_file
         if len(data) > MAX_PASSWORD_BYTES:
             raise BadInput(f"{where}: longer than {MAX_PASSWORD_BYTES} bytes; not a password")
-        return _strip_newline(data)
+        return _first_line(data)
     if args.password_env is not None:
-        value = os.environ.get(args.password_env)
+        # The raw bytes: decoding and re-encoding could fail with an error that quotes them.
+        value = os.environb.get(os.fsencode(args.password_env))
         if value is None:
             raise BadInput(f"--password-env: the variable {args.password_env} is not set")
-        return value.encode()
+        return value
     return None
 
 
@@ -170,7 +170,7 @@ def _prompt(text: str) -> bytes | None:
     """Ask on the terminal; None when there is no terminal to ask on."""
     if not sys.stdin.isatty():
         return None
-    return getpass.getpass(text).encode()
+    return getpass.getpass(text).encode("utf-8", "surrogateescape")
 
 
 def _open_pfx(path: str, data: bytes, args: argparse.Namespace) -> tuple[PfxContents, bytes]:
@@ -257,8 +257,10 @@ def _cmd_convert_pfx(args: argparse.Namespace) -> None:
             _write(args.key_out, key_bytes, secret=True, force=args.force)
         if args.cert_out:
             _write(args.cert_out, chain_pem([leaf]), secret=False, force=args.force)
-        if args.chain_out:
+        if args.chain_out and intermediates:
             _write(args.chain_out, chain_pem(intermediates), secret=False, force=args.force)
+        elif args.chain_out:
+            _note(f"{args.input}: no intermediate certificates; {args.chain_out} not written")
     _report_pfx(args, contents)
 
 
@@ -271,7 +273,8 @@ def _report_pfx(args: argparse.Namespace, contents: PfxContents) -> None:
         _note(f"{args.input}: no private key in the file; wrote certificates only")
     elif args.encrypt_key:
         _note("the private key is encrypted with the file's password")
-    written = [path for path in (args.out, args.key_out, args.cert_out, args.chain_out) if path]
+    outputs = (args.out, args.key_out, args.cert_out, args.chain_out)
+    written = [path for path in outputs if path and os.path.exists(path)]
     print(f"wrote {', '.join(written)}")
 
 

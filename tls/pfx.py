@@ -44,6 +44,13 @@ def read_pfx(data: bytes, password: bytes | None, source: str) -> PfxContents:
     """
     if not looks_like_pkcs12(data):
         raise CertificateError(source, "not a PKCS#12 (.pfx/.p12) file")
+    if password:
+        # PKCS#12 passwords are text (BMPString); cryptography fails on other bytes with an
+        # unrelated TypeError, so say what is wrong without quoting the value.
+        try:
+            password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CertificateError(source, "the password is not valid UTF-8 text") from None
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
     except ValueError:

@@ -198,6 +198,37 @@ def test_convert_pfx_separate_files(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert private is not None and key_matches(private, LEAF_CERT)
 
 
+def test_convert_pfx_password_file_first_line_and_no_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pfx = write(
+        tmp_path / "leaf.pfx",
+        pkcs12.serialize_key_and_certificates(
+            None, LEAF_KEY, LEAF_CERT, None, serialization.BestAvailableEncryption(b"pw")
+        ),
+    )
+    password = write(tmp_path / "pw", b"pw\r\nsecond line is not part of it\n")
+    chain = tmp_path / "chain.pem"
+    argv = ["convert-pfx", pfx, "--password-file", password, "--cert-out", str(tmp_path / "c")]
+    assert main([*argv, "--chain-out", str(chain)]) == 0
+    assert not chain.exists()
+    assert "no intermediate certificates" in capsys.readouterr().err
+
+
+def test_convert_pfx_password_env_is_taken_as_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value that is not UTF-8 must not end in an encoding error that quotes it."""
+    pfx = write(tmp_path / "site.pfx", make_pfx(SENTINEL))
+    monkeypatch.setitem(os.environb, b"PFX_BYTES", b"\xffsecret")
+    assert (
+        main(["convert-pfx", pfx, "--out", str(tmp_path / "o"), "--password-env", "PFX_BYTES"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "the password is not valid UTF-8 text" in one_error_line(err, pfx)
+    assert "secret" not in err
+
+
 def test_convert_pfx_password_from_stdin_and_encrypt_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -287,10 +287,11 @@ def test_read_pfx_certificate_only_finds_the_leaf_among_extras() -> None:
     [
         (_pfx(LEAF_KEY, LEAF_CERT, [], b"right"), b"wrong", OPEN_FAILED),
         (_pfx(LEAF_KEY, LEAF_CERT, [], b"right"), None, OPEN_FAILED),
+        (_pfx(LEAF_KEY, LEAF_CERT, [], b"right"), b"\xffright", "not valid UTF-8 text"),
         (DER, b"pw", "not a PKCS#12"),
         (_pfx(LEAF_KEY, None, [INTER_CERT], b"pw"), b"pw", "matches none of the certificates"),
     ],
-    ids=["wrong-password", "missing-password", "not-pfx", "key-mismatch"],
+    ids=["wrong-password", "missing-password", "not-utf8", "not-pfx", "key-mismatch"],
 )
 def test_read_pfx_errors(data: bytes, password: bytes | None, cause: str) -> None:
     with pytest.raises(CertificateError) as caught:
