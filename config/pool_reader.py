@@ -226,17 +226,21 @@ class PoolReader(FieldReader):
         interval = self.opt_duration(m.get("interval"), defaults.interval)
         rise = self.opt_int(m.get("rise"), defaults.rise, 1)
         fall = self.opt_int(m.get("fall"), defaults.fall, 1)
-        timeout = self.opt_duration(m.get("timeout"), defaults.timeout)
         timeout_entry = m.get("timeout")
+        timeout = self.opt_duration(timeout_entry, defaults.timeout)
         if interval is not None and timeout is not None and timeout > interval:
-            node = timeout_entry.value if timeout_entry else m.node
-            self.problem(
-                node,
-                join(m.path, "timeout"),
-                f"the check timeout ({timeout:g}s) must not exceed the interval ({interval:g}s), "
-                "or checks would overlap",
-            )
-            timeout = None
+            if timeout_entry is None:
+                # A short interval brings the default timeout down with it (HAProxy's `timeout
+                # check` falls back to `inter` too) instead of refusing a key nobody wrote.
+                timeout = interval
+            else:
+                self.problem(
+                    timeout_entry.value,
+                    timeout_entry.path,
+                    f"the check timeout ({timeout:g}s) must not exceed the interval "
+                    f"({interval:g}s), or checks would overlap",
+                )
+                timeout = None
         http: HttpCheck | None = None
         http_entry = m.get("http")
         if http_entry is not None:

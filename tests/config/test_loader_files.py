@@ -377,3 +377,18 @@ def test_the_reference_example_loads() -> None:
     for block in complete:
         config = load_text(block, "/etc/lbproxy/lb.yaml")
         assert config.virtual_servers
+
+
+@pytest.mark.parametrize(
+    ("checks", "interval", "timeout"),
+    [
+        ("{}", 2.0, 1.0),
+        ("{interval: 500ms}", 0.5, 0.5),  # the default timeout follows a shorter interval
+        ("{interval: 5s}", 5.0, 1.0),
+        ("{interval: 1s, timeout: 1s}", 1.0, 1.0),
+    ],
+)
+def test_check_timeout_fits_the_interval(checks: str, interval: float, timeout: float) -> None:
+    config = load_text(GOOD + f"    health_check: {checks}\n", "/lb.yaml")
+    health = config.virtual_servers[0].pool.health_check
+    assert (health.interval, health.timeout) == (interval, timeout)
