@@ -317,18 +317,12 @@ class _Builder(PoolReader, ListenerReader):
         if m is None:
             return None
         defaults = Timeouts()
-        values = {
-            key: self.opt_duration(m.get(key), getattr(defaults, key)) for key in TIMEOUT_KEYS
-        }
-        if any(value is None for value in values.values()):
-            return None
-        return Timeouts(
-            connect=_float(values["connect"]),
-            header=_float(values["header"]),
-            client_idle=_float(values["client_idle"]),
-            server=_float(values["server"]),
-            tunnel=_float(values["tunnel"]),
-        )
+        values: dict[str, float] = {}
+        for key in TIMEOUT_KEYS:
+            value = self.opt_duration(m.get(key), getattr(defaults, key))
+            if value is not None:
+                values[key] = value
+        return Timeouts(**values) if len(values) == len(TIMEOUT_KEYS) else None
 
     def hsts(self, entry: Entry | None) -> float | None:
         if entry is None or self.is_false(entry.value):
@@ -419,8 +413,3 @@ class _Builder(PoolReader, ListenerReader):
         if name is None:
             return None
         return HeaderMatch(name=name.lower(), value=value)
-
-
-def _float(value: float | None) -> float:
-    assert value is not None
-    return value
