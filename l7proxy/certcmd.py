@@ -68,7 +68,8 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         print(f"lbproxy {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (BadInput, CertificateError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        # One line whatever the library put in the text.
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 
@@ -170,7 +171,10 @@ def _prompt(text: str) -> bytes | None:
     """Ask on the terminal; None when there is no terminal to ask on."""
     if not sys.stdin.isatty():
         return None
-    return getpass.getpass(text).encode("utf-8", "surrogateescape")
+    try:
+        return getpass.getpass(text).encode("utf-8", "surrogateescape")
+    except EOFError:  # Ctrl-D at the prompt
+        raise BadInput("no password given") from None
 
 
 def _open_pfx(path: str, data: bytes, args: argparse.Namespace) -> tuple[PfxContents, bytes]:

@@ -242,7 +242,9 @@ def test_convert_pfx_password_from_stdin_and_encrypt_key(
     assert private.public_key() == LEAF_CERT.public_key()
 
 
-def test_convert_pfx_prompts_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_convert_pfx_prompts_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pfx = write(tmp_path / "site.pfx", make_pfx(SENTINEL))
     prompts: list[str] = []
 
@@ -254,10 +256,16 @@ def test_convert_pfx_prompts_on_a_terminal(tmp_path: Path, monkeypatch: pytest.M
         prompts.append(prompt)
         return SENTINEL
 
+    def end_of_input(prompt: str = "") -> str:
+        raise EOFError
+
     monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"")))
     monkeypatch.setattr(getpass, "getpass", fake_getpass)
     assert main(["convert-pfx", pfx, "--out", str(tmp_path / "o.pem")]) == 0
     assert prompts == [f"Password for {pfx}: "]
+    monkeypatch.setattr(getpass, "getpass", end_of_input)  # Ctrl-D at the prompt
+    assert main(["convert-pfx", pfx, "--out", str(tmp_path / "p.pem")]) == 1
+    assert capsys.readouterr().err == "error: no password given\n"
 
 
 def test_convert_pfx_empty_password_and_certificate_only(
