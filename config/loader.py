@@ -410,6 +410,11 @@ class _Builder(PoolReader, ListenerReader):
         value_entry = m.get("value")
         if value_entry is not None:
             value = self.string(value_entry.value, value_entry.path, allow_empty=True)
+            if value is not None and value != value.strip(" \t"):
+                # Request header values are compared without their surrounding whitespace.
+                self.problem(
+                    value_entry.value, value_entry.path, "must not start or end with spaces"
+                )
         if name is None:
             return None
         return HeaderMatch(name=name.lower(), value=value)

@@ -600,6 +600,14 @@ BAD: list[tuple[str, str, str, str]] = [
         "not a valid HTTP token",
     ),
     (
+        "header value with spaces around",
+        GOOD_VS
+        + "    rules: [{header: {name: X-A, value: ' 1'}, pool: api}]\n"
+        + "pools: {api: {real_servers: [{label: a, address: 127.0.0.1:1}]}}\n",
+        "6:41: virtual_servers[0].rules[0].header.value:",
+        "must not start or end with spaces",
+    ),
+    (
         "same bind in two virtual servers",
         GOOD_VS
         + "  - label: two\n    bind: 127.0.0.1:8080\n"
