@@ -29,6 +29,7 @@ from tls.context import (
 
 IO_TIMEOUT = 10.0  # generous: a loopback handshake takes milliseconds even on a loaded CI box
 OPENSSL = shutil.which("openssl")
+HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 def loaded(
@@ -79,7 +80,7 @@ class Server:
 
 @asynccontextmanager
 async def tls_server(context: ssl.SSLContext) -> AsyncIterator[Server]:
-    """An echo server on 127.0.0.1 that terminates TLS with ``context``."""
+    """An echo server on 127.0.0.1 that terminates TLS with ``context`` (HTTP GET: a 200)."""
     server = Server(port=0)
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -95,6 +96,9 @@ async def tls_server(context: ssl.SSLContext) -> AsyncIterator[Server]:
                 )
             )
             while data := await tls.receive_some(65536):
+                if data.startswith((b"GET ", b"HEAD ")):  # curl: one canned answer, then close
+                    await tls.send_all(HTTP_RESPONSE)
+                    break
                 await tls.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             server.failed.append(exc)
@@ -415,3 +419,44 @@ def test_key_material_leaves_no_file(opener: Callable[..., object]) -> None:
     if opener is temporary_private_files:
         assert seen["mode"] == 0o600
         assert seen["dir"] == 0o700
+
+
+def _blocking_session_pair(port: int, client: ssl.SSLContext) -> tuple[bool, bool]:
+    """Connect twice, the second time offering the first session: (first, second) reused."""
+    import socket
+
+    reused: list[bool] = []
+    session: ssl.SSLSession | None = None
+    for _ in range(2):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as raw,
+            client.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
+            # A round trip first: TLS 1.3 tickets arrive after the handshake.
+            tls.sendall(b"ping")
+            assert tls.recv(16) == b"ping"
+            reused.append(bool(tls.session_reused))
+            session = tls.session
+    return reused[0], reused[1]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("through_sni", [False, True], ids=["plain", "sni-dispatch"])
+async def test_session_resumption(
+    ca: trustme.CA, version: ssl.TLSVersion, through_sni: bool
+) -> None:
+    from tls.server_tls import TlsServer
+
+    cert = loaded(ca, "localhost")
+    if through_sni:
+        context = TlsServer([loaded(ca, "other.example"), cert], TlsSettings()).context
+    else:
+        context = build_context(cert, TlsSettings())
+    client = client_context(ca)
+    client.minimum_version = client.maximum_version = version
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(context) as server:
+            first, second = await trio.to_thread.run_sync(
+                _blocking_session_pair, server.port, client
+            )
+    assert (first, second) == (False, True)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import logging
+import shutil
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 import trio
 import trustme
 
-from config.model import TlsSettings
+from config.model import CertificateSpec, TlsSettings
 from tests.tls.test_context import (
     IO_TIMEOUT,
     client_context,
@@ -23,8 +26,10 @@ from tests.tls.test_context import (
     tls_server,
 )
 from tls.certificate import LoadedCertificate
-from tls.server_tls import TlsServer
+from tls.keys import write_secret_file
+from tls.server_tls import TlsServer, load_tls_server
 from tls.sni import SniIndex, normalize_name, pick_certificate
+from tls.store import CertificateError
 
 _EPOCH = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 
@@ -286,3 +291,102 @@ def test_reload_failure_keeps_current_certificates(
     with pytest.raises(ValueError, match="at least one certificate"):
         server.reload([])
     assert server.certificates == (sni_certs["default"],)
+
+
+CURL = shutil.which("curl")
+
+
+@pytest.mark.skipif(CURL is None, reason="the curl command is not installed")
+@pytest.mark.parametrize("tls_flags", [("--tlsv1.2", "--tls-max", "1.2"), ("--tlsv1.3",)])
+@pytest.mark.parametrize(
+    ("name", "matched"),
+    [("www.example.com", "www.example.com"), ("shop.example.com", "*.example.com")],
+)
+async def test_curl_sees_sni_certificate_and_http11(
+    ca: trustme.CA,
+    sni_certs: dict[str, LoadedCertificate],
+    tmp_path: Path,
+    tls_flags: tuple[str, ...],
+    name: str,
+    matched: str,
+) -> None:
+    server = TlsServer([sni_certs["default"], sni_certs["wild"], sni_certs["exact"]], TlsSettings())
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    assert CURL is not None
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(server.context) as listening:
+            port = listening.port
+            result = await trio.run_process(
+                [
+                    *(CURL, "-sS", "-v", "--http2", *tls_flags, "--cacert", str(ca_file)),
+                    *("--resolve", f"{name}:{port}:127.0.0.1", f"https://{name}:{port}/"),
+                    *("-w", "\\n%{http_version}"),
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, err
+    # curl offered h2 and http/1.1; the server must pick http/1.1.
+    assert "ALPN: server accepted http/1.1" in err, err
+    assert f'host "{name}" matched cert\'s "{matched}"' in err, err
+    assert result.stdout.decode().splitlines() == ["ok", "1.1"]
+
+
+def _write_bundle(ca: trustme.CA, path: Path, *names: str) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = ca.issue_cert(*names, not_after=now + datetime.timedelta(days=90))
+    # Key, leaf and chain in one PEM bundle, the way HAProxy's `crt` files look.
+    write_secret_file(str(path), leaf.private_key_and_cert_chain_pem.bytes())
+
+
+async def test_load_tls_server_from_files_and_a_directory(ca: trustme.CA, tmp_path: Path) -> None:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    # Alphabetical directory order puts the wildcard first; exact must still win.
+    _write_bundle(ca, folder / "a-wild.pem", "*.example.com")
+    _write_bundle(ca, folder / "b-exact.pem", "www.example.com")
+    _write_bundle(ca, tmp_path / "default.pem", "localhost")
+    settings = TlsSettings(
+        certificates=(
+            CertificateSpec(str(folder)),
+            CertificateSpec(str(tmp_path / "default.pem"), default=True),
+        )
+    )
+    server = load_tls_server(
+        settings,
+        state_dir=str(tmp_path / "state"),
+        now=datetime.datetime.now(datetime.UTC),
+        log=logging.getLogger("lbproxy.test"),
+    )
+    assert not (tmp_path / "state").exists()  # configured certificates: no default made
+    client = sni_client(ca, ssl.TLSVersion.TLSv1_3)
+    unverified = sni_client(ca, ssl.TLSVersion.TLSv1_3)
+    unverified.check_hostname = False
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(server.context) as listening:
+            for name, ctx, expected in [
+                ("www.example.com", client, ("www.example.com",)),
+                ("api.example.com", client, ("*.example.com",)),
+                ("localhost", client, ("localhost",)),
+                ("elsewhere.org", unverified, ("localhost",)),
+            ]:
+                tls = await connect(listening.port, ctx, server_hostname=name)
+                assert served_names(tls) == expected, name
+                await tls.aclose()
+
+
+def test_load_tls_server_names_a_bad_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    settings = TlsSettings(certificates=(CertificateSpec(str(missing)),))
+    with pytest.raises(CertificateError) as info:
+        load_tls_server(
+            settings,
+            state_dir=str(tmp_path),
+            now=datetime.datetime.now(datetime.UTC),
+            log=logging.getLogger("lbproxy.test"),
+        )
+    assert str(missing) in str(info.value)
+    assert "\n" not in str(info.value)
