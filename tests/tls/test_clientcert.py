@@ -26,6 +26,7 @@ from tls.clientcert import (
     format_time,
 )
 from tls.context import build_context
+from tls.server_tls import TlsServer
 
 OPENSSL = shutil.which("openssl")
 
@@ -293,3 +294,31 @@ def test_unparseable_certificate_adds_cipher_only() -> None:
 
 def test_format_name_of_plain_name() -> None:
     assert format_name(NAMES["plain"]) == "C = US, O = Example Inc, CN = www.example.com"
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_verification_survives_the_sni_switch(
+    ca: trustme.CA, client_ca_file: str, version: ssl.TLSVersion
+) -> None:
+    # OpenSSL keeps the verify mode of the context a handshake starts on and verifies with the
+    # store of the one the SNI callback picked: both must carry the bind's settings.
+    settings = TlsSettings(client_ca=client_ca_file, verify=Verify.REQUIRED)
+    server = TlsServer([loaded(ca, "default.example"), loaded(ca, "localhost")], settings)
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(server.context) as listening:
+            good = mtls_client(ca, ca.issue_cert("carol@example.com", common_name="carol"))
+            good.maximum_version = version
+            tls = await connect(listening.port, good, server_hostname="localhost")
+            await tls.send_all(b"x")
+            assert await tls.receive_some(10) == b"x"
+            await tls.aclose()
+            bare = mtls_client(ca, None)
+            bare.maximum_version = version
+            with pytest.raises(trio.BrokenResourceError):
+                tls = await connect(listening.port, bare, server_hostname="localhost")
+                await tls.send_all(b"x")
+                await tls.receive_some(10)
+    assert len(listening.done) == 1
+    peer = listening.done[0].peer_der
+    assert peer is not None
+    assert dict(client_headers(peer, None))[b"X-SSL-Subject"].endswith(b"CN = carol")
