@@ -271,3 +271,31 @@ def repin(pid: int, cpu: int) -> None:
     for member in descendants(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.sched_setaffinity(member, {cpu})
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) clock ticks since boot, from /proc/stat."""
+    ticks: dict[int, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        numbers = [int(v) for v in values]
+        # idle and iowait are the not-busy columns; guest time is already inside user.
+        idle = numbers[3] + (numbers[4] if len(numbers) > 4 else 0)
+        total = sum(numbers[:8])
+        ticks[int(name[3:])] = (total - idle, total)
+    return ticks
+
+
+def busy_shares(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> tuple[float, ...]:
+    """Busy fraction of each CPU between two core_ticks() samples, by CPU number."""
+    shares = []
+    for cpu in sorted(after):
+        busy0, total0 = before.get(cpu, (0, 0))
+        busy1, total1 = after[cpu]
+        elapsed = total1 - total0
+        shares.append((busy1 - busy0) / elapsed if elapsed > 0 else 0.0)
+    return tuple(shares)

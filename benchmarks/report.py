@@ -24,6 +24,9 @@ class Row:
     result: Result | None = None
     cpu_seconds: float = 0.0  # of the measured server process and its children
     note: str = ""  # why there is no result, or what went wrong
+    # Busy fraction of every CPU during the run: with the server's own share it tells which
+    # core was the limit, and whether something else ran on the server's core.
+    cores: tuple[float, ...] = ()
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -56,6 +59,7 @@ class Row:
                 error_detail=self.result.error_detail,
                 cpu_us_per_request=self.cpu_us_per_request,
                 cpu_share=self.cpu_share,
+                cores_busy=list(self.cores),
             )
         return data
 
@@ -71,7 +75,7 @@ def latency(us: float) -> str:
 
 def _cell(row: Row) -> list[str]:
     if row.result is None:
-        return [row.variant, row.target, "-", "-", "-", "-", "-", "-", row.note]
+        return [row.variant, row.target, "-", "-", "-", "-", "-", "-", "-", row.note]
     res = row.result
     per_req = row.cpu_us_per_request
     share = row.cpu_share
@@ -84,12 +88,24 @@ def _cell(row: Row) -> list[str]:
         str(res.errors),
         "-" if per_req is None else f"{per_req:.1f}",
         "-" if share is None else f"{share * 100:.0f}%",
+        "/".join(f"{c * 100:.0f}" for c in row.cores) + "%" if row.cores else "-",
         "; ".join(filter(None, [row.note, res.error_detail and f"errors: {res.error_detail}"])),
     ]
 
 
-HEADER = ["size/key", "server", "req/s", "p50", "p99", "errors", "CPU us/req", "CPU", "note"]
-RIGHT = {2, 3, 4, 5, 6, 7}
+HEADER = [
+    "size/key",
+    "server",
+    "req/s",
+    "p50",
+    "p99",
+    "errors",
+    "CPU us/req",
+    "CPU",
+    "cores busy",
+    "note",
+]
+RIGHT = {2, 3, 4, 5, 6, 7, 8}
 
 
 def table(rows: list[Row]) -> str:

@@ -10,6 +10,7 @@ BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead (profilin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -130,18 +131,19 @@ class Bench:
         url = f"{scheme}://127.0.0.1:{server.port}/{path}"
         if self.settings.warmup > 0:
             self.wrk(url, self.settings.warmup, close=close)
-        before = harness.cpu_seconds(server.child.pid)
+        before, cores_before = harness.cpu_seconds(server.child.pid), harness.core_ticks()
         result = self.wrk(url, self.settings.seconds, close=close)
         used = harness.cpu_seconds(server.child.pid) - before
+        cores = harness.busy_shares(cores_before, harness.core_ticks())
         note = ""
         if not server.child.alive():
             note = f"exited during the run (status {server.child.popen.returncode})"
         elif result.requests == 0:
             note = "no answers"
-        return report.Row("", "", server.name, result, used, note)
+        return report.Row("", "", server.name, result, used, note, cores)
 
     def record(self, case: str, variant: str, row: report.Row) -> None:
-        row = report.Row(case, variant, row.target, row.result, row.cpu_seconds, row.note)
+        row = dataclasses.replace(row, case=case, variant=variant)
         self.rows.append(row)
         res = row.result
         if res is None:
