@@ -460,3 +460,23 @@ async def test_session_resumption(
                 _blocking_session_pair, server.port, client
             )
     assert (first, second) == (False, True)
+
+
+@needs_openssl
+@pytest.mark.parametrize(("groups", "accepted"), [("P-256", True), ("X25519", False)])
+async def test_groups_fallback_without_libssl_access(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, groups: str, accepted: bool
+) -> None:
+    # Where libssl cannot be reached (another Python, another layout), key exchange is pinned
+    # to P-256: still inside the profile, never OpenSSL's wider default list.
+    import tls.context as context_module
+
+    monkeypatch.setattr(context_module, "_libssl", None)
+    monkeypatch.setattr(context_module, "_libssl_error", "simulated: no libssl access")
+    ctx = build_context(loaded(ca, "localhost"), TlsSettings())
+    with pytest.raises(ValueError, match="cannot be changed with this Python"):
+        build_context(loaded(ca, "localhost"), TlsSettings(ciphersuites="TLS_AES_128_GCM_SHA256"))
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(ctx) as server:
+            code, out = await openssl_client(server.port, "-tls1_3", "-groups", groups)
+    assert (code == 0) is accepted, out
