@@ -390,8 +390,8 @@ def _register_csr(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _register_convert(sub: argparse._SubParsersAction[Any]) -> None:
-    pfx = sub.add_parser("convert-pfx", help="PKCS#12 (.pfx/.p12) to PEM, like Windows exports")
-    pfx.add_argument("input", metavar="IN.pfx")
+    pfx = sub.add_parser("convert-pfx", help="PKCS#12 (.pfx/.p12, e.g. a Windows export) to PEM")
+    pfx.add_argument("input", metavar="IN.pfx", help="the PKCS#12 file")
     pfx.add_argument("--out", metavar="BUNDLE.pem", help="one bundle: leaf, chain, key")
     pfx.add_argument("--key-out", metavar="KEY", help="the private key alone (0600)")
     pfx.add_argument("--cert-out", metavar="CERT", help="the leaf certificate alone")
@@ -406,8 +406,8 @@ def _register_convert(sub: argparse._SubParsersAction[Any]) -> None:
     pfx.set_defaults(func=_command(_cmd_convert_pfx))
 
     cer = sub.add_parser("convert-cer", help="DER/PEM certificates or a PKCS#7 (.p7b) chain to PEM")
-    cer.add_argument("input", metavar="IN")
-    cer.add_argument("--out", required=True, metavar="OUT.pem")
+    cer.add_argument("input", metavar="IN", help="DER or PEM certificate(s), or a .p7b chain")
+    cer.add_argument("--out", required=True, metavar="OUT.pem", help="PEM, leaf first")
     _add_force(cer)
     cer.set_defaults(func=_command(_cmd_convert_cer))
 
@@ -424,14 +424,20 @@ def _register_install(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="CHAIN",
         help="intermediate certificates (PEM, DER or .p7b; repeatable)",
     )
-    install.add_argument("--out", required=True, metavar="BUNDLE.pem")
+    install.add_argument(
+        "--out", required=True, metavar="BUNDLE.pem", help="leaf, chain and key (0600)"
+    )
     _add_force(install)
     install.set_defaults(func=_command(_cmd_install_cert))
 
     selfsigned = sub.add_parser("selfsigned", help="make a self-signed certificate bundle")
-    selfsigned.add_argument("--cn", required=True)
-    selfsigned.add_argument("--san", action="append", default=[], metavar="NAME")
-    selfsigned.add_argument("--out", required=True, metavar="BUNDLE.pem")
+    selfsigned.add_argument("--cn", required=True, help="host name, also put in the SAN")
+    selfsigned.add_argument(
+        "--san", action="append", default=[], metavar="NAME", help="another name (repeatable)"
+    )
+    selfsigned.add_argument(
+        "--out", required=True, metavar="BUNDLE.pem", help="certificate and key (0600)"
+    )
     selfsigned.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})"
     )
@@ -442,7 +448,7 @@ def _register_install(sub: argparse._SubParsersAction[Any]) -> None:
     show = sub.add_parser(
         "show-cert", help="describe a certificate file (PEM, DER, PKCS#7 or PKCS#12)"
     )
-    show.add_argument("file", metavar="FILE")
+    show.add_argument("file", metavar="FILE", help="PEM, DER, PKCS#7 or PKCS#12 file")
     _add_password_options(show)
     show.set_defaults(func=_command(_cmd_show_cert))
 
