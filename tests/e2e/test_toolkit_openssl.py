@@ -298,6 +298,7 @@ def _free_port() -> int:
         return port
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command-line tool")
 async def test_install_cert_bundle_serves_through_lbproxy_to_curl(
     tmp_path: Path, pki: dict[str, str]
@@ -354,6 +355,7 @@ async def test_install_cert_bundle_serves_through_lbproxy_to_curl(
     assert curl.stdout == BACKEND_BODY
 
 
+@pytest.mark.e2e
 def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str, str]) -> None:
     """The installed entry point end to end: the password arrives on stdin, not in argv."""
     pfx = str(tmp_path / "site.pfx")
