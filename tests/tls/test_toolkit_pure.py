@@ -8,6 +8,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -298,6 +299,26 @@ def test_read_pfx_errors(data: bytes, password: bytes | None, cause: str) -> Non
         read_pfx(data, password, "site.pfx")
     assert str(caught.value).startswith("site.pfx: ")
     assert cause in str(caught.value)
+
+
+def test_read_pfx_refuses_key_types_lbproxy_cannot_serve() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed.example.com")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .sign(key, None)
+    )
+    data = pkcs12.serialize_key_and_certificates(
+        b"ed", key, cert, None, serialization.BestAvailableEncryption(b"pw")
+    )
+    with pytest.raises(CertificateError, match=r"^ed\.pfx: unsupported key type"):
+        read_pfx(data, b"pw", "ed.pfx")
 
 
 def test_open_failed_names_both_causes() -> None:
