@@ -241,6 +241,17 @@ async def _serve_task(
     await serve(config, task_status=task_status)
 
 
+def _leaves(group: BaseExceptionGroup[StartupError]) -> list[BaseException]:
+    """The exceptions inside nested nursery groups."""
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            found.extend(_leaves(error))
+        else:
+            found.append(error)
+    return found
+
+
 def run(
     config: ProxyConfig,
     *,
@@ -260,7 +271,7 @@ def run(
     try:
         trio.run(_main, config, on_started, companions)
     except* StartupError as group:
-        for error in group.exceptions:
+        for error in _leaves(group):
             print(f"lbproxy: {error}", file=sys.stderr)
         status = EXIT_STARTUP_FAILED
     return status

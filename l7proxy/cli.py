@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from config.model import ProxyConfig
+
 from . import certcmd
 
 EXIT_OK = 0
@@ -33,9 +35,33 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return EXIT_BAD_INPUT
+    problems = _certificate_problems(config)
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
     count = len(config.virtual_servers)
     print(f"{args.config}: configuration is valid ({count} virtual server(s))")
     return EXIT_OK
+
+
+def _certificate_problems(config: ProxyConfig) -> list[str]:
+    """Load every TLS bind's certificate files as ``run`` would (like ``haproxy -c``)."""
+    import datetime
+
+    from tls.store import CertificateError, load_certificates
+
+    now = datetime.datetime.now(datetime.UTC)
+    problems: list[str] = []
+    for vs in config.virtual_servers:
+        for bind in vs.binds:
+            if bind.tls is None or not bind.tls.certificates:
+                continue
+            try:
+                load_certificates(bind.tls.certificates, now=now)
+            except CertificateError as error:
+                problems.append(f"virtual server {vs.label}, bind {bind.address}: {error}")
+    return problems
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,166 @@
+"""TLS through the lbproxy process with real clients: curl (SNI via --resolve), openssl
+s_client, certificate reload on SIGHUP, and clear errors for bad certificate files."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+import trustme
+
+from tests.e2e.process import backend, free_port, lbproxy, lbproxy_command
+
+pytestmark = pytest.mark.e2e
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="the openssl command is not installed"
+)
+
+
+def write_bundle(ca: trustme.CA, path: pathlib.Path, *names: str) -> pathlib.Path:
+    ca.issue_cert(*names).private_key_and_cert_chain_pem.write_to_path(str(path))
+    return path
+
+
+def tls_config(path: pathlib.Path, port: int, backend_port: int, certs: list[str]) -> None:
+    listed = ", ".join(certs)
+    path.write_text(
+        "virtual_servers:\n"
+        "  - label: www\n"
+        f"    bind: [{{address: 127.0.0.1:{port}, tls: {{certificate: [{listed}]}}}}]\n"
+        "    persistence: {cookie: SERVERID}\n"
+        f"    real_servers: [{{label: web1, address: 127.0.0.1:{backend_port}}}]\n"
+    )
+
+
+def served_names(port: int, ca: trustme.CA, server_name: str) -> list[str]:
+    """The DNS names of the certificate the proxy presents for ``server_name``."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        cert = tls.getpeercert()
+    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+
+
+@needs_curl
+def test_curl_sni_picks_exact_then_wildcard_then_default(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    # File order puts the wildcard and the default first: the exact name must still win.
+    default = write_bundle(ca, tmp_path / "a-default.pem", "default.example")
+    wildcard = write_bundle(ca, tmp_path / "b-wild.pem", "*.example.com")
+    exact = write_bundle(ca, tmp_path / "c-exact.pem", "www.example.com")
+    port, bport = free_port(), free_port()
+    config = tmp_path / "lb.yaml"
+    tls_config(config, port, bport, [str(default), str(wildcard), str(exact)])
+    with backend("web1", bport), lbproxy(config, ("127.0.0.1", port)):
+        for name, status in [("www.example.com", 0), ("shop.example.com", 0)]:
+            result = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "--cacert",
+                    str(ca_file),
+                    "--resolve",
+                    f"{name}:{port}:127.0.0.1",
+                    f"https://{name}:{port}/x",
+                    "-D",
+                    "-",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == status, result.stderr
+            assert "web1 GET /x 0" in result.stdout
+            assert "set-cookie: SERVERID=web1; path=/; Secure" in result.stdout
+        assert served_names(port, ca, "www.example.com") == ["www.example.com"]
+        assert served_names(port, ca, "shop.example.com") == ["*.example.com"]
+        assert served_names(port, ca, "other.test") == ["default.example"]
+
+
+@needs_openssl
+def test_openssl_s_client_negotiates_http11_and_refuses_tls11(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    bundle = write_bundle(ca, tmp_path / "www.pem", "localhost")
+    port, bport = free_port(), free_port()
+    config = tmp_path / "lb.yaml"
+    tls_config(config, port, bport, [str(bundle)])
+    with backend("web1", bport), lbproxy(config, ("127.0.0.1", port)):
+        ok = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-alpn", "h2,http/1.1"],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "ALPN protocol: http/1.1" in ok.stdout
+        old = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_1"],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert old.returncode != 0
+        assert "Cipher is (NONE)" in old.stdout or "no protocols available" in old.stderr
+
+
+def test_sighup_swaps_certificates_for_new_handshakes(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    bundle = write_bundle(ca, tmp_path / "www.pem", "old.example.com")
+    port, bport = free_port(), free_port()
+    config = tmp_path / "lb.yaml"
+    tls_config(config, port, bport, [str(bundle)])
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    with backend("web1", bport), lbproxy(config, ("127.0.0.1", port)) as proxy:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        open_conn = context.wrap_socket(raw, server_hostname="old.example.com")
+        write_bundle(ca, bundle, "new.example.com")
+        proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_names(port, ca, "x") != ["new.example.com"]:
+            assert time.monotonic() < deadline, proxy.stderr()
+            time.sleep(0.1)
+        # The connection opened before the reload still works on its old certificate.
+        open_conn.sendall(b"GET /still HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := open_conn.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"web1 GET /still" in reply
+        open_conn.close()
+        assert "certificates reloaded (0 problem(s))" in proxy.stderr()
+
+
+def test_bad_certificate_is_named_by_check_and_run(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "broken.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    port = free_port()
+    config = tmp_path / "lb.yaml"
+    tls_config(config, port, free_port(), [str(bad)])
+    for command in ("check", "run"):
+        result = subprocess.run(
+            [*lbproxy_command(), command, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1, (command, result.stderr)
+        assert str(bad) in result.stderr
+        assert "Traceback" not in result.stderr
