@@ -1,0 +1,59 @@
+"""DESIGN.md principle 4: dependencies point one way (config <- balancing, tls <- l7proxy)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("config", "balancing", "tls", "l7proxy")
+ALLOWED: dict[str, set[str]] = {
+    "config": set(),
+    "balancing": {"config"},
+    "tls": {"config"},
+    "l7proxy": {"config", "balancing", "tls"},
+}
+# Only these modules may do I/O with trio or raw sockets (the edges).
+EDGE_MODULES = {
+    "l7proxy/cli.py",
+    "l7proxy/app.py",
+    "l7proxy/server.py",
+    "l7proxy/connection.py",
+    "l7proxy/upstream.py",
+    "l7proxy/stream.py",
+    "l7proxy/demo.py",
+    "l7proxy/stats.py",
+    "balancing/checker.py",
+}
+
+
+def imported_roots(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def modules() -> list[pathlib.Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_one_way(path: pathlib.Path) -> None:
+    package = path.relative_to(ROOT).parts[0]
+    forbidden = (set(PACKAGES) - {package}) - ALLOWED[package]
+    assert not imported_roots(path) & forbidden
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_edge_modules_do_io(path: pathlib.Path) -> None:
+    relative = str(path.relative_to(ROOT))
+    if relative in EDGE_MODULES:
+        return
+    assert not imported_roots(path) & {"trio", "socket"}, relative
