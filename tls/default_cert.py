@@ -90,6 +90,27 @@ def ensure_default_certificate(
     """
     if not names:
         raise ValueError("a default certificate needs at least one name")
+    try:
+        loaded = _ensure(state_dir, names, now, log)
+    except OSError as exc:
+        # One line for the operator, without errno noise; still an OSError for the caller.
+        reason = exc.strerror or str(exc)
+        raise OSError(
+            f"state_dir {state_dir}: cannot store the default certificate: {reason}"
+        ) from None
+    log.warning(
+        "TLS is using the self-signed certificate %s (valid until %s); clients will not trust "
+        "it. Replace it with `tls: {certificate: FILE}` on the bind, or request one with "
+        "`lbproxy csr`",
+        loaded.source,
+        loaded.not_after.date().isoformat(),
+    )
+    return loaded
+
+
+def _ensure(
+    state_dir: str, names: Sequence[str], now: datetime.datetime, log: logging.Logger
+) -> LoadedCertificate:
     if not os.path.isdir(state_dir):
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         os.chmod(state_dir, 0o700)  # makedirs' mode is filtered through the umask
@@ -106,11 +127,4 @@ def ensure_default_certificate(
         write_secret_file(key_path, secret, force=True)
         write_public_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
         loaded = _loaded(cert, secret, cert_path)
-    log.warning(
-        "TLS is using the self-signed certificate %s (valid until %s); clients will not trust "
-        "it. Replace it with `tls: {certificate: FILE}` on the bind, or request one with "
-        "`lbproxy csr`",
-        cert_path,
-        loaded.not_after.date().isoformat(),
-    )
     return loaded
