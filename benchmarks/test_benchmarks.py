@@ -119,6 +119,18 @@ def test_cpu_per_request_and_share() -> None:
     assert report.Row("plain", "100b", "haproxy").cpu_us_per_request is None
 
 
+@pytest.mark.parametrize(
+    ("cores", "cpu_seconds", "shared"),
+    [((0.95, 0.5), 9.0, False), ((1.0, 1.0), 5.0, True), ((), 5.0, False)],
+)
+def test_shared_server_core_is_noted(
+    cores: tuple[float, ...], cpu_seconds: float, shared: bool
+) -> None:
+    row = report.Row("plain", "100b", "haproxy", RESULT, cpu_seconds=cpu_seconds, cores=cores)
+    text = report.render([row], seconds=10, connections=50)
+    assert ("core 0 shared" in text) is shared
+
+
 def test_table_shows_every_row_and_notes() -> None:
     rows = [
         report.Row("plain", "100b", "direct", RESULT, cpu_seconds=1.0),
