@@ -1,0 +1,523 @@
+"""Issue 3 end to end: persistence, health checks and failover against the real ``lbproxy``.
+
+The seed appliance's acceptance test, automated: two clients see different real servers; one
+server dies; within 6 s both are on the survivor and no GET fails; the server comes back; within
+6 s new clients spread again. The same with cookie persistence, with the fallback server, with
+server states set in the config, and with HTTP health checks whose state changes are logged.
+
+Every server is a real process (tests/e2e/backend.py) killed with SIGKILL, which is what a pulled
+cable looks like on loopback minus the timeouts: the kernel refuses new connects at once. Clients
+open one connection per request, like a browser whose idle keep-alive has lapsed, so every
+request goes through the balancer's choice. Run with ``pytest -s`` to see the measured times.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pathlib
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.e2e.process import Lbproxy, backend, free_port, lbproxy, stop
+
+pytestmark = pytest.mark.e2e
+
+# One request's socket timeout: bounds every client I/O; a loopback answer takes milliseconds.
+REQUEST_TIMEOUT = 5.0
+# The seed's acceptance test has its clients request about every 100 ms.
+PACE = 0.1
+# The appliance's promise: HAProxy's defaults (inter 2 s, fall 3) take a dead server out of
+# the rotation within 6 s, and rise 2 brings a live one back sooner than that.
+DETECTION_LIMIT = 6.0
+# A phase gives up this long after it began, so a broken proxy fails the test with what was
+# seen instead of hanging: the limit under test plus room to observe a late transition.
+PHASE_LIMIT = DETECTION_LIMIT + 3.0
+# Iterations per phase: PHASE_LIMIT at PACE, with room for requests that answer at once.
+MAX_TICKS = int(PHASE_LIMIT / PACE) + 10
+# Clients go on this long after the server was marked DOWN, to show that the state change
+# itself costs no request either.
+SETTLE = 1.0
+# The defaults, written out: the test is about exactly these numbers.
+HEALTH_DEFAULTS = "{interval: 2s, rise: 2, fall: 3, timeout: 1s}"
+COOKIE = "SERVERID"
+# HAProxy's cookie clearing for a server without a cookie (src/http_ana.c), byte for byte.
+CLEARED = f"{COOKIE}=; Expires=Thu, 01-Jan-1970 00:00:01 GMT; path=/"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    server: str  # the real server that answered (its X-Served-By header)
+    body: str
+    set_cookies: tuple[str, ...]
+    cache_control: str | None
+
+
+def get(port: int, source: str, cookie: str | None = None, path: str = "/") -> Reply:
+    """One GET on a fresh connection from ``source`` (a 127.0.0.x address of this host)."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=REQUEST_TIMEOUT, source_address=(source, 0)
+    )
+    try:
+        headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie is not None else {}
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        return Reply(
+            status=resp.status,
+            server=resp.getheader("X-Served-By") or "",
+            body=body,
+            set_cookies=tuple(resp.msg.get_all("Set-Cookie") or ()),
+            cache_control=resp.getheader("Cache-Control"),
+        )
+    finally:
+        conn.close()
+
+
+def jar_value(set_cookie: str) -> str | None:
+    """What a browser keeps from one of our ``Set-Cookie`` values: the label, or None if cleared."""
+    name, _, rest = set_cookie.partition("=")
+    assert name == COOKIE, set_cookie
+    value = rest.split(";", 1)[0]
+    return value or None
+
+
+@dataclass
+class Client:
+    """A browser-like client: one source address, a cookie jar if cookies are in play."""
+
+    port: int
+    source: str
+    cookies: bool = False
+    cookie: str | None = None
+    failures: list[str] = field(default_factory=list)
+    seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, server)
+    set_cookies: list[tuple[float, str]] = field(default_factory=list)
+    last: Reply | None = None
+
+    def request(self) -> Reply | None:
+        started = time.monotonic()
+        try:
+            reply = get(self.port, self.source, self.cookie if self.cookies else None)
+        except (OSError, http.client.HTTPException) as error:
+            self.failures.append(f"{self.source}: {type(error).__name__}: {error}")
+            return None
+        # The body names the same server as the header: the answer really came from it.
+        if reply.status != 200 or not reply.body.startswith(f"{reply.server} GET / "):
+            self.failures.append(f"{self.source}: {reply.status} {reply.body!r}")
+            return None
+        for value in reply.set_cookies:
+            self.set_cookies.append((started, value))
+            if self.cookies:
+                self.cookie = jar_value(value)
+        self.seen.append((started, reply.server))
+        self.last = reply
+        return reply
+
+    @property
+    def server(self) -> str | None:
+        return self.seen[-1][1] if self.seen else None
+
+    def servers_since(self, moment: float) -> set[str]:
+        return {server for when, server in self.seen if when >= moment}
+
+    def cookies_since(self, moment: float) -> list[str]:
+        return [value for when, value in self.set_cookies if when >= moment]
+
+
+def stats(port: int) -> dict[str, dict[str, object]]:
+    """The stats page's JSON rows keyed ``pool/label``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        conn.request("GET", "/?json")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        rows = json.loads(resp.read())
+    finally:
+        conn.close()
+    return {f"{row['pool']}/{row['label']}": row for row in rows}
+
+
+def pace(started: float) -> None:
+    time.sleep(max(0.0, PACE - (time.monotonic() - started)))
+
+
+def write_config(
+    path: pathlib.Path,
+    *,
+    port: int,
+    stats_port: int,
+    servers: Sequence[str],
+    **keys: str,
+) -> None:
+    """One virtual server ``www`` on ``port``; ``servers`` are YAML flow mappings."""
+    lines = [
+        f"global: {{grace: 1s, stats: {{bind: 127.0.0.1:{stats_port}}}}}",
+        "virtual_servers:",
+        "  - label: www",
+        f"    bind: 127.0.0.1:{port}",
+        *(f"    {key}: {value}" for key, value in keys.items()),
+        "    real_servers:",
+        *(f"      - {server}" for server in servers),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Setup:
+    port: int
+    stats_port: int
+    ports: dict[str, int]  # server label -> port, the fallback's label included
+    procs: dict[str, subprocess.Popen[bytes]]
+    stack: ExitStack
+    proxy: Lbproxy
+
+    def kill(self, label: str) -> None:
+        stop(self.procs[label])  # SIGKILL: no goodbye, new connects are refused at once
+
+    def restart(self, label: str) -> None:
+        """The same server again on the same port; returns once it listens."""
+        self.procs[label] = self.stack.enter_context(backend(label, self.ports[label]))
+
+    def status(self, label: str) -> str:
+        return str(stats(self.stats_port)[f"www/{label}"]["status"])
+
+
+@contextmanager
+def running(
+    tmp_path: pathlib.Path,
+    labels: Sequence[str],
+    *,
+    extra: dict[str, str] | None = None,
+    fallback: str | None = None,
+    **keys: str,
+) -> Iterator[Setup]:
+    """Real servers ``labels`` (with per-label YAML ``extra``) behind one lbproxy process.
+
+    ``fallback`` names a further server process that becomes the pool's fallback server.
+    """
+    port, stats_port = free_port(), free_port()
+    ports = {label: free_port() for label in labels}
+    extra = extra or {}
+    servers = [
+        f"{{label: {label}, address: 127.0.0.1:{p}{extra.get(label, '')}}}"
+        for label, p in ports.items()
+    ]
+    if fallback is not None:
+        ports[fallback] = free_port()
+        keys["fallback"] = f"127.0.0.1:{ports[fallback]}"
+    config = tmp_path / "lb.yaml"
+    write_config(config, port=port, stats_port=stats_port, servers=servers, **keys)
+    with ExitStack() as stack:
+        procs = {label: stack.enter_context(backend(label, p)) for label, p in ports.items()}
+        proxy = stack.enter_context(lbproxy(config, ("127.0.0.1", port)))
+        yield Setup(port, stats_port, ports, procs, stack, proxy)
+
+
+@dataclass
+class Failover:
+    """When things happened after the kill, in seconds (None: not within the phase)."""
+
+    killed_at: float  # monotonic time of the kill
+    first_failed_check: float | None  # the checker's first failed probe (stats check_status)
+    down: float | None  # the stats page shows the server DOWN
+    all_moved: float | None  # every client's last answer came from the survivor
+
+
+def fail_over(setup: Setup, clients: Sequence[Client], killed: str, survivor: str) -> Failover:
+    """Kill ``killed`` and keep the clients requesting every PACE until it is DOWN (+SETTLE)."""
+    killed_at = time.monotonic()
+    setup.kill(killed)
+    result = Failover(killed_at, None, None, None)
+    for _ in range(MAX_TICKS):
+        tick = time.monotonic()
+        if tick - killed_at > PHASE_LIMIT:
+            break
+        for client in clients:
+            client.request()
+        row = stats(setup.stats_port)[f"www/{killed}"]
+        elapsed = time.monotonic() - killed_at
+        if result.first_failed_check is None and row["check_status"] not in ("", "L4OK", "L7OK"):
+            result.first_failed_check = elapsed
+        if result.down is None and row["status"] == "DOWN":
+            result.down = elapsed
+        if result.all_moved is None and all(c.server == survivor for c in clients):
+            result.all_moved = elapsed
+        moved, down = result.all_moved, result.down
+        if moved is not None and down is not None and elapsed - down >= SETTLE:
+            break
+        pace(tick)
+    return result
+
+
+@dataclass
+class Recovery:
+    listening_at: float  # monotonic time the restarted server listened again
+    up: float | None  # the stats page shows it UP
+    spread: float | None  # a new client landed on it
+    newcomers: list[Client]
+
+
+def recover(setup: Setup, clients: Sequence[Client], restored: str, *, cookies: bool) -> Recovery:
+    """Restart ``restored``; the old clients go on, and each tick one new client arrives."""
+    setup.restart(restored)
+    result = Recovery(time.monotonic(), None, None, [])
+    for index in range(MAX_TICKS):
+        tick = time.monotonic()
+        if tick - result.listening_at > PHASE_LIMIT:
+            break
+        for client in clients:
+            client.request()
+        # A new address each time (127.0.0.10 and up): no table entry, no cookie yet.
+        newcomer = Client(setup.port, f"127.0.0.{10 + index}", cookies=cookies)
+        newcomer.request()
+        result.newcomers.append(newcomer)
+        elapsed = time.monotonic() - result.listening_at
+        if result.up is None and setup.status(restored) == "UP":
+            result.up = elapsed
+        if newcomer.server == restored:
+            result.spread = elapsed
+            result.up = elapsed if result.up is None else result.up
+            break
+        pace(tick)
+    return result
+
+
+def seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def report(title: str, failover: Failover, recovery: Recovery | None = None) -> None:
+    line = (
+        f"\n[{title}] after the kill: first failed check {seconds(failover.first_failed_check)}, "
+        f"all clients on the survivor {seconds(failover.all_moved)}, "
+        f"server DOWN {seconds(failover.down)}"
+    )
+    if recovery is not None:
+        line += (
+            f"; after the restart: UP {seconds(recovery.up)}, "
+            f"a new client on it {seconds(recovery.spread)}"
+        )
+    print(line)
+
+
+def failures(clients: Sequence[Client]) -> list[str]:
+    return [failure for client in clients for failure in client.failures]
+
+
+def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread(
+    tmp_path: pathlib.Path,
+) -> None:
+    # mask 32: with the default /24, 127.0.0.2 and 127.0.0.3 are one client (one network) and
+    # must stick to one server; /32 makes each address its own client, like two hosts.
+    with running(
+        tmp_path,
+        ["web1", "web2"],
+        balance="roundrobin",
+        persistence="{source: {timeout: 5m, mask: 32}}",
+        health_check=HEALTH_DEFAULTS,
+    ) as setup:
+        a = Client(setup.port, "127.0.0.2")
+        b = Client(setup.port, "127.0.0.3")
+        # Round robin over two equal servers: the first two new clients, in order, get one each.
+        a.request()
+        b.request()
+        assert a.server is not None and b.server is not None, failures([a, b])
+        assert a.server != b.server
+        killed, survivor = a.server, b.server
+        for _ in range(3):
+            a.request()
+            b.request()
+        assert a.servers_since(0) == {killed} and b.servers_since(0) == {survivor}
+
+        failover = fail_over(setup, [a, b], killed, survivor)
+        # A refused connect moves the request to the next server before anything was sent, so
+        # not even the request in flight at the first failed check may fail.
+        assert failures([a, b]) == []
+        assert failover.all_moved is not None and failover.all_moved <= DETECTION_LIMIT
+        assert failover.down is not None and failover.down <= DETECTION_LIMIT
+        assert b.servers_since(0) == {survivor}  # the survivor's client never moved
+        late = Client(setup.port, "127.0.0.5")  # a new client while the server is down
+        late.request()
+        assert late.server == survivor, late.failures
+        assert f"server www/{killed} is DOWN: connection refused" in setup.proxy.stderr()
+
+        # HAProxy (stick on src + option redispatch) rewrites the stick entry of a redispatched
+        # client to the server that answered (process_store_rules stores the new server id), so
+        # that client stays on the survivor until the entry expires; lbproxy does the same. The
+        # spread shows with NEW client addresses, which have no entry yet.
+        recovery = recover(setup, [a, b], killed, cookies=False)
+        report("source persistence", failover, recovery)
+        assert failures([a, b, *recovery.newcomers]) == []
+        assert recovery.spread is not None and recovery.spread <= DETECTION_LIMIT
+        assert setup.status(killed) == "UP"
+        assert a.servers_since(recovery.listening_at) == {survivor}
+        assert b.servers_since(recovery.listening_at) == {survivor}
+        assert not a.set_cookies and not b.set_cookies  # source persistence sets no cookie
+        assert f"server www/{killed} is UP" in setup.proxy.stderr()
+
+
+def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
+    tmp_path: pathlib.Path,
+) -> None:
+    with running(
+        tmp_path,
+        ["web1", "web2"],
+        persistence=f"{{cookie: {COOKIE}}}",
+        health_check=HEALTH_DEFAULTS,
+    ) as setup:
+        a = Client(setup.port, "127.0.0.2", cookies=True)
+        b = Client(setup.port, "127.0.0.3", cookies=True)
+        a.request()
+        b.request()
+        assert a.server is not None and b.server is not None, failures([a, b])
+        assert a.server != b.server
+        killed, survivor = a.server, b.server
+        for client in (a, b):
+            assert client.last is not None
+            assert client.last.set_cookies == (f"{COOKIE}={client.server}; path=/",)
+            assert client.last.cache_control == "private"  # HAProxy's nocache
+            assert client.cookie == client.server
+        sticky_from = time.monotonic()
+        for _ in range(3):
+            a.request()
+            b.request()
+        assert a.servers_since(0) == {killed} and b.servers_since(0) == {survivor}
+        assert a.cookies_since(sticky_from) == [] and b.cookies_since(sticky_from) == []
+
+        failover = fail_over(setup, [a, b], killed, survivor)
+        assert failures([a, b]) == []
+        assert failover.all_moved is not None and failover.all_moved <= DETECTION_LIMIT
+        assert failover.down is not None and failover.down <= DETECTION_LIMIT
+        # Redispatched once with a new cookie, which then holds: no cookie on later answers.
+        assert a.cookies_since(failover.killed_at) == [f"{COOKIE}={survivor}; path=/"]
+        assert a.cookie == survivor
+        assert b.cookies_since(failover.killed_at) == [] and b.servers_since(0) == {survivor}
+
+        recovery = recover(setup, [a, b], killed, cookies=True)
+        report("cookie persistence", failover, recovery)
+        assert failures([a, b, *recovery.newcomers]) == []
+        assert recovery.spread is not None and recovery.spread <= DETECTION_LIMIT
+        # The redispatched client keeps its cookie, so it stays; a new client gets the other.
+        assert a.servers_since(recovery.listening_at) == {survivor}
+        assert a.cookies_since(recovery.listening_at) == []
+        assert b.servers_since(recovery.listening_at) == {survivor}
+        newcomer = recovery.newcomers[-1]
+        assert newcomer.cookie == killed
+        assert [value for _, value in newcomer.set_cookies] == [f"{COOKIE}={killed}; path=/"]
+
+
+def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.Path) -> None:
+    with running(
+        tmp_path,
+        ["web1", "web2"],
+        fallback="sorry",
+        persistence=f"{{cookie: {COOKIE}}}",
+        health_check=HEALTH_DEFAULTS,
+    ) as setup:
+        a = Client(setup.port, "127.0.0.2", cookies=True)
+        b = Client(setup.port, "127.0.0.3", cookies=True)
+        a.request()
+        b.request()
+        assert {a.cookie, b.cookie} == {"web1", "web2"}, failures([a, b])
+
+        killed_at = time.monotonic()
+        setup.kill("web1")
+        setup.kill("web2")
+        on_fallback: float | None = None
+        all_down: float | None = None
+        for _ in range(MAX_TICKS):
+            tick = time.monotonic()
+            if tick - killed_at > PHASE_LIMIT:
+                break
+            a.request()
+            b.request()
+            rows = stats(setup.stats_port)
+            elapsed = time.monotonic() - killed_at
+            if on_fallback is None and a.server == b.server == "sorry":
+                on_fallback = elapsed
+            statuses = {rows["www/web1"]["status"], rows["www/web2"]["status"]}
+            if all_down is None and statuses == {"DOWN"}:
+                all_down = elapsed
+            if on_fallback is not None and all_down is not None and elapsed - all_down >= SETTLE:
+                break
+            pace(tick)
+        print(
+            f"\n[fallback] after killing both: answered by the fallback {seconds(on_fallback)}, "
+            f"both DOWN {seconds(all_down)}"
+        )
+        assert failures([a, b]) == []
+        assert on_fallback is not None and on_fallback <= DETECTION_LIMIT
+        assert all_down is not None and all_down <= DETECTION_LIMIT
+        for client in (a, b):
+            assert client.servers_since(killed_at) == {"sorry"}
+            # Every answer from the fallback expires the cookie, HAProxy's bytes exactly.
+            cleared = client.cookies_since(killed_at)
+            assert cleared and set(cleared) == {CLEARED}
+            assert client.cookie is None
+        assert "0 active left" in setup.proxy.stderr()
+
+        setup.restart("web1")
+        listening_at = time.monotonic()
+        back: float | None = None
+        for _ in range(MAX_TICKS):
+            tick = time.monotonic()
+            if tick - listening_at > PHASE_LIMIT:
+                break
+            a.request()
+            if a.server == "web1":
+                back = time.monotonic() - listening_at
+                break
+            pace(tick)
+        print(f"[fallback] after restarting web1: requests back on it {seconds(back)}")
+        assert failures([a]) == []
+        assert back is not None and back <= DETECTION_LIMIT
+        assert a.last is not None and a.last.set_cookies == (f"{COOKIE}=web1; path=/",)
+        assert a.cookie == "web1"
+        rows = stats(setup.stats_port)
+        assert rows["www/web1"]["status"] == "UP" and rows["www/web2"]["status"] == "DOWN"
+
+
+def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> None:
+    states = {"web2": ", state: drain", "web3": ", weight: 0", "web4": ", state: maint"}
+    with running(
+        tmp_path,
+        ["web1", "web2", "web3", "web4"],
+        extra=states,
+        persistence=f"{{cookie: {COOKIE}}}",
+        health_check=HEALTH_DEFAULTS,
+    ) as setup:
+        rows = stats(setup.stats_port)
+        shown = {
+            label: rows[f"www/{label}"]["status"] for label in ("web1", "web2", "web3", "web4")
+        }
+        assert shown == {"web1": "UP", "web2": "DRAIN", "web3": "DRAIN", "web4": "MAINT"}
+        newcomers = [Client(setup.port, f"127.0.0.{10 + i}", cookies=True) for i in range(6)]
+        for newcomer in newcomers:
+            newcomer.request()
+        assert [n.server for n in newcomers] == ["web1"] * 6, failures(newcomers)
+        # A client whose cookie names a draining server is still served there, cookie kept.
+        holders = [
+            Client(setup.port, "127.0.0.2", cookies=True, cookie=s) for s in ("web2", "web3")
+        ]
+        for holder in holders:
+            for _ in range(3):
+                holder.request()
+            assert holder.servers_since(0) == {holder.cookie}, holder.failures
+            assert holder.set_cookies == []
+        # Maintenance: not even a cookie holder; redispatched once, then its new cookie holds.
+        maint = Client(setup.port, "127.0.0.3", cookies=True, cookie="web4")
+        for _ in range(3):
+            maint.request()
+        assert maint.servers_since(0) == {"web1"}, maint.failures
+        assert [value for _, value in maint.set_cookies] == [f"{COOKIE}=web1; path=/"]
+        assert failures([*newcomers, *holders, maint]) == []
+        rows = stats(setup.stats_port)
+        assert rows["www/web4"]["total"] == 0
+        assert rows["www/web2"]["total"] == 3 and rows["www/web3"]["total"] == 3
