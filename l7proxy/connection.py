@@ -526,100 +526,124 @@ class ClientConnection:
 
     async def _pump_body(self, conn: UpstreamConnection, ex: Exchange) -> None:
         """Client request body → server, with back-pressure (one read, one write)."""
-        while True:
-            with trio.move_on_after(self.timeouts.client_idle) as stall:
+        with trio.CancelScope() as stall:
+            while True:
+                stall.deadline = trio.current_time() + self.timeouts.client_idle
                 try:
                     event = await self._next_event()
                 except h11.RemoteProtocolError as error:
                     raise ClientGone(status_for_protocol_error(error.error_status_hint)) from error
-            if stall.cancelled_caught:
-                raise ClientGone(408)
-            if isinstance(event, h11.Data):
-                ex.request_body_started = True
-                payload = conn.h11.send(h11.Data(data=bytes(event.data))) or b""
-            elif isinstance(event, h11.EndOfMessage):
-                payload = conn.h11.send(h11.EndOfMessage()) or b""
-            else:
-                raise ClientGone(None)  # ConnectionClosed mid-body
-            try:
-                await conn.stream.send_all(payload)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                raise ServerFailed(502, "server closed during upload", resendable=False) from error
-            if isinstance(event, h11.EndOfMessage):
-                ex.request_body_done = True
-                return
+                if isinstance(event, h11.Data):
+                    ex.request_body_started = True
+                    payload = conn.h11.send(h11.Data(data=event.data)) or b""
+                elif isinstance(event, h11.EndOfMessage):
+                    payload = conn.h11.send(h11.EndOfMessage()) or b""
+                else:
+                    raise ClientGone(None)  # ConnectionClosed mid-body
+                try:
+                    await conn.stream.send_all(payload)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    raise ServerFailed(
+                        502, "server closed during upload", resendable=False
+                    ) from error
+                if isinstance(event, h11.EndOfMessage):
+                    ex.request_body_done = True
+                    return
+        raise ClientGone(408)  # the client stalled mid-body for client_idle
 
-    async def _server_event(self, conn: UpstreamConnection, timeout: float) -> h11.Event:
+    async def _server_event(
+        self, conn: UpstreamConnection, scope: trio.CancelScope, timeout: float, out: list[bytes]
+    ) -> h11.Event:
+        """The next event from the server. Client-bound bytes in ``out`` are written first
+        whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md)."""
         while True:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError as error:
                 raise ServerFailed(502, f"invalid response: {error}", resendable=False) from error
-            if event is h11.NEED_DATA:
-                with trio.move_on_after(timeout) as scope:
-                    try:
-                        data = await conn.stream.receive_some(READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                if scope.cancelled_caught:
-                    raise ServerFailed(504, "server timeout", resendable=False)
-                conn.response_bytes += len(data)
-                conn.h11.receive_data(data)
-                continue
-            return event  # type: ignore[return-value]
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            if out:
+                await self._flush(out)
+            scope.deadline = trio.current_time() + timeout
+            try:
+                data = await conn.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            conn.response_bytes += len(data)
+            conn.h11.receive_data(data)
+
+    async def _flush(self, out: list[bytes]) -> None:
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        await self.stream.send_all(data)
 
     async def _relay_response(self, conn: UpstreamConnection, choice: Choice, ex: Exchange) -> None:
-        timeout = self.timeouts.server
-        server = choice.server
-        while True:
+        """Server response → client; one cancel scope whose deadline each read pushes on."""
+        out: list[bytes] = []
+        with trio.CancelScope() as scope:
             try:
-                event = await self._server_event(conn, timeout)
+                await self._relay_events(conn, choice, ex, scope, out)
             except ServerFailed as failure:
-                if failure.status == 502 and conn.response_bytes == 0:
-                    # Closed before any response byte: the one case a resend may cure.
-                    raise ServerFailed(502, failure.cause, resendable=True) from failure
-                raise
-            if isinstance(event, h11.ConnectionClosed):
-                resendable = conn.response_bytes == 0
-                raise ServerFailed(502, "server closed before responding", resendable=resendable)
+                if not ex.response_started:
+                    if failure.status == 502 and conn.response_bytes == 0:
+                        # Closed before any response byte: the one case a resend may cure.
+                        raise ServerFailed(502, failure.cause, resendable=True) from failure
+                    raise
+                self._abort_client()
+                ex.termination = "SD"
+                raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
+        if scope.cancelled_caught:
+            if ex.response_started:
+                self._abort_client()  # a stall mid-body: the client must see truncation
+                ex.termination = "sD"
+            raise ServerFailed(504, "server timeout", resendable=False)
+
+    async def _relay_events(
+        self,
+        conn: UpstreamConnection,
+        choice: Choice,
+        ex: Exchange,
+        scope: trio.CancelScope,
+        out: list[bytes],
+    ) -> None:
+        timeout = self.timeouts.server
+        client = self.h11
+        while True:
+            event = await self._server_event(conn, scope, timeout, out)
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     raise ServerFailed(502, "protocol upgrade is not supported", resendable=False)
-                await self._send(
-                    h11.InformationalResponse(
-                        status_code=event.status_code,
-                        reason=event.reason,
-                        headers=forward_response_headers(list(event.headers)),
-                    )
+                info = h11.InformationalResponse(
+                    status_code=event.status_code,
+                    reason=event.reason,
+                    headers=forward_response_headers(list(event.headers)),
                 )
+                out.append(client.send(info) or b"")
                 continue
-            assert isinstance(event, h11.Response)
-            break
+            if isinstance(event, h11.Response):
+                break
+            raise ServerFailed(502, "server closed before responding", resendable=True)
+        server = choice.server
         ex.status = event.status_code
         server.counters.record_response(event.status_code)
         headers = self._response_headers(list(event.headers), choice)
         ex.response_started = True
-        await self._send(
-            h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)
-        )
+        response = h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)
+        out.append(client.send(response) or b"")
         while True:
-            try:
-                event = await self._server_event(conn, timeout)
-            except ServerFailed as failure:
-                self._abort_client()
-                ex.termination = "SD" if failure.status == 502 else "sD"
-                raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
+            event = await self._server_event(conn, scope, timeout, out)
             if isinstance(event, h11.Data):
                 ex.bytes_out += len(event.data)
-                await self._send(h11.Data(data=bytes(event.data)))
+                out.append(client.send(h11.Data(data=event.data)) or b"")
             elif isinstance(event, h11.EndOfMessage):
-                await self._send(h11.EndOfMessage())
+                out.append(client.send(h11.EndOfMessage()) or b"")
+                await self._flush(out)
                 server.counters.bytes_out += ex.bytes_out
                 if conn.h11.their_state is not h11.DONE:
                     ex.server_reusable = False
                 return
             else:  # ConnectionClosed before the end of a framed body
-                self._abort_client()
                 raise ServerFailed(502, "server closed mid-response", resendable=False)
 
     def _cookie_headers(self, choice: Choice) -> list[tuple[bytes, bytes]]:
