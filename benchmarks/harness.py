@@ -206,6 +206,19 @@ def fetch(port: int, path: str, *, tls: bool) -> tuple[int, bytes]:
         connection.close()
 
 
+def tls_parameters(port: int) -> str:
+    """Protocol and cipher an OpenSSL client with default settings (like wrk) negotiates."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as raw,
+            _client_tls().wrap_socket(raw) as tls,
+        ):
+            cipher = tls.cipher()
+            return f"{tls.version()} {cipher[0] if cipher else '?'}"
+    except OSError as error:
+        return f"TLS probe failed: {error}"
+
+
 def wait_ready(child: Child, port: int, path: str, expect_len: int, *, tls: bool) -> None:
     """Wait until ``path`` answers 200 with ``expect_len`` bytes; BenchError otherwise."""
     deadline = time.monotonic() + READY_TIMEOUT

@@ -213,8 +213,9 @@ def render(rows: list[Row], *, seconds: float, connections: int) -> str:
         out.append("")
     if any(_shared_note(row) for row in rows):
         out.append(
-            f"core {SERVER_CORE} shared: other processes ran on the server's core; that req/s "
-            "is understated, CPU us/req still holds"
+            f"core {SERVER_CORE} shared: the server's core was busy beyond the server's own CPU "
+            "time (other processes, or kernel network work not charged to it): that req/s is "
+            "understated, CPU us/req still holds"
         )
     if any(row.result is not None and row.result.errors for row in rows):
         out.append("* a run had errors (socket errors or non-2xx answers): its req/s is suspect")

@@ -4,7 +4,7 @@ Placement on a two-core machine: the server under test (lbproxy, HAProxy, nginx 
 the backend itself for the "direct" line) owns core 0; wrk and, during the proxy runs, the
 backend nginx share core 1. Settings come from the environment (see README.md):
 BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_CASES, BENCH_TARGETS, BENCH_SIZES,
-BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead (profiling.py).
+BENCH_REPEAT, BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead (profiling.py).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Settings:
     targets: tuple[str, ...]
     sizes: tuple[str, ...]
     json_path: str | None
+    repeat: int
     lbproxy: list[str]
 
 
@@ -60,24 +61,29 @@ def _names(name: str, default: str, allowed: tuple[str, ...]) -> tuple[str, ...]
     return chosen
 
 
+def _positive(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default)).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise BenchError(f"{name}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
 def settings_from_env() -> Settings:
     cases: list[str] = []
     for case in _names("BENCH_CASES", "plain,tls", (*CASES, *CASE_ALIASES)):
         cases.extend(CASE_ALIASES.get(case, (case,)))
-    connections = os.environ.get("BENCH_CONNECTIONS", str(DEFAULT_CONNECTIONS))
-    if not connections.isdigit() or int(connections) < 1:
-        raise BenchError(f"BENCH_CONNECTIONS={connections!r} is not a positive number")
     seconds = harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION)
     if seconds < 1:
         raise BenchError("BENCH_DURATION must be at least 1 second")
     return Settings(
         seconds=seconds,
         warmup=harness.env_seconds("BENCH_WARMUP", DEFAULT_WARMUP),
-        connections=int(connections),
+        connections=_positive("BENCH_CONNECTIONS", DEFAULT_CONNECTIONS),
         cases=tuple(c for c in CASES if c in cases),
         targets=_names("BENCH_TARGETS", ",".join(servers.TARGETS), servers.TARGETS),
         sizes=_names("BENCH_SIZES", ",".join(servers.FILES), tuple(servers.FILES)),
         json_path=os.environ.get("BENCH_JSON") or None,
+        repeat=_positive("BENCH_REPEAT", 1),
         lbproxy=find_lbproxy(),
     )
 
@@ -106,6 +112,7 @@ class Bench:
         self.www = servers.make_docroot(workdir)
         self.backend_port = harness.free_port()
         self._bundles: dict[str, Path] = {}
+        self.tls_params: dict[str, str] = {}  # per started TLS server: what wrk will negotiate
 
     def bundle(self, key_type: str) -> Path:
         if key_type not in self._bundles:
@@ -126,11 +133,17 @@ class Bench:
         )
 
     def measure(self, server: servers.Server, path: str, *, close: bool = False) -> report.Row:
-        """Warm up, then one measured wrk run, counting the server's CPU time around it."""
+        """Warm up, then BENCH_REPEAT measured wrk runs; the run with the median req/s."""
         scheme = "https" if server.tls else "http"
         url = f"{scheme}://127.0.0.1:{server.port}/{path}"
         if self.settings.warmup > 0:
             self.wrk(url, self.settings.warmup, close=close)
+        rows = [self.measure_once(server, url, close=close) for _ in range(self.settings.repeat)]
+        rows.sort(key=lambda row: row.result.rps if row.result is not None else 0.0)
+        return rows[len(rows) // 2]
+
+    def measure_once(self, server: servers.Server, url: str, *, close: bool) -> report.Row:
+        """One wrk run, counting the server's CPU time and every core's busy time around it."""
         before, cores_before = harness.cpu_seconds(server.child.pid), harness.core_ticks()
         result = self.wrk(url, self.settings.seconds, close=close)
         used = harness.cpu_seconds(server.child.pid) - before
@@ -140,6 +153,8 @@ class Bench:
             note = f"exited during the run (status {server.child.popen.returncode})"
         elif result.requests == 0:
             note = "no answers"
+        elif server.tls:
+            note = self.tls_params.get(server.child.name, "")
         return report.Row("", "", server.name, result, used, note, cores)
 
     def record(self, case: str, variant: str, row: report.Row) -> None:
@@ -193,6 +208,8 @@ class Bench:
             if tail:
                 say(f"--- last lines of its output ---\n{tail}\n---")
             return f"did not start ({error})"
+        if server.tls:
+            self.tls_params[server.child.name] = harness.tls_parameters(server.port)
         return None
 
     def run_plain(self, backend: harness.Child) -> None:

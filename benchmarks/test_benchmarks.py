@@ -199,7 +199,8 @@ def test_settings_cases(
         ("BENCH_TARGETS", "envoy", "BENCH_TARGETS: choose from"),
         ("BENCH_DURATION", "ten", "not a number of seconds"),
         ("BENCH_DURATION", "0.5", "at least 1 second"),
-        ("BENCH_CONNECTIONS", "-3", "not a positive number"),
+        ("BENCH_CONNECTIONS", "-3", "not a positive whole number"),
+        ("BENCH_REPEAT", "0", "not a positive whole number"),
     ],
 )
 def test_settings_errors_are_one_line(
