@@ -16,6 +16,8 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
+import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -521,3 +523,97 @@ def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> 
         rows = stats(setup.stats_port)
         assert rows["www/web4"]["total"] == 0
         assert rows["www/web2"]["total"] == 3 and rows["www/web3"]["total"] == 3
+
+
+# One state-change line of the health checker on stderr: who, which way, the cause, the code.
+STATE_LINE = re.compile(
+    r"lbproxy\.health: (?:fallback )?server (\S+) is (UP|DOWN): (.*) \((L4\w+|L7\w+|PASSIVE)\), "
+    r"\d+ active (?:left|up)$"
+)
+
+
+def state_changes(stderr: str) -> list[tuple[str, ...]]:
+    matches = (STATE_LINE.search(line) for line in stderr.splitlines())
+    return [tuple(str(group) for group in m.groups()) for m in matches if m is not None]
+
+
+def test_http_checks_log_every_state_change_with_its_cause(tmp_path: pathlib.Path) -> None:
+    port, stats_port, web1, web2 = free_port(), free_port(), free_port(), free_port()
+    binds = {name: free_port() for name in ("strict", "content", "wrongbody")}
+    # Never accepts: the kernel completes the connects from its backlog, nobody answers, so an
+    # HTTP check connects and then runs into its timeout (a hung application).
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as stuck:
+        stuck_port = stuck.getsockname()[1]
+        config = tmp_path / "lb.yaml"
+        config.write_text(
+            f"global: {{grace: 1s, stats: {{bind: 127.0.0.1:{stats_port}}}}}\n"
+            "virtual_servers:\n"
+            "  - label: www\n"
+            f"    bind: 127.0.0.1:{port}\n"
+            "    health_check: {interval: 2s, rise: 2, fall: 3, timeout: 1s,"
+            " http: {path: /health, expect: 200}}\n"
+            "    real_servers:\n"
+            f"      - {{label: web1, address: 127.0.0.1:{web1}}}\n"
+            f"      - {{label: stuck, address: 127.0.0.1:{stuck_port}}}\n"
+            "  - label: strict\n"
+            f"    bind: 127.0.0.1:{binds['strict']}\n"
+            "    health_check: {http: {path: /health, expect: 204}}\n"
+            f"    real_servers: [{{label: web2, address: 127.0.0.1:{web2}}}]\n"
+            "  - label: content\n"
+            f"    bind: 127.0.0.1:{binds['content']}\n"
+            "    health_check: {http: {path: /health, body: OK}}\n"
+            f"    real_servers: [{{label: web2, address: 127.0.0.1:{web2}}}]\n"
+            "  - label: wrongbody\n"
+            f"    bind: 127.0.0.1:{binds['wrongbody']}\n"
+            "    health_check: {http: {path: /health, body: NOPE}}\n"
+            f"    real_servers: [{{label: web2, address: 127.0.0.1:{web2}}}]\n"
+        )
+        with ExitStack() as stack:
+            first = stack.enter_context(backend("web1", web1))
+            stack.enter_context(backend("web2", web2))
+            proxy = stack.enter_context(lbproxy(config, ("127.0.0.1", port)))
+            started = time.monotonic()
+            # web1 passes its HTTP check first, so its DOWN below is a real transition.
+            while stats(stats_port)["www/web1"]["check_status"] != "L7OK":
+                assert time.monotonic() - started < PHASE_LIMIT, proxy.stderr()
+                time.sleep(PACE)
+
+            killed_at = time.monotonic()
+            stop(first)
+            expected_down = {"www/web1", "www/stuck", "strict/web2", "wrongbody/web2"}
+            down_after: dict[str, float] = {}
+            while set(down_after) != expected_down and time.monotonic() - killed_at < PHASE_LIMIT:
+                rows = stats(stats_port)
+                for key in expected_down - set(down_after):
+                    if rows[key]["status"] == "DOWN":
+                        down_after[key] = time.monotonic() - killed_at
+                time.sleep(PACE)
+            rows = stats(stats_port)
+            assert rows["content/web2"]["status"] == "UP"
+            assert rows["content/web2"]["check_status"] == "L7OK"
+            assert set(down_after) == expected_down, proxy.stderr()
+            assert down_after["www/web1"] <= DETECTION_LIMIT
+
+            stack.enter_context(backend("web1", web1))
+            listening_at = time.monotonic()
+            up: float | None = None
+            while up is None and time.monotonic() - listening_at < PHASE_LIMIT:
+                if stats(stats_port)["www/web1"]["status"] == "UP":
+                    up = time.monotonic() - listening_at
+                time.sleep(PACE)
+            print(
+                f"\n[http check] web1 DOWN {seconds(down_after['www/web1'])} after the kill, "
+                f"UP {seconds(up)} after the restart; stuck DOWN "
+                f"{seconds(down_after['www/stuck'] + killed_at - started)} after start-up"
+            )
+            assert up is not None and up <= DETECTION_LIMIT
+            # Exactly one line per transition, each naming its cause.
+            assert sorted(state_changes(proxy.stderr())) == sorted(
+                [
+                    ("www/web1", "DOWN", "connection refused", "L4CON"),
+                    ("www/stuck", "DOWN", "timeout", "L7TOUT"),
+                    ("strict/web2", "DOWN", "status 200 (expected 204)", "L7STS"),
+                    ("wrongbody/web2", "DOWN", "body does not contain 'NOPE'", "L7RSP"),
+                    ("www/web1", "UP", "status 200", "L7OK"),
+                ]
+            )
