@@ -131,7 +131,8 @@ def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
             if lib.ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
                 raise ValueError(f"OpenSSL refused the key exchange groups {groups!r}")
             return True
-    # Still inside the profile, but X25519-only TLS 1.3 clients need a HelloRetryRequest.
+    # Still inside the profile: clients listing P-256 get a HelloRetryRequest at worst, but a
+    # client offering X25519 alone cannot connect.
     log.warning("key exchange limited to P-256 only: this Python cannot set a groups list")
     context.set_ecdh_curve("prime256v1")
     return False
