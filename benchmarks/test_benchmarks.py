@@ -6,8 +6,11 @@ backend on loopback and put a short wrk run through it.
 
 from __future__ import annotations
 
+import os
+import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -307,3 +310,61 @@ def test_a_server_that_exits_is_reported(tmp_path: Path) -> None:
         harness.wait_ready(child, harness.free_port(), "/", 0, tls=False)
     assert "no config" in child.log_tail()
     harness.stop(child)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(bool(NEEDS), reason=f"needs {' and '.join(NEEDS)} installed")
+def test_sigterm_mid_run_stops_everything_and_removes_the_temp_dir() -> None:
+    env = dict(
+        os.environ,
+        BENCH_CASES="plain",
+        BENCH_TARGETS="direct",
+        BENCH_SIZES="100b",
+        BENCH_DURATION="30",
+        BENCH_WARMUP="0",
+    )
+    bench = subprocess.Popen(
+        [sys.executable, str(Path(run.__file__))],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        workdir = None
+        for _ in range(200):  # up to ~20 s for the backend to start and wrk to begin
+            wrk = [
+                pid
+                for pid in harness.descendants(bench.pid)
+                if Path(f"/proc/{pid}/comm").exists()
+                and Path(f"/proc/{pid}/comm").read_text().strip() == "wrk"
+            ]
+            if wrk:
+                args = Path(f"/proc/{wrk[0]}/cmdline").read_bytes().split(b"\0")
+                script = next(a for a in args if a.endswith(b"done.lua"))
+                workdir = Path(script.decode()).parent
+                break
+            time.sleep(0.1)
+        assert workdir is not None, "wrk never started"
+        bench.send_signal(signal.SIGTERM)
+        _, stderr = bench.communicate(timeout=60)
+        assert bench.returncode == 130
+        assert "interrupted" in stderr
+        assert "Traceback" not in stderr
+        assert _processes_mentioning(str(workdir)) == []
+        assert not workdir.exists()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(timeout=10)
