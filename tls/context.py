@@ -236,9 +236,11 @@ def build_context(cert: LoadedCertificate, settings: TlsSettings) -> ssl.SSLCont
         raise ValueError(f"tls ciphers: OpenSSL accepts none of {ciphers!r}") from None
     if settings.ciphersuites is not None:
         _set_ciphersuites(context, settings.ciphersuites)
-    elif _openssl() is not None:
-        _set_ciphersuites(context, MOZILLA_INTERMEDIATE_CIPHERSUITES)
-    # else: OpenSSL's default TLS 1.3 suites are the same three, in another order.
+    else:
+        # Where libssl cannot be reached this changes nothing that matters: OpenSSL's default
+        # TLS 1.3 suites are the same three, in another order.
+        with contextlib.suppress(ValueError):
+            _set_ciphersuites(context, MOZILLA_INTERMEDIATE_CIPHERSUITES)
     restrict_groups(context)
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     _configure_client_auth(context, settings)
