@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -42,6 +45,8 @@ DETECTION_LIMIT = 6.0
 PHASE_LIMIT = DETECTION_LIMIT + 3.0
 # Iterations per phase: PHASE_LIMIT at PACE, with room for requests that answer at once.
 MAX_TICKS = int(PHASE_LIMIT / PACE) + 10
+# Requests one client thread may make: a whole phase at PACE, and then some.
+MAX_REQUESTS = 2 * MAX_TICKS
 # Clients go on this long after the server was marked DOWN, to show that the state change
 # itself costs no request either.
 SETTLE = 1.0
@@ -99,6 +104,7 @@ class Client:
     cookies: bool = False
     cookie: str | None = None
     failures: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # when each failed request started
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, server)
     set_cookies: list[tuple[float, str]] = field(default_factory=list)
     last: Reply | None = None
@@ -109,10 +115,12 @@ class Client:
             reply = get(self.port, self.source, self.cookie if self.cookies else None)
         except (OSError, http.client.HTTPException) as error:
             self.failures.append(f"{self.source}: {type(error).__name__}: {error}")
+            self.failed_at.append(started)
             return None
         # The body names the same server as the header: the answer really came from it.
         if reply.status != 200 or not reply.body.startswith(f"{reply.server} GET / "):
             self.failures.append(f"{self.source}: {reply.status} {reply.body!r}")
+            self.failed_at.append(started)
             return None
         for value in reply.set_cookies:
             self.set_cookies.append((started, value))
@@ -307,6 +315,31 @@ def report(title: str, failover: Failover, recovery: Recovery | None = None) -> 
             f"a new client on it {seconds(recovery.spread)}"
         )
     print(line)
+
+
+@contextmanager
+def requesting(clients: Sequence[Client]) -> Iterator[None]:
+    """Each client requests every PACE in its own thread until the block ends."""
+    done = threading.Event()
+
+    def loop(client: Client) -> None:
+        for _ in range(MAX_REQUESTS):
+            tick = time.monotonic()
+            if done.is_set():
+                return
+            client.request()
+            pace(tick)
+
+    threads = [threading.Thread(target=loop, args=(client,), daemon=True) for client in clients]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=REQUEST_TIMEOUT + 1.0)
+        assert not any(thread.is_alive() for thread in threads)
 
 
 def failures(clients: Sequence[Client]) -> list[str]:
@@ -617,3 +650,71 @@ def test_http_checks_log_every_state_change_with_its_cause(tmp_path: pathlib.Pat
                     ("www/web1", "UP", "status 200", "L7OK"),
                 ]
             )
+
+
+# The hung-server test shortens the server timeout so a request stuck on the frozen server ends
+# in seconds; the shipped default is 60 s (HAProxy's usual `timeout server`).
+HUNG_SERVER_TIMEOUT = 2.0
+
+
+def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Path) -> None:
+    """SIGSTOP: the kernel still accepts connects but nobody answers, as with a hung process.
+
+    A TCP check cannot see this (the connect succeeds); an HTTP check times out. Requests
+    already sent to the frozen server cannot be moved (they may have been acted on) and end
+    with 504 after the server timeout, as in HAProxy; once the server is DOWN no request may
+    reach it and none may fail.
+    """
+    with running(
+        tmp_path,
+        ["web1", "web2"],
+        persistence="{source: {timeout: 5m, mask: 32}}",
+        health_check="{interval: 2s, rise: 2, fall: 3, timeout: 1s, http: {path: /health}}",
+        timeouts=f"{{server: {HUNG_SERVER_TIMEOUT}s}}",
+    ) as setup:
+        a = Client(setup.port, "127.0.0.2")
+        b = Client(setup.port, "127.0.0.3")
+        a.request()
+        b.request()
+        assert a.server is not None and b.server is not None, failures([a, b])
+        assert a.server != b.server
+        frozen, survivor = a.server, b.server
+        frozen_at = time.monotonic()
+        os.kill(setup.procs[frozen].pid, signal.SIGSTOP)
+        try:
+            # Each client in its own thread: a request stuck on the frozen server must not hold
+            # up the other client or the watch on the stats page.
+            with requesting([a, b]):
+                down: float | None = None
+                while time.monotonic() - frozen_at < PHASE_LIMIT:
+                    if down is None and setup.status(frozen) == "DOWN":
+                        down = time.monotonic() - frozen_at
+                    if down is not None and time.monotonic() - frozen_at - down >= SETTLE:
+                        break
+                    time.sleep(PACE)
+                # Requests sent after DOWN must be answered: give the last stuck one its time.
+                time.sleep(HUNG_SERVER_TIMEOUT)
+        finally:
+            os.kill(setup.procs[frozen].pid, signal.SIGCONT)
+        sent = ", ".join(f"{when - frozen_at:.2f}" for when in a.failed_at)
+        print(
+            f"\n[hung server] DOWN {seconds(down)} after SIGSTOP; {len(a.failures)} request(s) of "
+            f"its client failed, sent at [{sent}] s after it"
+        )
+        assert down is not None and down <= DETECTION_LIMIT
+        assert b.failures == [] and b.servers_since(0) == {survivor}
+        assert a.server == survivor
+        # Only requests sent before the server was marked DOWN may fail, and only with 504.
+        assert all(" 504 " in failure for failure in a.failures), a.failures
+        assert all(when - frozen_at < down for when in a.failed_at), a.failed_at
+        stats_row = stats(setup.stats_port)[f"www/{frozen}"]
+        assert stats_row["check_status"] == "L7TOUT"
+
+        thawed_at = time.monotonic()
+        up: float | None = None
+        while up is None and time.monotonic() - thawed_at < PHASE_LIMIT:
+            if setup.status(frozen) == "UP":
+                up = time.monotonic() - thawed_at
+            time.sleep(PACE)
+        print(f"[hung server] UP {seconds(up)} after SIGCONT")
+        assert up is not None and up <= DETECTION_LIMIT
