@@ -65,7 +65,9 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
 
-_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL ssl.h; SSL_CTX_set1_groups_list is this ctrl
+# OpenSSL ssl.h: SSL_CTX_set1_groups_list and SSL_CTX_set_tlsext_ticket_keys are these ctrls.
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 
 
 class _LibSsl:
@@ -86,6 +88,11 @@ class _LibSsl:
         self.set_ciphersuites = lib.SSL_CTX_set_ciphersuites
         self.set_ciphersuites.restype = ctypes.c_int
         self.set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        # A refused call leaves OpenSSL's error queue filled; ``ssl`` would later report it
+        # against an unrelated operation.
+        self.clear_errors = lib.ERR_clear_error
+        self.clear_errors.restype = None
+        self.clear_errors.argtypes = []
 
     def ssl_ctx(self, context: ssl.SSLContext) -> int:
         """The ``SSL_CTX *`` inside ``context``; RuntimeError unless proven to be it."""
@@ -129,6 +136,7 @@ def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
             log.warning("cannot reach OpenSSL's context (%s)", exc)
         else:
             if lib.ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+                lib.clear_errors()
                 raise ValueError(f"OpenSSL refused the key exchange groups {groups!r}")
             return True
     # Still inside the profile: clients listing P-256 get a HelloRetryRequest at worst, but a
@@ -136,6 +144,32 @@ def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
     log.warning("key exchange limited to P-256 only: this Python cannot set a groups list")
     context.set_ecdh_curve("prime256v1")
     return False
+
+
+def rotate_ticket_keys(context: ssl.SSLContext) -> bool:
+    """New random session-ticket keys: tickets issued before no longer resume (FEATURES L12).
+
+    False where libssl cannot be reached; the old keys then stay until the process restarts.
+    """
+    lib = _openssl()
+    if lib is None:
+        return False
+    try:
+        pointer = lib.ssl_ctx(context)
+    except RuntimeError:
+        return False
+    size = int(lib.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 0, None))  # NULL: size wanted
+    if size <= 0:
+        lib.clear_errors()
+        return False
+    keys = ctypes.create_string_buffer(os.urandom(size), size)
+    try:
+        done = int(lib.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, size, keys)) == 1
+    finally:
+        ctypes.memset(keys, 0, size)  # OpenSSL copied them; no second copy stays behind
+    if not done:
+        lib.clear_errors()
+    return done
 
 
 def _set_ciphersuites(context: ssl.SSLContext, suites: str) -> None:
@@ -150,6 +184,7 @@ def _set_ciphersuites(context: ssl.SSLContext, suites: str) -> None:
         raise ValueError(f"tls ciphersuites: cannot be changed with this Python ({exc})") from None
     wanted = [s for s in suites.split(":") if s]
     if lib.set_ciphersuites(pointer, suites.encode("ascii")) != 1 or not wanted:
+        lib.clear_errors()
         raise ValueError(f"tls ciphersuites: OpenSSL accepts none of {suites!r}")
     offered = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"}
     # OpenSSL skips unknown names silently; a typo must not quietly drop a suite.

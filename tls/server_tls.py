@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from config.model import TlsSettings
 
 from .certificate import LoadedCertificate
-from .context import build_context
+from .context import build_context, rotate_ticket_keys
 from .default_cert import ensure_default_certificate
 from .sni import SniIndex
 
@@ -60,8 +60,13 @@ class TlsServer:
         return self._snapshot.index.certs
 
     def reload(self, certs: Sequence[LoadedCertificate]) -> None:
-        """Serve ``certs`` to new handshakes; ValueError leaves the current ones in place."""
+        """Serve ``certs`` to new handshakes; ValueError leaves the current ones in place.
+
+        Session tickets issued before are refused from now on (new ticket keys), so a client
+        comes back through a full handshake and sees the new certificate.
+        """
         self._snapshot = _Snapshot(certs, self.settings)
+        rotate_ticket_keys(self.context)
 
     def _on_server_name(
         self, ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext

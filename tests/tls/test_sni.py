@@ -127,10 +127,11 @@ def test_normalize(raw: str, expected: str) -> None:
 # --- real handshakes through TlsServer ------------------------------------------------------
 
 
-def served_names(tls: trio.SSLStream[trio.SocketStream]) -> tuple[str, ...]:
+def served_names(tls: trio.SSLStream[trio.SocketStream] | ssl.SSLSocket) -> tuple[str, ...]:
     cert = tls.getpeercert()
     assert cert is not None
-    return tuple(value for kind, value in cert["subjectAltName"] if kind == "DNS")
+    san: tuple[tuple[str, str], ...] = cert["subjectAltName"]  # type: ignore[assignment]
+    return tuple(value for kind, value in san if kind == "DNS")
 
 
 def sni_client(ca: trustme.CA, version: ssl.TLSVersion) -> ssl.SSLContext:
@@ -390,3 +391,36 @@ def test_load_tls_server_names_a_bad_file(tmp_path: Path) -> None:
         )
     assert str(missing) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_reload_retires_session_tickets(
+    ca: trustme.CA, sni_certs: dict[str, LoadedCertificate], version: ssl.TLSVersion
+) -> None:
+    server = TlsServer([sni_certs["default"], sni_certs["wild"]], TlsSettings())
+    client = sni_client(ca, version)
+    reused: list[bool] = []
+
+    def connect_and_check(session: ssl.SSLSession | None) -> ssl.SSLSession:
+        with (
+            socket.create_connection(("127.0.0.1", listening.port), timeout=IO_TIMEOUT) as raw,
+            client.wrap_socket(raw, server_hostname="www.example.com", session=session) as tls,
+        ):
+            tls.sendall(b"ping")  # a round trip: TLS 1.3 tickets arrive after the handshake
+            assert tls.recv(16) == b"ping"
+            reused.append(bool(tls.session_reused))
+            names.append(served_names(tls))
+            assert tls.session is not None
+            return tls.session
+
+    names: list[tuple[str, ...]] = []
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(server.context) as listening:
+            first = await trio.to_thread.run_sync(connect_and_check, None)
+            await trio.to_thread.run_sync(connect_and_check, first)
+            server.reload([sni_certs["default"], sni_certs["exact"]])
+            await trio.to_thread.run_sync(connect_and_check, first)
+    assert reused == [False, True, False]
+    # A resumed session shows the certificate of the session it resumes; after the reload
+    # the full handshake shows the new one.
+    assert names[2] == ("www.example.com",)
