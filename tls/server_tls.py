@@ -21,8 +21,6 @@ from .context import build_context, rotate_ticket_keys
 from .default_cert import ensure_default_certificate
 from .sni import SniIndex
 
-log = logging.getLogger("lbproxy.tls")
-
 
 class _Snapshot:
     """Index and contexts of one load; never changed after it is built."""
