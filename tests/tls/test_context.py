@@ -480,3 +480,18 @@ async def test_groups_fallback_without_libssl_access(
         async with tls_server(ctx) as server:
             code, out = await openssl_client(server.port, "-tls1_3", "-groups", groups)
     assert (code == 0) is accepted, out
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_intermediates_are_served(ca: trustme.CA, version: ssl.TLSVersion) -> None:
+    # The client trusts only the root: the handshake works only if the intermediate is sent.
+    intermediate = ca.create_child_ca()
+    cert = loaded(intermediate, "localhost")
+    assert cert.chain_pem.count(b"BEGIN CERTIFICATE") == 2
+    client = client_context(ca)
+    client.minimum_version = client.maximum_version = version
+    with trio.fail_after(IO_TIMEOUT):
+        async with tls_server(build_context(cert, TlsSettings())) as server:
+            tls = await connect(server.port, client)
+            assert await round_trip(tls) == b"ping"
+            await tls.aclose()
