@@ -36,6 +36,8 @@ from .exchange import (
     https_redirect_target,
     request_has_body,
     rewrite_location,
+    splice_head,
+    split_for_h11,
 )
 from .routing import route
 from .upstream import ConnectError, UpstreamConnection, UpstreamPool
@@ -484,8 +486,9 @@ class ClientConnection:
         choice: Choice,
         ex: Exchange,
     ) -> None:
-        head = h11.Request(method=request.method, target=request.target, headers=out_headers)
-        data = conn.h11.send(head) or b""
+        semantic, rest = split_for_h11(out_headers)
+        head = h11.Request(method=request.method, target=request.target, headers=semantic)
+        data = splice_head(conn.h11.send(head) or b"", rest)
         body_pending = has_body and self.h11.their_state is h11.SEND_BODY
         if not body_pending:
             data += conn.h11.send(h11.EndOfMessage()) or b""
@@ -629,8 +632,11 @@ class ClientConnection:
         server.counters.record_response(event.status_code)
         headers = self._response_headers(list(event.headers), choice)
         ex.response_started = True
-        response = h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)
-        out.append(client.send(response) or b"")
+        semantic, rest = split_for_h11(headers)
+        response = h11.Response(
+            status_code=event.status_code, reason=event.reason, headers=semantic
+        )
+        out.append(splice_head(client.send(response) or b"", rest))
         while True:
             event = await self._server_event(conn, scope, timeout, out)
             if isinstance(event, h11.Data):

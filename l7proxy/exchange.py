@@ -225,3 +225,31 @@ def https_redirect_target(host: bytes, target: bytes, tls_port: int) -> bytes:
         name = b"[" + name + b"]"
     port = b"" if tls_port == 443 else b":" + str(tls_port).encode()
     return b"https://" + name + port + target
+
+
+# What h11 must see to keep its state machines right: framing, keep-alive, Host (required for
+# HTTP/1.1 requests) and Expect (100-continue tracking). Everything else is spliced in as bytes.
+H11_SEMANTIC = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"}
+)
+
+
+def split_for_h11(headers: Headers) -> tuple[Headers, Headers]:
+    """(the headers h11 must be given, the rest) in their original order."""
+    semantic: Headers = []
+    rest: Headers = []
+    for item in headers:
+        (semantic if item[0] in H11_SEMANTIC else rest).append(item)
+    return semantic, rest
+
+
+def splice_head(head: bytes, rest: Headers) -> bytes:
+    """Add ``rest`` to a head h11 serialised (before its final blank line).
+
+    h11 validates every name and value of the events it is given; constructing an event with
+    all forwarded headers validates them a second time (they were validated when h11 parsed
+    them, or are made by lbproxy from validated parts). Only ever pass such headers here.
+    """
+    if not rest:
+        return head
+    return head[:-2] + b"".join([name + b": " + value + b"\r\n" for name, value in rest]) + b"\r\n"
