@@ -161,8 +161,24 @@ def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
     return numerator.result.rps / denominator.result.rps
 
 
+def capacity_ratio(ours: Row | None, theirs: Row | None) -> float | None:
+    """Requests per CPU second of ours over theirs: the req/s ratio if both had a whole core
+    to themselves, so it holds even when the client or another process was the limit."""
+    if ours is None or theirs is None:
+        return None
+    mine, other = ours.cpu_us_per_request, theirs.cpu_us_per_request
+    if mine is None or other is None or mine == 0:
+        return None
+    return other / mine
+
+
+def _verdict(value: float) -> str:
+    return "meets" if value >= HANDSHAKE_TARGET else "below"
+
+
 def ratio_lines(case: str, rows: list[Row]) -> list[str]:
-    """``lbproxy/X`` for every other server, per size or key type; a '*' marks runs with errors."""
+    """``lbproxy/X`` for every other server, per size or key type, by req/s and by CPU time per
+    request; a '*' marks a ratio built from a run with errors."""
     lines = []
     variants = list(dict.fromkeys(row.variant for row in rows))
     for variant in variants:
@@ -176,28 +192,22 @@ def ratio_lines(case: str, rows: list[Row]) -> list[str]:
             assert ours is not None and theirs is not None
             flawed = ours.result is not None and ours.result.errors > 0
             flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
-            text = f"lbproxy/{other} {value:.2f}{'*' if flawed else ''}"
+            mark = "*" if flawed else ""
+            text = f"lbproxy/{other} {value:.2f}{mark}"
+            per_cpu = capacity_ratio(ours, theirs)
+            if per_cpu is not None:
+                text += f" (per CPU {per_cpu:.2f}{mark})"
             if case == "handshake" and other == "haproxy":
-                verdict = "meets" if value >= HANDSHAKE_TARGET else "below"
-                text += f" ({verdict} the {HANDSHAKE_TARGET} target)"
+                text += f" [target {HANDSHAKE_TARGET}: {_verdict(value)}"
+                if per_cpu is not None:
+                    text += f", per CPU {_verdict(per_cpu)}"
+                text += "]"
             parts.append(text)
-        cpu = _cpu_ratio(ours, _find(rows, variant, "haproxy"))
-        if cpu is not None:
-            parts.append(f"CPU/req lbproxy/haproxy {cpu:.1f}x")
         if parts:
             lines.append(f"  {variant}: " + ", ".join(parts))
         elif ours is None:
             lines.append(f"  {variant}: no lbproxy figure")
     return lines
-
-
-def _cpu_ratio(ours: Row | None, theirs: Row | None) -> float | None:
-    if ours is None or theirs is None:
-        return None
-    mine, other = ours.cpu_us_per_request, theirs.cpu_us_per_request
-    if mine is None or other is None or other == 0:
-        return None
-    return mine / other
 
 
 def render(rows: list[Row], *, seconds: float, connections: int) -> str:
@@ -208,7 +218,7 @@ def render(rows: list[Row], *, seconds: float, connections: int) -> str:
             continue
         out.append(f"== {title}: wrk -t1 -c{connections} -d{seconds:g}s ==")
         out.append(table(selected))
-        out.append("ratios (req/s):")
+        out.append("ratios (req/s; in brackets requests per CPU second):")
         out.extend(ratio_lines(case, selected) or ["  none (lbproxy or the others missing)"])
         out.append("")
     if any(_shared_note(row) for row in rows):

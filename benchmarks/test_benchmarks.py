@@ -81,9 +81,11 @@ def test_latency_units(micros: float, text: str) -> None:
     assert report.latency(micros) == text
 
 
-def _row(target: str, rps: float, *, variant: str = "rsa2048", errors: int = 0) -> report.Row:
+def _row(
+    target: str, rps: float, *, variant: str = "rsa2048", errors: int = 0, cpu_us: float = 100.0
+) -> report.Row:
     result = loadgen.Result(1.0, int(rps), 0, errors, 0, 1.0, 1.0)
-    return report.Row("handshake", variant, target, result, cpu_seconds=rps * 1e-4)
+    return report.Row("handshake", variant, target, result, cpu_seconds=rps * cpu_us / 1e6)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +95,21 @@ def _row(target: str, rps: float, *, variant: str = "rsa2048", errors: int = 0) 
 def test_handshake_ratio_against_the_target(ours: float, theirs: float, verdict: str) -> None:
     lines = report.ratio_lines("handshake", [_row("lbproxy", ours), _row("haproxy", theirs)])
     assert len(lines) == 1
-    assert f"lbproxy/haproxy {ours / theirs:.2f} ({verdict} the 0.75 target)" in lines[0]
+    assert f"lbproxy/haproxy {ours / theirs:.2f} " in lines[0]
+    assert f"[target 0.75: {verdict}, per CPU meets]" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("ours_us", "theirs_us", "per_cpu", "verdict"),
+    [(400.0, 300.0, "0.75", "meets"), (600.0, 300.0, "0.50", "below")],
+)
+def test_handshake_per_cpu_ratio(
+    ours_us: float, theirs_us: float, per_cpu: str, verdict: str
+) -> None:
+    rows = [_row("lbproxy", 900.0, cpu_us=ours_us), _row("haproxy", 1000.0, cpu_us=theirs_us)]
+    (line,) = report.ratio_lines("handshake", rows)
+    assert f"lbproxy/haproxy 0.90 (per CPU {per_cpu})" in line
+    assert f"[target 0.75: meets, per CPU {verdict}]" in line
 
 
 def test_ratio_with_errors_is_marked_and_missing_lines_are_skipped() -> None:
