@@ -6,9 +6,9 @@ server dies; within 6 s both are on the survivor and no GET fails; the server co
 server states set in the config, and with HTTP health checks whose state changes are logged.
 
 Every server is a real process (tests/e2e/backend.py) killed with SIGKILL, which is what a pulled
-cable looks like on loopback minus the timeouts: the kernel refuses new connects at once. Clients
-open one connection per request, like a browser whose idle keep-alive has lapsed, so every
-request goes through the balancer's choice. Run with ``pytest -s`` to see the measured times.
+cable looks like on loopback minus the timeouts: the kernel refuses new connects at once. In each
+pair of clients one keeps its connection to the proxy alive like a browser and the other opens
+one per request. Run with ``pytest -s`` to see the measured times.
 """
 
 from __future__ import annotations
@@ -66,23 +66,32 @@ class Reply:
     cache_control: str | None
 
 
-def get(port: int, source: str, cookie: str | None = None, path: str = "/") -> Reply:
-    """One GET on a fresh connection from ``source`` (a 127.0.0.x address of this host)."""
-    conn = http.client.HTTPConnection(
+def connect(port: int, source: str) -> http.client.HTTPConnection:
+    """A client connection from ``source`` (a 127.0.0.x address of this host)."""
+    return http.client.HTTPConnection(
         "127.0.0.1", port, timeout=REQUEST_TIMEOUT, source_address=(source, 0)
     )
+
+
+def send_get(conn: http.client.HTTPConnection, cookie: str | None, path: str = "/") -> Reply:
+    headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie is not None else {}
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read().decode(errors="replace")
+    return Reply(
+        status=resp.status,
+        server=resp.getheader("X-Served-By") or "",
+        body=body,
+        set_cookies=tuple(resp.msg.get_all("Set-Cookie") or ()),
+        cache_control=resp.getheader("Cache-Control"),
+    )
+
+
+def get(port: int, source: str, cookie: str | None = None, path: str = "/") -> Reply:
+    """One GET on a fresh connection from ``source``."""
+    conn = connect(port, source)
     try:
-        headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie is not None else {}
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read().decode(errors="replace")
-        return Reply(
-            status=resp.status,
-            server=resp.getheader("X-Served-By") or "",
-            body=body,
-            set_cookies=tuple(resp.msg.get_all("Set-Cookie") or ()),
-            cache_control=resp.getheader("Cache-Control"),
-        )
+        return send_get(conn, cookie, path)
     finally:
         conn.close()
 
@@ -97,23 +106,36 @@ def jar_value(set_cookie: str) -> str | None:
 
 @dataclass
 class Client:
-    """A browser-like client: one source address, a cookie jar if cookies are in play."""
+    """A browser-like client: one source address, a cookie jar if cookies are in play.
+
+    ``keep_alive``: one connection to the proxy for all requests, as a browser keeps it
+    (reopened by http.client only when the proxy closed it after a response); otherwise a
+    fresh connection per request.
+    """
 
     port: int
     source: str
     cookies: bool = False
+    keep_alive: bool = False
     cookie: str | None = None
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)  # when each failed request started
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, server)
     set_cookies: list[tuple[float, str]] = field(default_factory=list)
     last: Reply | None = None
+    conn: http.client.HTTPConnection | None = None
 
     def request(self) -> Reply | None:
         started = time.monotonic()
+        cookie = self.cookie if self.cookies else None
         try:
-            reply = get(self.port, self.source, self.cookie if self.cookies else None)
+            if self.keep_alive:
+                self.conn = self.conn or connect(self.port, self.source)
+                reply = send_get(self.conn, cookie)
+            else:
+                reply = get(self.port, self.source, cookie)
         except (OSError, http.client.HTTPException) as error:
+            self.close()
             self.failures.append(f"{self.source}: {type(error).__name__}: {error}")
             self.failed_at.append(started)
             return None
@@ -129,6 +151,11 @@ class Client:
         self.seen.append((started, reply.server))
         self.last = reply
         return reply
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     @property
     def server(self) -> str | None:
@@ -358,7 +385,7 @@ def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread
         persistence="{source: {timeout: 5m, mask: 32}}",
         health_check=HEALTH_DEFAULTS,
     ) as setup:
-        a = Client(setup.port, "127.0.0.2")
+        a = Client(setup.port, "127.0.0.2", keep_alive=True)
         b = Client(setup.port, "127.0.0.3")
         # Round robin over two equal servers: the first two new clients, in order, get one each.
         a.request()
@@ -396,6 +423,7 @@ def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread
         assert b.servers_since(recovery.listening_at) == {survivor}
         assert not a.set_cookies and not b.set_cookies  # source persistence sets no cookie
         assert f"server www/{killed} is UP" in setup.proxy.stderr()
+        a.close()
 
 
 def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
@@ -407,7 +435,7 @@ def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
         persistence=f"{{cookie: {COOKIE}}}",
         health_check=HEALTH_DEFAULTS,
     ) as setup:
-        a = Client(setup.port, "127.0.0.2", cookies=True)
+        a = Client(setup.port, "127.0.0.2", cookies=True, keep_alive=True)
         b = Client(setup.port, "127.0.0.3", cookies=True)
         a.request()
         b.request()
@@ -446,6 +474,7 @@ def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
         newcomer = recovery.newcomers[-1]
         assert newcomer.cookie == killed
         assert [value for _, value in newcomer.set_cookies] == [f"{COOKIE}={killed}; path=/"]
+        a.close()
 
 
 def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.Path) -> None:
@@ -456,7 +485,7 @@ def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.
         persistence=f"{{cookie: {COOKIE}}}",
         health_check=HEALTH_DEFAULTS,
     ) as setup:
-        a = Client(setup.port, "127.0.0.2", cookies=True)
+        a = Client(setup.port, "127.0.0.2", cookies=True, keep_alive=True)
         b = Client(setup.port, "127.0.0.3", cookies=True)
         a.request()
         b.request()
@@ -517,6 +546,7 @@ def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.
         assert a.cookie == "web1"
         rows = stats(setup.stats_port)
         assert rows["www/web1"]["status"] == "UP" and rows["www/web2"]["status"] == "DOWN"
+        a.close()
 
 
 def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> None:
