@@ -213,25 +213,26 @@ class ClientConnection:
 
     async def _read_head_or_raise(self, deadline: float | None) -> h11.Request | None:
         event = self.h11.next_event()
-        if event is h11.NEED_DATA and deadline is None:
-            # Between requests: wait for the first byte for the idle timeout, then close
-            # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
-            with trio.move_on_after(self.timeouts.client_idle) as idle:
-                self.runtime.idle_scopes.add(idle)
+        if event is not h11.NEED_DATA:
+            return self._head_event(event)  # pipelined: already buffered
+        with trio.CancelScope() as scope:
+            if deadline is None:
+                # Between requests: wait for the first byte for the idle timeout, then close
+                # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
+                scope.deadline = trio.current_time() + self.timeouts.client_idle
+                self.runtime.idle_scopes.add(scope)
                 try:
                     await self._receive()
                 finally:
-                    self.runtime.idle_scopes.discard(idle)
-            if idle.cancelled_caught:
-                return None
-            deadline = trio.current_time() + self.timeouts.header
-        elif event is not h11.NEED_DATA:
-            return self._head_event(event)
-        assert deadline is not None
-        with trio.move_on_at(deadline):
+                    self.runtime.idle_scopes.discard(scope)
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return self._head_event(event)
+                deadline = trio.current_time() + self.timeouts.header
+            scope.deadline = deadline
             return self._head_event(await self._next_event())
         if self.h11.their_state is h11.IDLE and not self._has_partial_head():
-            return None  # nothing at all arrived: silent close, like HAProxy
+            return None  # idle timeout, shutdown, or nothing at all arrived: silent close
         await self._send_canned(408)
         return None
 
