@@ -748,3 +748,123 @@ def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Pat
             time.sleep(PACE)
         print(f"[hung server] UP {seconds(up)} after SIGCONT")
         assert up is not None and up <= DETECTION_LIMIT
+
+
+# Longest request head the closing server reads before giving up on a client (the proxy's own
+# heads are far smaller); bounds its memory like any server.
+CLOSER_HEAD_LIMIT = 64 * 1024
+
+
+class ClosingServer:
+    """A real server that reads each request whole and closes without answering a byte.
+
+    What a crashed worker behind a live listener looks like. It records what it received, so
+    the test sees whether the proxy sent a request twice.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(PACE)
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[tuple[str, str, int]] = []  # (method, path, body bytes)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> ClosingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=REQUEST_TIMEOUT)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(REQUEST_TIMEOUT)
+                try:
+                    self._read_one(conn)
+                except OSError:
+                    pass  # health checks connect and leave; nothing to record
+
+    def _read_one(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < CLOSER_HEAD_LIMIT:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path = lines[0].split(" ")[:2]
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        self.received.append((method, path, len(body)))
+
+
+def send(port: int, method: str, path: str, cookie: str, body: bytes | None) -> tuple[int, str]:
+    """(status, body) of one request with our cookie set to ``cookie``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers={"Cookie": f"{COOKIE}={cookie}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_resend_only_what_is_safe(tmp_path: pathlib.Path) -> None:
+    """A server that closes before answering: idempotent requests go elsewhere, POST never.
+
+    ``closer`` and ``dead`` drain (cookie holders only), so after one of them fails the only
+    server a request can move to is web2, and the cookie chooses where each request starts.
+    """
+    with ClosingServer() as closer:
+        dead = free_port()  # nothing listens: connects are refused
+        port, stats_port, web2 = free_port(), free_port(), free_port()
+        config = tmp_path / "lb.yaml"
+        write_config(
+            config,
+            port=port,
+            stats_port=stats_port,
+            servers=[
+                f"{{label: closer, address: 127.0.0.1:{closer.port}, state: drain}}",
+                f"{{label: dead, address: 127.0.0.1:{dead}, state: drain}}",
+                f"{{label: web2, address: 127.0.0.1:{web2}}}",
+            ],
+            persistence=f"{{cookie: {COOKIE}}}",
+            health_check=HEALTH_DEFAULTS,
+        )
+        with backend("web2", web2), lbproxy(config, ("127.0.0.1", port)):
+            # Closed before any response byte: GET and DELETE are sent again, to web2.
+            assert send(port, "GET", "/g", "closer", None) == (200, "web2 GET /g 0\n")
+            assert send(port, "DELETE", "/d", "closer", None) == (200, "web2 DELETE /d 0\n")
+            # A POST that reached a server is never sent twice: 502.
+            status, _ = send(port, "POST", "/p", "closer", b"hello")
+            assert status == 502
+            # PUT is idempotent, but its body was consumed on the way to the first server.
+            status, _ = send(port, "PUT", "/u", "closer", b"hello")
+            assert status == 502
+            # A refused connect sent nothing: even a POST moves on, its body intact.
+            assert send(port, "POST", "/r", "dead", b"hello") == (200, "web2 POST /r 5\n")
+            # web2 got exactly the three requests that it answered.
+            assert stats(stats_port)["www/web2"]["total"] == 3
+        assert closer.received == [
+            ("GET", "/g", 0),
+            ("DELETE", "/d", 0),
+            ("POST", "/p", 5),
+            ("PUT", "/u", 5),
+        ]
