@@ -4,9 +4,8 @@ sslyze pins an old ``cryptography``, so it lives in its own virtual environment 
 folder (``LBPROXY_TEST_CACHE``, default ``~/.cache/lbproxy-test``), made on first use. The test
 skips only when sslyze cannot be installed there.
 
-The server is a small trio program in a subprocess that builds its TLS bind with
-``tls.server_tls.load_tls_server`` from certificate files, the way lbproxy does, and answers
-every request with a tiny HTTP response (sslyze also sends an HTTP request).
+The server scanned is the real ``lbproxy run`` process with one TLS bind in front of a real
+server (sslyze also sends an HTTP request through it).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.e2e.process import backend, free_port, lbproxy
 from tls.default_cert import CERT_FILE, ensure_default_certificate
 from tls.keys import generate_key, key_pem, write_secret_file
 
@@ -37,54 +36,6 @@ pytestmark = pytest.mark.e2e
 SCAN_TIMEOUT = 180.0  # a full sslyze scan of one loopback server takes a few seconds
 INSTALL_TIMEOUT = 600.0  # first run only: pip downloads sslyze and its pinned dependencies
 ROOT = Path(__file__).resolve().parents[2]
-
-SERVER = textwrap.dedent(
-    """
-    import datetime, logging, sys
-    from functools import partial
-
-    import trio
-
-    from config.model import CertificateSpec, TlsSettings
-    from tls.server_tls import load_tls_server
-
-    RESPONSE = b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok"
-
-
-    async def main() -> None:
-        specs = tuple(CertificateSpec(path) for path in sys.argv[2:])
-        server = load_tls_server(
-            TlsSettings(certificates=specs),
-            state_dir=sys.argv[1],
-            now=datetime.datetime.now(datetime.UTC),
-            log=logging.getLogger("lbproxy.test"),
-        )
-
-        async def handle(stream: trio.SocketStream) -> None:
-            tls = trio.SSLStream(stream, server.context, server_side=True)
-            try:
-                with trio.fail_after(server.handshake_timeout):
-                    await tls.do_handshake()
-                    data = b""
-                    while b"\\r\\n\\r\\n" not in data and len(data) < 65536:
-                        chunk = await tls.receive_some(65536)
-                        if not chunk:
-                            return
-                        data += chunk
-                    await tls.send_all(RESPONSE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                pass
-            finally:
-                await trio.aclose_forcefully(tls)
-
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-            print(listeners[0].socket.getsockname()[1], flush=True)
-
-
-    trio.run(main)
-    """
-)
 
 
 def _cache_dir() -> Path:
@@ -156,17 +107,20 @@ def _write_leaf(ca: trustme.CA, folder: Path, key_type: str) -> Path:
 
 
 async def _scan(sslyze: str, state_dir: Path, ca_file: Path, *cert_files: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-c", SERVER, str(state_dir), *map(str, cert_files)]
-    server = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, env=env)
-    try:
-        assert server.stdout is not None
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = await server.stdout.receive_some(64)
-            assert chunk, "the TLS server exited before listening"
-            line += chunk
-        port = int(line)
+    """Run the real ``lbproxy`` with one TLS bind (these files, or the self-signed default
+    under ``state_dir``) in front of a real server, and scan that bind."""
+    port, backend_port = free_port(), free_port()
+    listed = ", ".join(str(path) for path in cert_files)
+    tls = f"{{certificate: [{listed}]}}" if cert_files else "{}"
+    config = state_dir.parent / "scan.yaml"
+    config.write_text(
+        f"global: {{state_dir: {state_dir}}}\n"
+        "virtual_servers:\n"
+        "  - label: scan\n"
+        f"    bind: [{{address: 127.0.0.1:{port}, tls: {tls}}}]\n"
+        f"    real_servers: [{{label: web1, address: 127.0.0.1:{backend_port}}}]\n"
+    )
+    with backend("web1", backend_port), lbproxy(config, ("127.0.0.1", port)):
         result = await trio.run_process(
             [sslyze, "--mozilla_config", "intermediate"]  # noqa: RUF005 - reads as a command
             + ["--certinfo_ca_file", str(ca_file), f"127.0.0.1:{port}"],
@@ -174,9 +128,6 @@ async def _scan(sslyze: str, state_dir: Path, ca_file: Path, *cert_files: Path) 
             capture_stderr=True,
             check=False,
         )
-    finally:
-        server.kill()
-        await server.wait()
     return (result.stdout + result.stderr).decode("utf-8", "replace")
 
 
@@ -213,7 +164,6 @@ async def test_self_signed_default_is_compliant(sslyze: str, tmp_path: Path) -> 
     )
     with trio.fail_after(SCAN_TIMEOUT):
         out = await _scan(sslyze, state, state / CERT_FILE)
-    # Self-signed means untrusted; the shared self-signed helper also leaves out the Authority
-    # Key Identifier that sslyze's strict path validation wants. Nothing else may fail.
-    assert compliance_issues(out) <= {"certificate_path_validation"}, out
+    # Trusted as its own root, the self-signed default passes every check.
+    assert compliance_issues(out) == set(), out
     assert "Supported curves:                  X25519, secp256r1, secp384r1" in out, out
