@@ -38,6 +38,8 @@ from .exchange import (
     rewrite_location,
     splice_head,
     split_for_h11,
+    switching_protocols_headers,
+    upgrade_protocol,
 )
 from .routing import route
 from .upstream import ConnectError, UpstreamConnection, UpstreamPool
@@ -116,6 +118,8 @@ class Exchange:
     request_body_started: bool = False
     server_reusable: bool = True
     client_keepalive: bool = True
+    upgrade_requested: bool = False  # the request asked for a protocol lbproxy may tunnel
+    upgraded: bool = False  # the server answered 101: the connection became a tunnel
     termination: str = "--"
 
 
@@ -328,6 +332,7 @@ class ClientConnection:
         )
         out_headers.extend(self.tls_headers)
         has_body = request_has_body(headers)
+        ex.upgrade_requested = upgrade_protocol(headers) is not None
         idempotent = request.method in IDEMPOTENT_METHODS
         exclude: set[str] = set()
         resends = 0
@@ -343,6 +348,10 @@ class ClientConnection:
             pool.begin(choice.server)
             try:
                 await self._exchange(request, out_headers, has_body, conn, choice, ex)
+                if ex.upgraded:
+                    await self._tunnel(conn, ex)
+                    conn.stream.close()
+                    return False
             except ServerFailed as failure:
                 conn.stream.close()
                 choice.server.counters.failures_response += 1
@@ -617,7 +626,20 @@ class ClientConnection:
             event = await self._server_event(conn, scope, timeout, out)
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
-                    raise ServerFailed(502, "protocol upgrade is not supported", resendable=False)
+                    if not ex.upgrade_requested:
+                        raise ServerFailed(502, "101 without an upgrade request", resendable=False)
+                    switch = h11.InformationalResponse(
+                        status_code=101,
+                        reason=event.reason,
+                        headers=switching_protocols_headers(list(event.headers)),
+                    )
+                    out.append(client.send(switch) or b"")
+                    await self._flush(out)
+                    ex.status = 101
+                    ex.response_started = True
+                    ex.upgraded = True
+                    ex.server_reusable = False
+                    return
                 info = h11.InformationalResponse(
                     status_code=event.status_code,
                     reason=event.reason,
@@ -652,6 +674,37 @@ class ClientConnection:
                 return
             else:  # ConnectionClosed before the end of a framed body
                 raise ServerFailed(502, "server closed mid-response", resendable=False)
+
+    async def _tunnel(self, conn: UpstreamConnection, ex: Exchange) -> None:
+        """After a 101: relay raw bytes both ways until one side closes or the tunnel has been
+        idle for ``timeouts.tunnel`` (Pound WSTimeOut, HAProxy timeout tunnel)."""
+        client_rest = self.h11.trailing_data[0]
+        server_rest = conn.h11.trailing_data[0]
+        timeout = self.timeouts.tunnel
+        with trio.CancelScope() as scope:
+            scope.deadline = trio.current_time() + timeout
+            try:
+                if server_rest:
+                    await self.stream.send_all(server_rest)
+                if client_rest:
+                    await conn.stream.send_all(client_rest)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+            async def pipe(source: trio.abc.Stream, sink: trio.abc.Stream, count: bool) -> None:
+                try:
+                    while data := await source.receive_some(READ_SIZE):
+                        scope.deadline = trio.current_time() + timeout
+                        await sink.send_all(data)
+                        if count:
+                            ex.bytes_out += len(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                scope.cancel()  # one side is gone: the tunnel ends
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipe, self.stream, conn.stream, False)
+                nursery.start_soon(pipe, conn.stream, self.stream, True)
 
     def _cookie_headers(self, choice: Choice) -> list[tuple[bytes, bytes]]:
         persistence = self.runtime.pools[choice.server.pool_name].pool.persistence

@@ -132,8 +132,32 @@ def forward_request_headers(
     if forwardfor:
         forwarded_for.append(client.ip.encode("ascii"))
         out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    upgrade = upgrade_protocol(headers)
+    if upgrade is not None:
+        out.append((b"connection", b"upgrade"))
+        out.append((b"upgrade", upgrade))
     out.append((b"x-forwarded-proto", b"https" if client.tls else b"http"))
     out.append((b"x-forwarded-port", str(listener_port).encode("ascii")))
+    return out
+
+
+def upgrade_protocol(headers: Headers) -> bytes | None:
+    """The protocol a request asks to switch to, when lbproxy may tunnel it (WebSocket and the
+    like); never h2c, which h11 cannot speak on the other side (RELIABILITY.md §7)."""
+    if b"upgrade" not in connection_tokens(headers):
+        return None
+    value = header_value(headers, b"upgrade")
+    if value is None or b"h2c" in value.lower():
+        return None
+    return value
+
+
+def switching_protocols_headers(headers: Headers) -> Headers:
+    """A 101 response keeps its Upgrade and Connection: upgrade; other hop-by-hop goes."""
+    out = forward_response_headers(headers)
+    value = header_value(headers, b"upgrade")
+    if value is not None:
+        out += [(b"connection", b"upgrade"), (b"upgrade", value)]
     return out
 
 
