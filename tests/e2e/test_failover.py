@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -121,6 +122,7 @@ class Client:
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)  # when each failed request started
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, server)
+    took: list[float] = field(default_factory=list)  # seconds each answer in ``seen`` took
     set_cookies: list[tuple[float, str]] = field(default_factory=list)
     last: Reply | None = None
     conn: http.client.HTTPConnection | None = None
@@ -149,6 +151,7 @@ class Client:
             if self.cookies:
                 self.cookie = jar_value(value)
         self.seen.append((started, reply.server))
+        self.took.append(time.monotonic() - started)
         self.last = reply
         return reply
 
@@ -868,3 +871,160 @@ def test_resend_only_what_is_safe(tmp_path: pathlib.Path) -> None:
             ("POST", "/p", 5),
             ("PUT", "/u", 5),
         ]
+
+
+# The pulled-cable test's proxy timeouts. Connect: a loopback or LAN connect takes well under
+# a millisecond, and 1 s leaves room for one lost SYN's retransmission (Linux resends after
+# 1 s); the shipped 5 s (HAProxy's usual `timeout connect`) would hold a client that much
+# longer. Server: short, so the request on the wire when the cable goes ends in seconds.
+CABLE_CONNECT_TIMEOUT = "1s"
+CABLE_SERVER_TIMEOUT = "2s"
+# Connections that fill the unplugged server's accept queue (listen backlog 1 takes two);
+# each waits this long before the next is tried, so a refused one ends the filling quickly.
+CABLE_FILL_MAX = 8
+CABLE_FILL_TIMEOUT = 0.2
+
+
+class CableServer:
+    """A real server (in this process) whose cable can be pulled.
+
+    Once pulled, new connects time out (nobody accepts, the full accept queue makes the kernel
+    drop SYNs, as on a dead link) and requests on open connections are never answered.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.pulled = threading.Event()
+        self.released = threading.Event()  # end of the test: silent handlers may go
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(), bind_and_activate=False)
+        self.http.daemon_threads = True
+        self.http.request_queue_size = 1  # the listen backlog: few fillers needed
+        self.http.server_bind()
+        self.http.server_activate()
+        self.port = int(self.http.server_address[1])
+        self.fillers: list[socket.socket] = []
+        self._thread = threading.Thread(
+            target=self.http.serve_forever, kwargs={"poll_interval": PACE}, daemon=True
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if server.pulled.is_set():
+                    server.released.wait(PHASE_LIMIT + REQUEST_TIMEOUT)
+                    self.close_connection = True
+                    return
+                body = f"{server.label} GET {self.path} 0\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Served-By", server.label)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> CableServer:
+        self._thread.start()
+        return self
+
+    def pull(self) -> None:
+        self.pulled.set()
+        self.http.shutdown()  # stops accepting; the listening socket stays open
+        for _ in range(CABLE_FILL_MAX):
+            filler = socket.socket()
+            filler.settimeout(CABLE_FILL_TIMEOUT)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except OSError:
+                filler.close()
+                return  # the queue is full: from now on SYNs are dropped
+            self.fillers.append(filler)
+        raise AssertionError("the accept queue never filled up")
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        if not self.pulled.is_set():
+            self.http.shutdown()
+        for filler in self.fillers:
+            filler.close()
+        self.http.server_close()
+        self._thread.join(timeout=REQUEST_TIMEOUT)
+
+
+def test_pulled_cable_the_tcp_check_takes_the_server_out(tmp_path: pathlib.Path) -> None:
+    """The seed's own wording: pull the cable of one server, both clients on the survivor.
+
+    Unlike a killed process, nothing is refused: connects time out and the request on the wire
+    is never answered, so it fails (504 after the server timeout, as in HAProxy); every later
+    request is answered, at worst after one connect timeout.
+    """
+    with CableServer("web1") as web1, ExitStack() as stack:
+        port, stats_port, web2 = free_port(), free_port(), free_port()
+        config = tmp_path / "lb.yaml"
+        write_config(
+            config,
+            port=port,
+            stats_port=stats_port,
+            servers=[
+                f"{{label: web1, address: 127.0.0.1:{web1.port}}}",
+                f"{{label: web2, address: 127.0.0.1:{web2}}}",
+            ],
+            persistence="{source: {timeout: 5m, mask: 32}}",
+            health_check=HEALTH_DEFAULTS,
+            timeouts=f"{{connect: {CABLE_CONNECT_TIMEOUT}, server: {CABLE_SERVER_TIMEOUT}}}",
+        )
+        stack.enter_context(backend("web2", web2))
+        proxy = stack.enter_context(lbproxy(config, ("127.0.0.1", port)))
+        a = Client(port, "127.0.0.2", keep_alive=True)
+        b = Client(port, "127.0.0.3")
+        for _ in range(3):
+            a.request()
+            b.request()
+        assert a.servers_since(0) == {"web1"} and b.servers_since(0) == {"web2"}, failures([a, b])
+
+        pulled_at = time.monotonic()
+        web1.pull()
+        first_failed_check: float | None = None
+        down: float | None = None
+        with requesting([a, b]):
+            while time.monotonic() - pulled_at < PHASE_LIMIT:
+                row = stats(stats_port)["www/web1"]
+                elapsed = time.monotonic() - pulled_at
+                if first_failed_check is None and row["check_status"] == "L4TOUT":
+                    first_failed_check = elapsed
+                if down is None and row["status"] == "DOWN":
+                    down = elapsed
+                if down is not None and a.server == "web2" and elapsed - down >= SETTLE:
+                    break
+                time.sleep(PACE)
+        a.close()
+        after = [
+            (when - pulled_at, server, took)
+            for (when, server), took in zip(a.seen, a.took, strict=True)
+            if when >= pulled_at
+        ]
+        answered = after[0][0] + after[0][2] if after else None
+        print(
+            f"\n[pulled cable] first failed check {seconds(first_failed_check)}, DOWN "
+            f"{seconds(down)}; its client's failed request(s) sent at "
+            f"{[round(when - pulled_at, 2) for when in a.failed_at]} s; its first answer since "
+            f"(from {after[0][1] if after else None}) came {seconds(answered)} after the pull, "
+            f"slowest {seconds(max(took for _, _, took in after) if after else None)}"
+        )
+        assert down is not None and down <= DETECTION_LIMIT
+        assert first_failed_check is not None
+        assert b.failures == [] and b.servers_since(0) == {"web2"}
+        # Only the request on the wire when the cable went may fail, and only as the proxy's 504.
+        assert len(a.failures) <= 1 and all(" 504 " in f for f in a.failures), a.failures
+        assert all(when - pulled_at < first_failed_check for when in a.failed_at)
+        # Every later request is answered by the survivor, the first one within the 6 s.
+        assert after and {server for _, server, _ in after} == {"web2"}
+        assert answered is not None and answered <= DETECTION_LIMIT
+        assert "server www/web1 is DOWN: timeout (L4TOUT)" in proxy.stderr()
