@@ -26,14 +26,21 @@ def _version() -> str:
         return "unknown"
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def _load(path: str) -> ProxyConfig | None:
+    """The configuration, or None after printing every problem (one per line)."""
     from config.loader import ConfigError, load_file
 
     try:
-        config = load_file(args.config)
+        return load_file(path)
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return EXIT_BAD_INPUT
     problems = _certificate_problems(config)
     for problem in problems:
@@ -65,15 +72,10 @@ def _certificate_problems(config: ProxyConfig) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from config.loader import ConfigError, load_file
-
     from . import app
 
-    try:
-        config = load_file(args.config)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_BAD_INPUT
     return app.run(config, config_path=args.config)
 
