@@ -554,17 +554,16 @@ def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.
 
 def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> None:
     states = {"web2": ", state: drain", "web3": ", weight: 0", "web4": ", state: maint"}
+    labels = ["web1", "web2", "web3", "web4"]
     with running(
         tmp_path,
-        ["web1", "web2", "web3", "web4"],
+        labels,
         extra=states,
         persistence=f"{{cookie: {COOKIE}}}",
         health_check=HEALTH_DEFAULTS,
     ) as setup:
         rows = stats(setup.stats_port)
-        shown = {
-            label: rows[f"www/{label}"]["status"] for label in ("web1", "web2", "web3", "web4")
-        }
+        shown = {label: rows[f"www/{label}"]["status"] for label in labels}
         assert shown == {"web1": "UP", "web2": "DRAIN", "web3": "DRAIN", "web4": "MAINT"}
         newcomers = [Client(setup.port, f"127.0.0.{10 + i}", cookies=True) for i in range(6)]
         for newcomer in newcomers:
@@ -589,6 +588,14 @@ def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> 
         rows = stats(setup.stats_port)
         assert rows["www/web4"]["total"] == 0
         assert rows["www/web2"]["total"] == 3 and rows["www/web3"]["total"] == 3
+        # Draining servers are still checked; one in maintenance is not even probed (HAProxy
+        # stops checks in MAINT too). Checks start spread over one interval.
+        started = time.monotonic()
+        while any(rows[f"www/{label}"]["check_status"] != "L4OK" for label in labels[:3]):
+            assert time.monotonic() - started < PHASE_LIMIT, rows
+            time.sleep(PACE)
+            rows = stats(setup.stats_port)
+        assert rows["www/web4"]["check_status"] == ""
 
 
 # One state-change line of the health checker on stderr: who, which way, the cause, the code.
