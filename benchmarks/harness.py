@@ -206,17 +206,42 @@ def fetch(port: int, path: str, *, tls: bool) -> tuple[int, bytes]:
         connection.close()
 
 
+@dataclass(frozen=True)
+class TlsProbe:
+    version: str
+    cipher: str
+    session: ssl.SSLSession | None
+    reused: bool
+
+
+def _tls_get(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None) -> TlsProbe:
+    """One GET /100b over a new TLS connection, offering ``session`` for resumption."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT)
+    with context.wrap_socket(raw, session=session) as tls:
+        # Read before the exchange: once the server has closed, version() may be gone.
+        version, cipher, reused = tls.version(), tls.cipher(), tls.session_reused
+        tls.sendall(b"GET /100b HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        while tls.recv(65536):  # to the end: TLS 1.3 tickets arrive after the handshake
+            pass
+        return TlsProbe(
+            version=version or "?",
+            cipher=cipher[0] if cipher else "?",
+            session=tls.session,
+            reused=reused,
+        )
+
+
 def tls_parameters(port: int) -> str:
-    """Protocol and cipher an OpenSSL client with default settings (like wrk) negotiates."""
+    """Protocol and cipher an OpenSSL client with default settings (like wrk) negotiates, and
+    whether the server resumes a session offered on a second connection."""
     try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as raw,
-            _client_tls().wrap_socket(raw) as tls,
-        ):
-            cipher = tls.cipher()
-            return f"{tls.version()} {cipher[0] if cipher else '?'}"
-    except OSError as error:
+        context = _client_tls()  # a session resumes only through the context that made it
+        first = _tls_get(port, context, None)
+        second = _tls_get(port, context, first.session)
+    except (OSError, ssl.SSLError) as error:
         return f"TLS probe failed: {error}"
+    resumes = "resumes sessions" if second.reused else "no session resumption"
+    return f"{first.version} {first.cipher}, {resumes}"
 
 
 def wait_ready(child: Child, port: int, path: str, expect_len: int, *, tls: bool) -> None:

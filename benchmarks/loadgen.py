@@ -6,11 +6,12 @@ wrk's human report.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BenchError, pinning
+from harness import BenchError, find_tool, pinning
 
 MARKER = "BENCH-RESULT"
 DONE_SCRIPT = f"""
@@ -26,6 +27,8 @@ end
 WRK_TIMEOUT = "5s"
 # wrk stops itself after the duration; this margin only guards against a hung wrk.
 WRK_MARGIN = 30.0
+NO_RESUME_SOURCE = Path(__file__).resolve().parent / "noresume.c"
+COMPILE_TIMEOUT = 60.0  # a 20-line shared object; generous for a loaded machine
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,25 @@ def write_script(folder: Path) -> Path:
     return path
 
 
+def build_no_resume(folder: Path) -> tuple[Path | None, str]:
+    """Compile noresume.c into ``folder``: (the shared object, "") or (None, why not)."""
+    compiler = find_tool("cc") or find_tool("gcc")
+    if compiler is None:
+        return None, "no C compiler to build the no-resumption shim for wrk"
+    target = folder / "noresume.so"
+    argv = [compiler, "-shared", "-fPIC", "-O2", "-o", str(target), str(NO_RESUME_SOURCE)]
+    try:
+        done = subprocess.run(
+            [*argv, "-ldl"], capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return None, "compiling the no-resumption shim timed out"
+    if done.returncode != 0 or not target.exists():
+        first = (done.stderr.strip().splitlines() or ["no output"])[0]
+        return None, f"the no-resumption shim did not compile: {first}"
+    return target, ""
+
+
 def run(
     wrk: str,
     url: str,
@@ -91,12 +113,14 @@ def run(
     connections: int,
     cpu: int | None,
     close: bool = False,
+    preload: Path | None = None,
 ) -> Result:
-    """One wrk run: one thread, ``connections`` connections, keep-alive unless ``close``."""
+    """One wrk run: one thread, ``connections`` connections, keep-alive unless ``close``;
+    ``preload`` (the no-resumption shim) makes every TLS connection a full handshake."""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     argv += ["--timeout", WRK_TIMEOUT, "-s", str(script)]
     if close:
-        # A new connection (and for https a full handshake: wrk resumes no sessions) per request.
+        # A new connection per request; for https a handshake, resumed unless ``preload``.
         argv += ["-H", "Connection: close"]
     argv.append(url)
     try:
@@ -106,6 +130,7 @@ def run(
             text=True,
             timeout=seconds + WRK_MARGIN,
             preexec_fn=pinning(cpu),
+            env=None if preload is None else dict(os.environ, LD_PRELOAD=str(preload)),
             check=False,
         )
     except subprocess.TimeoutExpired as error:

@@ -16,13 +16,14 @@ SERVER_CORE = 0
 CASE_TITLES = {
     "plain": "plain HTTP, keep-alive",
     "tls": "HTTPS, keep-alive (RSA-2048 certificate)",
-    "handshake": "new TLS handshake per request (Connection: close)",
+    "handshake": "new connection and full TLS handshake per request (Connection: close)",
+    "resumed": "new connection per request, TLS session resumed (Connection: close)",
 }
 
 
 @dataclass(frozen=True)
 class Row:
-    case: str  # plain | tls | handshake
+    case: str  # plain | tls | handshake | resumed
     variant: str  # the file size, or for handshakes the key type
     target: str  # direct | lbproxy | haproxy | nginx
     result: Result | None = None

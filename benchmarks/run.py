@@ -35,8 +35,12 @@ LOAD_CPU = 1  # wrk, and the backend while a proxy is measured
 DEFAULT_DURATION = 10.0  # seconds; wrk's own example duration is of this order
 DEFAULT_WARMUP = 2.0  # seconds of load thrown away first: pools filled, caches warm
 DEFAULT_CONNECTIONS = 50
-CASES = ("plain", "tls", "handshake")
-CASE_ALIASES = {"tls": ("tls", "handshake"), "tls-keepalive": ("tls",), "all": CASES}
+CASES = ("plain", "tls", "handshake", "resumed")
+CASE_ALIASES = {
+    "tls": ("tls", "handshake", "resumed"),
+    "tls-keepalive": ("tls",),
+    "all": CASES,
+}
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,22 @@ class Bench:
         self.backend_port = harness.free_port()
         self._bundles: dict[str, Path] = {}
         self.tls_params: dict[str, str] = {}  # per started TLS server: what wrk will negotiate
+        self._no_resume: tuple[Path | None, str] | None = None
 
     def bundle(self, key_type: str) -> Path:
         if key_type not in self._bundles:
             self._bundles[key_type] = certs.make_bundle(self.workdir, key_type)
         return self._bundles[key_type]
 
-    def wrk(self, url: str, seconds: float, *, close: bool) -> loadgen.Result:
+    def no_resume(self) -> tuple[Path | None, str]:
+        """The shim that keeps wrk from resuming TLS sessions, built once; or why there is none."""
+        if self._no_resume is None:
+            self._no_resume = loadgen.build_no_resume(self.workdir)
+        return self._no_resume
+
+    def wrk(
+        self, url: str, seconds: float, *, close: bool, preload: Path | None = None
+    ) -> loadgen.Result:
         wrk = self.tools["wrk"]
         assert wrk is not None
         return loadgen.run(
@@ -130,22 +143,35 @@ class Bench:
             connections=self.settings.connections,
             cpu=LOAD_CPU,
             close=close,
+            preload=preload,
         )
 
-    def measure(self, server: servers.Server, path: str, *, close: bool = False) -> report.Row:
+    def measure(
+        self,
+        server: servers.Server,
+        path: str,
+        *,
+        close: bool = False,
+        preload: Path | None = None,
+    ) -> report.Row:
         """Warm up, then BENCH_REPEAT measured wrk runs; the run with the median req/s."""
         scheme = "https" if server.tls else "http"
         url = f"{scheme}://127.0.0.1:{server.port}/{path}"
         if self.settings.warmup > 0:
-            self.wrk(url, self.settings.warmup, close=close)
-        rows = [self.measure_once(server, url, close=close) for _ in range(self.settings.repeat)]
+            self.wrk(url, self.settings.warmup, close=close, preload=preload)
+        rows = [
+            self.measure_once(server, url, close=close, preload=preload)
+            for _ in range(self.settings.repeat)
+        ]
         rows.sort(key=lambda row: row.result.rps if row.result is not None else 0.0)
         return rows[len(rows) // 2]
 
-    def measure_once(self, server: servers.Server, url: str, *, close: bool) -> report.Row:
+    def measure_once(
+        self, server: servers.Server, url: str, *, close: bool, preload: Path | None
+    ) -> report.Row:
         """One wrk run, counting the server's CPU time and every core's busy time around it."""
         before, cores_before = harness.cpu_seconds(server.child.pid), harness.core_ticks()
-        result = self.wrk(url, self.settings.seconds, close=close)
+        result = self.wrk(url, self.settings.seconds, close=close, preload=preload)
         used = harness.cpu_seconds(server.child.pid) - before
         cores = harness.busy_shares(cores_before, harness.core_ticks())
         note = ""
@@ -244,15 +270,34 @@ class Bench:
                     self.record("tls", size, self.measure(server, size))
 
     def run_handshakes(self) -> None:
+        """Full handshakes: wrk with the shim that drops its session on every reconnect."""
+        shim, why = self.no_resume()
+        if shim is None:
+            say(f"full handshakes not measured: {why}")
         for key_type in certs.KEY_TYPES:
             bundle = self.bundle(key_type)
             for target in self.proxies():
+                if shim is None:
+                    self.skip("handshake", (key_type,), target, why)
+                    continue
                 with self.proxy(target, bundle) as server:
                     if isinstance(server, str):
                         self.skip("handshake", (key_type,), target, server)
                         continue
-                    row = self.measure(server, "100b", close=True)
+                    row = self.measure(server, "100b", close=True, preload=shim)
                     self.record("handshake", key_type, row)
+
+    def run_resumed(self) -> None:
+        """wrk as it is: it offers its last session on every reconnect; no signature, so one
+        key type says it all."""
+        key_type = certs.KEY_TYPES[0]
+        bundle = self.bundle(key_type)
+        for target in self.proxies():
+            with self.proxy(target, bundle) as server:
+                if isinstance(server, str):
+                    self.skip("resumed", (key_type,), target, server)
+                    continue
+                self.record("resumed", key_type, self.measure(server, "100b", close=True))
 
     def proxies(self) -> list[str]:
         return [t for t in self.settings.targets if t != "direct"]
@@ -287,6 +332,8 @@ def bench(settings: Settings) -> int:
                 run.run_tls()
             if "handshake" in settings.cases:
                 run.run_handshakes()
+            if "resumed" in settings.cases:
+                run.run_resumed()
         except BenchError as error:
             tail = backend.log_tail()
             raise BenchError(f"{error}{' / backend: ' + tail if tail else ''}") from error
@@ -326,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("bench: interrupted; every server started was stopped")
         return 130
+    except Exception as error:  # a harness bug: one line for the user, the rest on request
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        say(f"bench: unexpected {type(error).__name__}: {error} (BENCH_DEBUG=1 shows where)")
+        return 1
 
 
 if __name__ == "__main__":

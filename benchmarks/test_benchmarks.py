@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,9 +195,9 @@ def test_haproxy_config(bundle: Path | None, bind: str) -> None:
 @pytest.mark.parametrize(
     ("env", "cases"),
     [
-        ({}, ("plain", "tls", "handshake")),
+        ({}, ("plain", "tls", "handshake", "resumed")),
         ({"BENCH_CASES": "plain"}, ("plain",)),
-        ({"BENCH_CASES": "tls"}, ("tls", "handshake")),
+        ({"BENCH_CASES": "tls"}, ("tls", "handshake", "resumed")),
         ({"BENCH_CASES": "handshake,plain"}, ("plain", "handshake")),
         ({"BENCH_CASES": "tls-keepalive"}, ("tls",)),
     ],
@@ -384,3 +387,84 @@ def test_sigterm_mid_run_stops_everything_and_removes_the_temp_dir() -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait(timeout=10)
+
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+ACCEPT_POLL = 0.1  # how often the test server's accept loop looks at its stop flag
+
+
+class _TlsCounter:
+    """A small threaded TLS server on 127.0.0.1 that answers every request and closes, and
+    counts how many handshakes resumed a session."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(bundle))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(ACCEPT_POLL)
+        self.port: int = self.listener.getsockname()[1]
+        self.full = 0
+        self.resumed = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                raw, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(5)
+            try:
+                with self.context.wrap_socket(raw, server_side=True) as tls:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            break
+                        head += chunk
+                    tls.sendall(ANSWER)
+                    if tls.session_reused:
+                        self.resumed += 1
+                    else:
+                        self.full += 1
+            except (OSError, ssl.SSLError):
+                continue
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.mark.skipif(
+    harness.find_tool("wrk") is None or harness.find_tool("cc") is None,
+    reason="needs wrk and a C compiler (cc) installed",
+)
+@pytest.mark.parametrize("shim", [False, True])
+def test_wrk_resumes_sessions_unless_the_shim_is_loaded(shim: bool, tmp_path: Path) -> None:
+    wrk = harness.find_tool("wrk")
+    assert wrk is not None
+    preload, why = loadgen.build_no_resume(tmp_path) if shim else (None, "")
+    assert why == ""
+    server = _TlsCounter(certs.make_bundle(tmp_path, "ecdsa-p256"))
+    try:
+        result = loadgen.run(
+            wrk,
+            f"https://127.0.0.1:{server.port}/",
+            script=loadgen.write_script(tmp_path),
+            seconds=1,
+            connections=1,
+            cpu=None,
+            close=True,
+            preload=preload,
+        )
+    finally:
+        server.close()
+    assert result.requests > 2
+    assert server.full >= 1  # the first connection has nothing to resume
+    if shim:
+        assert server.resumed == 0
+    else:
+        assert server.resumed > 0
