@@ -348,17 +348,17 @@ def report(title: str, failover: Failover, recovery: Recovery | None = None) -> 
 
 
 @contextmanager
-def requesting(clients: Sequence[Client]) -> Iterator[None]:
-    """Each client requests every PACE in its own thread until the block ends."""
+def requesting(clients: Sequence[Client], interval: float = PACE) -> Iterator[None]:
+    """Each client requests every ``interval`` in its own thread until the block ends."""
     done = threading.Event()
 
     def loop(client: Client) -> None:
-        for _ in range(MAX_REQUESTS):
+        for _ in range(int(MAX_REQUESTS * PACE / interval)):
             tick = time.monotonic()
             if done.is_set():
                 return
             client.request()
-            pace(tick)
+            time.sleep(max(0.0, interval - (time.monotonic() - tick)))
 
     threads = [threading.Thread(target=loop, args=(client,), daemon=True) for client in clients]
     for thread in threads:

@@ -24,7 +24,11 @@ from tests.e2e.test_failover import (
     PACE,
     PHASE_LIMIT,
     REQUEST_TIMEOUT,
+    SETTLE,
+    Client,
+    failures,
     get,
+    requesting,
     running,
     stats,
     write_config,
@@ -228,3 +232,45 @@ def test_the_cookie_never_reaches_the_server_and_carries_its_attributes(
             # A forged value (quotes) is no cookie either, and never reaches the server.
             forged = exchange(port, f'{COOKIE}="{server}"')
             assert forged[1] == "-" and len(forged[2]) == 1
+
+
+# The crowd test: clients, and the pause between one client's requests. Twelve clients at
+# 20 requests/s each keep the proxy busy on two cores, so many requests are in flight at the
+# kill, and several kept-alive connections to the dead server sit in the proxy's pool.
+CROWD = 12
+CROWD_PACE = 0.05
+
+
+def test_a_crowd_through_a_kill_only_the_dead_servers_clients_move(
+    tmp_path: pathlib.Path,
+) -> None:
+    with running(
+        tmp_path,
+        ["web1", "web2", "web3"],
+        persistence="{source: {timeout: 5m, mask: 32}}",
+        health_check=HEALTH_DEFAULTS,
+    ) as setup:
+        clients = [
+            Client(setup.port, f"127.0.0.{40 + i}", keep_alive=i % 2 == 0) for i in range(CROWD)
+        ]
+        for client in clients:
+            client.request()
+        before = {client.source: client.server for client in clients}
+        assert set(before.values()) == {"web1", "web2", "web3"}, failures(clients)
+        with requesting(clients, interval=CROWD_PACE):
+            time.sleep(SETTLE)
+            setup.kill("web2")
+            dead_since = time.monotonic()  # the process is gone: nothing it answers comes later
+            assert wait_status(setup.stats_port, "web2", "DOWN")
+            time.sleep(SETTLE)
+        for client in clients:
+            client.close()
+        total = sum(len(client.seen) for client in clients)
+        print(f"\n[crowd] {CROWD} clients, {total} requests through the kill, none failed")
+        assert failures(clients) == []
+        for client in clients:
+            if before[client.source] == "web2":
+                assert client.servers_since(dead_since) <= {"web1", "web3"}
+                assert client.server in ("web1", "web3")
+            else:
+                assert client.servers_since(0) == {before[client.source]}
