@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import pathlib
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -274,3 +276,28 @@ def test_a_crowd_through_a_kill_only_the_dead_servers_clients_move(
                 assert client.server in ("web1", "web3")
             else:
                 assert client.servers_since(0) == {before[client.source]}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_from_two_addresses_sees_two_servers_and_sticks(tmp_path: pathlib.Path) -> None:
+    """The seed's manual check, with curl bound to 127.0.0.2 and 127.0.0.3."""
+    with running(
+        tmp_path, ["web1", "web2"], persistence="{source: {timeout: 5m, mask: 32}}"
+    ) as setup:
+        url = f"http://127.0.0.1:{setup.port}/"
+
+        def curl(source: str) -> str:
+            result = subprocess.run(
+                ["curl", "-sS", "--max-time", str(REQUEST_TIMEOUT), "--interface", source, url],
+                capture_output=True,
+                text=True,
+                timeout=2 * REQUEST_TIMEOUT,
+            )
+            assert result.returncode == 0, result.stderr
+            return result.stdout.split()[0]
+
+        # In order: round robin gives the first two new clients one server each.
+        first, second = curl("127.0.0.2"), curl("127.0.0.3")
+        assert {first, second} == {"web1", "web2"}
+        for _ in range(3):
+            assert (curl("127.0.0.2"), curl("127.0.0.3")) == (first, second)
