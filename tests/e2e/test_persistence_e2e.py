@@ -1,8 +1,9 @@
 """Issue 3 end to end, persistence details against the real ``lbproxy`` process.
 
 First requests from one client that arrive together, ``balance: source`` across two lbproxy
-instances and across a dead server, and the cookie as the real server sees it (``indirect``:
-never) and as the client gets it (HAProxy's bytes, with the configured attributes).
+instances and across a dead server, the cookie as the real server sees it (``indirect``: never)
+and as the client gets it (HAProxy's bytes, with the configured attributes), a crowd of source-
+persistent clients through a kill, and curl bound to two loopback addresses.
 """
 
 from __future__ import annotations
