@@ -29,6 +29,7 @@ from .exchange import (
     ClientInfo,
     Headers,
     add_private_cache_control,
+    ambiguous_framing,
     check_request,
     forward_request_headers,
     forward_response_headers,
@@ -648,6 +649,10 @@ class ClientConnection:
                 out.append(client.send(info) or b"")
                 continue
             if isinstance(event, h11.Response):
+                if ambiguous_framing(event.headers):
+                    raise ServerFailed(
+                        502, "both Transfer-Encoding and Content-Length", resendable=False
+                    )
                 break
             raise ServerFailed(502, "server closed before responding", resendable=True)
         server = choice.server

@@ -189,6 +189,12 @@ def add_private_cache_control(headers: Headers) -> Headers:
     return [*headers, (b"cache-control", b"private")]
 
 
+def ambiguous_framing(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Transfer-Encoding and Content-Length together: the smuggling shape (RFC 9112 §6.1)."""
+    names = {name for name, _ in headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
 def request_has_body(headers: Headers) -> bool:
     for name, value in headers:
         if name == b"transfer-encoding":

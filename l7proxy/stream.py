@@ -8,6 +8,7 @@ It is a full ``trio.abc.HalfCloseableStream``, so ``trio.SSLStream`` can wrap it
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -125,7 +126,7 @@ async def connect(host: str, port: int) -> SockStream:
                 await trio.lowlevel.wait_writable(sock)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                raise OSError(err, errno.errorcode.get(err, str(err)))
+                raise OSError(err, os.strerror(err))
         except BaseException as error:
             trio.lowlevel.notify_closing(sock)
             sock.close()

@@ -73,7 +73,13 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose exchange is complete; anything else is closed."""
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+        # Bytes after a complete response (after a 204/304/HEAD answer, or smuggled behind
+        # framing) must never be read as the next response: such a connection is closed.
+        if (
+            conn.h11.our_state is h11.DONE
+            and conn.h11.their_state is h11.DONE
+            and not conn.h11.trailing_data[0]
+        ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
             queue = self._idle.setdefault(conn.address, deque())

@@ -52,7 +52,7 @@ def backend(label: str, port: int, host: str = "127.0.0.1") -> Iterator[subproce
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.e2e.backend", label, host, str(port)],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -80,13 +80,14 @@ class Lbproxy:
         self.stdout_path = config.with_suffix(".stdout")
         self.stderr_path = config.with_suffix(".stderr")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [*lbproxy_command(), "run", "-c", str(config), *args],
-            cwd=config.parent,
-            stdout=self.stdout_path.open("wb"),
-            stderr=self.stderr_path.open("wb"),
-            env=env,
-        )
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*lbproxy_command(), "run", "-c", str(config), *args],
+                cwd=config.parent,
+                stdout=out,
+                stderr=err,
+                env=env,
+            )
 
     def wait_listening(self, host: str, port: int) -> None:
         try:

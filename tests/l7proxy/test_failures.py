@@ -63,8 +63,10 @@ async def test_no_server_at_all_is_503_with_html() -> None:
         b"garbage\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
         b"",  # closed without a response byte
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\x00\r\n\r\nhello",
     ],
-    ids=["duplicate-cl", "bad-status", "garbage", "bad-header", "empty"],
+    ids=["duplicate-cl", "bad-status", "garbage", "bad-header", "empty", "te-and-cl", "nul"],
 )
 async def test_bad_or_missing_response_head_is_502(reply: bytes) -> None:
     async def broken(stream: trio.SocketStream) -> None:
@@ -213,4 +215,30 @@ async def test_bad_requests_get_their_status_and_close(data: bytes, status: byte
             assert raw.startswith(b"HTTP/1.1 " + status), raw[:80]
             assert b"connection: close" in raw.lower()
             assert web.seen == []  # nothing reached the real server
+            nursery.cancel_scope.cancel()
+
+
+async def test_bytes_after_a_complete_response_are_never_the_next_response() -> None:
+    async def smuggler(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        # A 204 has no body: what follows is not part of it, and must not answer request two.
+        await stream.send_all(
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
+        )
+        while await stream.receive_some(65536):
+            pass
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web")
+            await nursery.start(web.serve)
+            port = await nursery.start(serve_raw, smuggler)
+            config = simple_config(
+                [server("smuggler", Address("127.0.0.1", port), weight=1), server("web", web)]
+            )
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            bodies = [(await request(pport, "GET", "/")).body for _ in range(4)]
+            assert b"EVIL!" not in bodies
+            assert bodies.count(b"") == 2  # the 204s
             nursery.cancel_scope.cancel()
