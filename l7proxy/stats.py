@@ -68,4 +68,5 @@ def _page(runtime: Runtime, base: str, target: bytes) -> tuple[int, bytes, bytes
         return 200, b"text/csv", statspage.render_csv(rows)
     if query == "json":
         return 200, b"application/json", statspage.render_json(rows)
-    return 200, b"text/html; charset=utf-8", statspage.render_html(rows)
+    page = statspage.render_html(rows, now=trio.current_time())
+    return 200, b"text/html; charset=utf-8", page
