@@ -53,6 +53,8 @@ READ_SIZE = 65536
 MAX_RESEND = 3
 # How many servers one request may try to connect to before giving up with 503.
 MAX_CONNECT_ATTEMPTS = 8
+# Events are immutable: one end-of-message without trailers serves every exchange.
+END_OF_MESSAGE = h11.EndOfMessage()
 
 
 class ClientGone(Exception):
@@ -186,7 +188,7 @@ class ClientConnection:
                     status_code=response.status, reason=response.reason, headers=response.headers
                 ),
                 h11.Data(data=response.body),
-                h11.EndOfMessage(),
+                END_OF_MESSAGE,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
@@ -502,7 +504,7 @@ class ClientConnection:
         data = splice_head(conn.h11.send(head) or b"", rest)
         body_pending = has_body and self.h11.their_state is h11.SEND_BODY
         if not body_pending:
-            data += conn.h11.send(h11.EndOfMessage()) or b""
+            data += conn.h11.send(END_OF_MESSAGE) or b""
         try:
             await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
@@ -549,9 +551,10 @@ class ClientConnection:
                     raise ClientGone(status_for_protocol_error(error.error_status_hint)) from error
                 if isinstance(event, h11.Data):
                     ex.request_body_started = True
-                    payload = conn.h11.send(h11.Data(data=event.data)) or b""
+                    # The client's Data event goes on as it is: h11 frames it for the server.
+                    payload = b"".join(conn.h11.send_with_data_passthrough(event) or ())
                 elif isinstance(event, h11.EndOfMessage):
-                    payload = conn.h11.send(h11.EndOfMessage()) or b""
+                    payload = conn.h11.send(END_OF_MESSAGE) or b""
                 else:
                     raise ClientGone(None)  # ConnectionClosed mid-body
                 try:
@@ -669,9 +672,12 @@ class ClientConnection:
             event = await self._server_event(conn, scope, timeout, out)
             if isinstance(event, h11.Data):
                 ex.bytes_out += len(event.data)
-                out.append(client.send(h11.Data(data=event.data)) or b"")
+                # Passed through as it is: no copy of the body into a new event or a new buffer.
+                out.extend(client.send_with_data_passthrough(event) or ())
             elif isinstance(event, h11.EndOfMessage):
-                out.append(client.send(h11.EndOfMessage()) or b"")
+                end = client.send(END_OF_MESSAGE)
+                if end:  # nothing at all for a Content-Length body
+                    out.append(end)
                 await self._flush(out)
                 server.counters.bytes_out += ex.bytes_out
                 if conn.h11.their_state is not h11.DONE:
