@@ -1,11 +1,17 @@
-"""Access log lines, shaped like HAProxy's ``option httplog`` so existing parsers keep working.
+"""Access log lines in HAProxy's ``option httplog`` shape, so existing parsers keep working.
 
-``client:port [date] frontend backend/server Ta status bytes - - termination reason "request"``
+    %ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq
+    %{+Q}r
+
+(no header captures, so ``%hr %hs`` are absent, as in HAProxy without ``capture``). One field is
+added after the request: why this server was chosen (``balance``, ``cookie``, ``source``,
+``hash``, ``redispatch``, ``fallback``), which no other proxy logs outright.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from .exchange import ClientInfo
 
@@ -13,7 +19,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def format_date(when: float) -> str:
-    """HAProxy's accept date: 29/Nov/2026:22:12:41.123"""
+    """HAProxy's accept date: 29/Nov/2026:22:12:41.123 (local time)."""
     t = time.localtime(when)
     millis = int((when % 1) * 1000)
     return (
@@ -27,27 +33,53 @@ def _safe(data: bytes) -> str:
     return "".join(chr(b) if 0x20 < b < 0x7F and b != 0x22 else f"%{b:02X}" for b in data)
 
 
-def format_line(
-    *,
-    client: ClientInfo,
-    vs: str,
-    pool: str,
-    server: str,
-    reason: str,
-    status: int,
-    bytes_out: int,
-    duration: float,
-    termination: str,
-    method: bytes,
-    target: bytes,
-    http_version: bytes,
-    when: float,
-) -> str:
-    frontend = f"{vs}~" if client.tls else vs  # HAProxy marks TLS frontends with '~'
-    client_text = f"[{client.ip}]" if ":" in client.ip else client.ip
-    request = f"{_safe(method)} {_safe(target)} HTTP/{_safe(http_version)}"
+def _ms(seconds: float | None) -> str:
+    return "-1" if seconds is None else str(max(int(seconds * 1000), 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One request's log facts. Durations are seconds; None means the stage was not reached."""
+
+    client: ClientInfo
+    when: float  # wall-clock time the request head started
+    frontend: str
+    backend: str
+    server: str
+    head: float | None  # %TR: receiving the request head
+    connect: float | None  # %Tc: connecting to the server (0 for a kept-alive connection)
+    response: float | None  # %Tr: waiting for the response head
+    total: float | None  # %Ta: the whole exchange
+    status: int
+    bytes_out: int
+    termination: str  # 2 chars: first event, state at the end ("--" = normal)
+    client_cookie: str  # N no cookie, I invalid, D server down, V valid, - not in use
+    server_cookie: str  # N none, I inserted, D deleted (fallback), - not in use
+    connections: int  # %ac
+    frontend_connections: int  # %fc
+    backend_active: int  # %bc
+    server_active: int  # %sc
+    retries: int  # %rc, "+" first when the request was redispatched
+    redispatched: bool
+    request: str  # the request line, already made safe
+    reason: str
+
+
+def request_line(method: bytes, target: bytes, http_version: bytes) -> str:
+    if not method:
+        return "<BADREQ>"
+    return f"{_safe(method)} {_safe(target)} HTTP/{_safe(http_version)}"
+
+
+def format_httplog(e: Entry) -> str:
+    ip = f"[{e.client.ip}]" if ":" in e.client.ip else e.client.ip
+    frontend = f"{e.frontend}~" if e.client.tls else e.frontend  # HAProxy marks TLS with '~'
+    retries = f"+{e.retries}" if e.redispatched else str(e.retries)
     return (
-        f"{client_text}:{client.port} [{format_date(when)}] {frontend} {pool}/{server} "
-        f"{int(duration * 1000)} {status or -1} {bytes_out} - - {termination} {reason} "
-        f'"{request}"'
+        f"{ip}:{e.client.port} [{format_date(e.when)}] {frontend} {e.backend}/{e.server} "
+        f"{_ms(e.head)}/0/{_ms(e.connect)}/{_ms(e.response)}/{_ms(e.total)} "
+        f"{e.status or -1} {e.bytes_out} - - "
+        f"{e.termination}{e.client_cookie}{e.server_cookie} "
+        f"{e.connections}/{e.frontend_connections}/{e.backend_active}/{e.server_active}/{retries}"
+        f' 0/0 "{e.request}" {e.reason}'
     )

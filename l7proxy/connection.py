@@ -85,7 +85,8 @@ class Runtime:
     access_log: logging.Logger | None = None
     shutting_down: bool = False
     idle_scopes: set[trio.CancelScope] = field(default_factory=set)
-    active_requests: int = 0
+    connections: int = 0  # client connections open now (HAProxy %ac)
+    frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
 
     def begin_shutdown(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""
@@ -115,7 +116,6 @@ class Exchange:
     reason: str = "-"
     status: int = 0
     bytes_out: int = 0
-    started: float = 0.0
     response_started: bool = False
     request_body_done: bool = True
     request_body_started: bool = False
@@ -124,6 +124,15 @@ class Exchange:
     upgrade_requested: bool = False  # the request asked for a protocol lbproxy may tunnel
     upgraded: bool = False  # the server answered 101: the connection became a tunnel
     termination: str = "--"
+    # For the access log (HAProxy httplog timers and flags); times are trio clock seconds.
+    head_started: float = 0.0
+    head_done: float = 0.0
+    connect_time: float | None = None
+    response_time: float | None = None
+    client_cookie: str = "-"
+    server_cookie: str = "-"
+    retries: int = 0
+    redispatched: bool = False
 
 
 def check_head_bytes(data: bytes | bytearray) -> None:
@@ -146,6 +155,7 @@ class ClientConnection:
         self.runtime = runtime
         self.tls_headers = tls_headers  # Pound's X-SSL-* facts of this TLS connection
         self.request_host = b""
+        self.head_started = 0.0  # when the current request head began (trio clock)
         self.listener = listener
         self.vs = listener.vs
         self.stream = stream
@@ -215,13 +225,30 @@ class ClientConnection:
         try:
             return await self._read_head_or_raise(deadline)
         except h11.RemoteProtocolError as error:
-            await self._send_canned(status_for_protocol_error(error.error_status_hint))
+            status = status_for_protocol_error(error.error_status_hint)
+            await self._send_canned(status)
+            self._log(self._bad_head(status, "PR"))
             return None
+
+    def _bad_head(self, status: int, termination: str) -> Exchange:
+        now = trio.current_time()
+        return Exchange(
+            method=b"",
+            status=status,
+            termination=termination,
+            head_started=self.head_started,
+            head_done=now,
+        )
 
     async def _read_head_or_raise(self, deadline: float | None) -> h11.Request | None:
         event = self.h11.next_event()
         if event is not h11.NEED_DATA:
+            self.head_started = trio.current_time()
             return self._head_event(event)  # pipelined: already buffered
+        # The first request's head time counts from the accept, like HAProxy's %TR.
+        self.head_started = (
+            trio.current_time() if deadline is None else deadline - self.timeouts.header
+        )
         with trio.CancelScope() as scope:
             if deadline is None:
                 # Between requests: wait for the first byte for the idle timeout, then close
@@ -232,15 +259,17 @@ class ClientConnection:
                     await self._receive()
                 finally:
                     self.runtime.idle_scopes.discard(scope)
+                self.head_started = trio.current_time()
                 event = self.h11.next_event()
                 if event is not h11.NEED_DATA:
                     return self._head_event(event)
-                deadline = trio.current_time() + self.timeouts.header
+                deadline = self.head_started + self.timeouts.header
             scope.deadline = deadline
             return self._head_event(await self._next_event())
         if self.h11.their_state is h11.IDLE and not self._has_partial_head():
             return None  # idle timeout, shutdown, or nothing at all arrived: silent close
         await self._send_canned(408)
+        self._log(self._bad_head(408, "cR"))
         return None
 
     def _has_partial_head(self) -> bool:
@@ -258,7 +287,8 @@ class ClientConnection:
             method=request.method,
             target=request.target,
             http_version=request.http_version,
-            started=time.monotonic(),
+            head_started=self.head_started,
+            head_done=trio.current_time(),
         )
         headers: Headers = list(request.headers)
         try:
@@ -293,25 +323,38 @@ class ClientConnection:
 
     def _log(self, ex: Exchange) -> None:
         logger = self.runtime.access_log
-        if logger is not None and logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "%s",
-                accesslog.format_line(
-                    client=self.client,
-                    vs=self.vs.label,
-                    pool=ex.pool,
-                    server=ex.server,
-                    reason=ex.reason,
-                    status=ex.status,
-                    bytes_out=ex.bytes_out,
-                    duration=time.monotonic() - ex.started,
-                    termination=ex.termination,
-                    method=ex.method,
-                    target=ex.target,
-                    http_version=ex.http_version,
-                    when=time.time(),
-                ),
-            )
+        if logger is None or not logger.isEnabledFor(logging.INFO):
+            return
+        now = trio.current_time()
+        pool = self.runtime.pools.get(ex.pool)
+        server = pool.server(ex.server) if pool is not None else None
+        if server is None and pool is not None and pool.fallback and ex.server == "fallback":
+            server = pool.fallback
+        entry = accesslog.Entry(
+            client=self.client,
+            when=time.time() - (now - ex.head_started),
+            frontend=self.vs.label,
+            backend=ex.pool if pool is not None else self.vs.label,
+            server="<NOSRV>" if ex.server == "-" else ex.server,
+            head=ex.head_done - ex.head_started,
+            connect=ex.connect_time,
+            response=ex.response_time,
+            total=now - ex.head_started,
+            status=ex.status,
+            bytes_out=ex.bytes_out,
+            termination=ex.termination,
+            client_cookie=ex.client_cookie,
+            server_cookie=ex.server_cookie,
+            connections=self.runtime.connections,
+            frontend_connections=self.runtime.frontend_connections.get(self.vs.label, 0),
+            backend_active=sum(s.counters.active for s in pool.servers) if pool else 0,
+            server_active=server.counters.active if server is not None else 0,
+            retries=ex.retries,
+            redispatched=ex.redispatched,
+            request=accesslog.request_line(ex.method, ex.target, ex.http_version),
+            reason=ex.reason,
+        )
+        logger.info("%s", accesslog.format_httplog(entry))
 
     # ---- proxying ---------------------------------------------------------------------------
 
@@ -326,6 +369,10 @@ class ClientConnection:
         cookie_label: str | None = None
         if isinstance(persistence, CookiePersistence):
             cookie_label, headers = read_cookie(headers, persistence.name)
+            if cookie_label is None:
+                ex.client_cookie = "N"
+            else:
+                ex.client_cookie = "V" if pool.server(cookie_label) is not None else "I"
         out_headers = forward_request_headers(
             headers,
             self.client,
@@ -348,6 +395,13 @@ class ClientConnection:
                 return self._client_can_continue()
             ex.server = choice.server.label
             ex.reason = choice.reason.value
+            if ex.client_cookie == "V" and choice.server.label != cookie_label:
+                ex.client_cookie = "D"  # its server could not take it: redispatched
+                ex.redispatched = True
+            if ex.client_cookie != "-":
+                ex.server_cookie = (
+                    "D" if choice.clear_cookie else "I" if choice.insert_cookie else "N"
+                )
             pool.begin(choice.server)
             try:
                 await self._exchange(request, out_headers, has_body, conn, choice, ex)
@@ -366,6 +420,7 @@ class ClientConnection:
                 )
                 if can_resend:
                     resends += 1
+                    ex.retries = resends
                     choice.server.counters.retries += 1
                     if not conn.reused:
                         exclude.add(choice.server.label)
@@ -477,7 +532,9 @@ class ClientConnection:
                 break
             server = choice.server
             try:
+                started = trio.current_time()
                 conn = await self.runtime.upstream.acquire(server.address, self.timeouts.connect)
+                ex.connect_time = 0.0 if conn.reused else trio.current_time() - started
             except ConnectError as error:
                 server.counters.failures_connect += 1
                 message = report_passive_failure(server, trio.current_time(), error.cause)
@@ -652,6 +709,7 @@ class ClientConnection:
                 out.append(client.send(info) or b"")
                 continue
             if isinstance(event, h11.Response):
+                ex.response_time = trio.current_time() - ex.head_done - (ex.connect_time or 0.0)
                 if ambiguous_framing(event.headers):
                     raise ServerFailed(
                         502, "both Transfer-Encoding and Content-Length", resendable=False

@@ -127,6 +127,9 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
         raw = SockStream(sock)
         stream: trio.abc.Stream = raw
         tls_headers: list[tuple[bytes, bytes]] = []
+        label = listener.vs.label
+        runtime.connections += 1
+        runtime.frontend_connections[label] = runtime.frontend_connections.get(label, 0) + 1
         try:
             if tls_server is not None:
                 ssl_stream = trio.SSLStream(
@@ -153,6 +156,8 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
         except Exception:
             log.exception("connection from %s:%s failed", client.ip, client.port)
         finally:
+            runtime.connections -= 1
+            runtime.frontend_connections[label] -= 1
             await close_stream(stream)
 
     return handle

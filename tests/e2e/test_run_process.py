@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import pathlib
+import re
 import shutil
 import subprocess
 import threading
@@ -93,7 +94,13 @@ def test_curl_through_the_process_with_keep_alive(tmp_path: pathlib.Path) -> Non
     # One access-log line per request, HAProxy httplog-shaped.
     log_lines = [line for line in proxy.stdout().splitlines() if '"GET /hello HTTP/1.1"' in line]
     assert len(log_lines) == 2
-    assert " www www/web" in log_lines[0]
+    httplog = re.compile(
+        r"^127\.0\.0\.1:\d+ \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3}\] www www/web[12] "
+        r"\d+/0/\d+/\d+/\d+ 200 \d+ - - ---- \d+/\d+/\d+/\d+/0 0/0 "
+        r'"GET /hello HTTP/1\.1" balance$'
+    )
+    for line in log_lines:
+        assert httplog.match(line), line
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: pathlib.Path) -> None:
