@@ -47,6 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Connection: close, a new connection (and TLS handshake) per request",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --tls --close: let wrk resume its TLS session (default: full handshakes)",
+    )
+    parser.add_argument(
         "--duration",
         type=float,
         default=harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION),
@@ -102,6 +107,11 @@ def main(argv: list[str]) -> int:
                     servers.FILES[args.size],
                     tls=server.tls,
                 )
+                preload = None
+                if server.tls and args.close and not args.resume:
+                    preload, why = loadgen.build_no_resume(workdir)
+                    if preload is None:
+                        raise BenchError(f"{why} (--resume profiles resumed handshakes)")
                 scheme = "https" if server.tls else "http"
                 result = loadgen.run(
                     wrk,
@@ -111,6 +121,7 @@ def main(argv: list[str]) -> int:
                     connections=args.connections,
                     cpu=LOAD_CPU,
                     close=args.close,
+                    preload=preload,
                 )
             except BenchError:
                 say(f"--- last lines of lbproxy's output ---\n{server.child.log_tail()}\n---")

@@ -14,6 +14,8 @@ import dataclasses
 import json
 import os
 import signal
+import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,7 +173,10 @@ class Bench:
     ) -> report.Row:
         """One wrk run, counting the server's CPU time and every core's busy time around it."""
         before, cores_before = harness.cpu_seconds(server.child.pid), harness.core_ticks()
-        result = self.wrk(url, self.settings.seconds, close=close, preload=preload)
+        try:
+            result = self.wrk(url, self.settings.seconds, close=close, preload=preload)
+        except BenchError as error:  # this line failed; the others still tell something
+            return report.Row("", "", server.name, note=str(error))
         used = harness.cpu_seconds(server.child.pid) - before
         cores = harness.busy_shares(cores_before, harness.core_ticks())
         note = ""
@@ -303,6 +308,29 @@ class Bench:
         return [t for t in self.settings.targets if t != "direct"]
 
 
+VERSION_TIMEOUT = 10.0  # `haproxy -v` and friends answer at once
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERSION_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "?"
+
+
+def versions(tools: dict[str, str | None], lbproxy: list[str]) -> str:
+    """One line naming what is compared, so figures from different runs can be told apart."""
+    parts = [f"lbproxy {_first_line(['git', '-C', str(ROOT), 'describe', '--always', '--dirty'])}"]
+    for name, flag in (("haproxy", "-v"), ("nginx", "-v"), ("wrk", "-v")):
+        if tools.get(name):
+            words = _first_line([str(tools[name]), flag]).split()
+            parts.append(" ".join(words[:3]))
+    parts.append(f"{ssl.OPENSSL_VERSION.split(' ')[0]} {ssl.OPENSSL_VERSION.split(' ')[1]}")
+    return "versions: " + "; ".join(parts)
+
+
 def bench(settings: Settings) -> int:
     tools = harness.ensure_tools(["wrk", "nginx", "haproxy"])
     needed = [name for name in ("wrk", "nginx") if tools[name] is None]
@@ -314,6 +342,7 @@ def bench(settings: Settings) -> int:
     if len(os.sched_getaffinity(0)) < 2:
         say("fewer than two CPUs available: processes are not pinned, figures are rough")
     started = time.monotonic()
+    print(versions(tools, settings.lbproxy))
     with tempfile.TemporaryDirectory(prefix="lbproxy-bench-") as tmp:
         workdir = Path(tmp)
         run = Bench(settings, tools, workdir)
@@ -334,9 +363,10 @@ def bench(settings: Settings) -> int:
                 run.run_handshakes()
             if "resumed" in settings.cases:
                 run.run_resumed()
-        except BenchError as error:
-            tail = backend.log_tail()
-            raise BenchError(f"{error}{' / backend: ' + tail if tail else ''}") from error
+        except BenchError:
+            if not backend.alive():
+                say(f"--- last lines of the backend's output ---\n{backend.log_tail()}\n---")
+            raise
         finally:
             harness.stop(backend)
     print()
