@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import h11
 import trio
@@ -176,8 +177,15 @@ async def check_once(server: ServerState, check: HealthCheck) -> CheckResult:
     return CheckResult(result.ok, result.status, result.desc, trio.current_time() - started)
 
 
+OnChange = Callable[[ServerState], None]
+
+
 async def _check_loop(
-    server: ServerState, check: HealthCheck, offset: float, log: logging.Logger
+    server: ServerState,
+    check: HealthCheck,
+    offset: float,
+    log: logging.Logger,
+    on_change: OnChange | None,
 ) -> None:
     await trio.sleep(offset)
     while True:
@@ -192,6 +200,8 @@ async def _check_loop(
                 message = apply_check(server, result, check, trio.current_time())
                 if message is not None:
                     log.warning(message)
+                    if on_change is not None:
+                        on_change(server)
         # Measured from the start: a slow check does not push the schedule back.
         await trio.sleep_until(started + next_check_delay(server, check))
 
@@ -200,12 +210,15 @@ async def run_checks(
     states: dict[str, PoolState],
     *,
     log: logging.Logger,
+    on_change: OnChange | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check every server (and fallback) of every pool with checks enabled, until cancelled.
 
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
-    Reports started once every check task is scheduled.
+    ``on_change`` is called after each health transition (the proxy cuts short the requests
+    still waiting on a server that went DOWN). Reports started once every check task is
+    scheduled.
     """
     targets = [
         (state, pool.pool.health_check)
@@ -216,6 +229,6 @@ async def run_checks(
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):
             offset = check.interval * index / len(targets)
-            nursery.start_soon(_check_loop, state, check, offset, log)
+            nursery.start_soon(_check_loop, state, check, offset, log, on_change)
         task_status.started()
         await trio.sleep_forever()

@@ -181,7 +181,9 @@ async def serve(
 
 
 async def _run_checks(run_checks: Any, runtime: Runtime) -> None:
-    await run_checks(runtime.pools, log=logging.getLogger("lbproxy.health"))
+    await run_checks(
+        runtime.pools, log=logging.getLogger("lbproxy.health"), on_change=runtime.server_changed
+    )
 
 
 def setup_logging(level: str) -> None:

@@ -17,7 +17,7 @@ import trio
 from balancing.health import report_passive_failure
 from balancing.persistence import clear_cookie_value, read_cookie, set_cookie_value
 from balancing.scheduler import Choice, NoServerAvailable, choose
-from balancing.state import PoolState
+from balancing.state import Health, PoolState, ServerState
 from config.model import Bind, CookiePersistence, ProxyConfig, VirtualService
 from tls.clientcert import CLIENT_HEADER_NAMES
 
@@ -86,7 +86,19 @@ class Runtime:
     shutting_down: bool = False
     idle_scopes: set[trio.CancelScope] = field(default_factory=set)
     connections: int = 0  # client connections open now (HAProxy %ac)
+    # Exchanges waiting for a response head, per server: cut short when it goes DOWN.
+    waiting: dict[ServerState, dict[trio.CancelScope, Exchange]] = field(default_factory=dict)
     frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
+
+    def server_changed(self, server: ServerState) -> None:
+        """A health transition: when ``server`` went DOWN, the requests still waiting for its
+        response head are cut short (idempotent ones are sent again elsewhere), instead of
+        waiting for the server timeout (HAProxy ``on-marked-down shutdown-sessions``)."""
+        if server.health is not Health.DOWN:
+            return
+        for scope, ex in list(self.waiting.pop(server, {}).items()):
+            ex.server_went_down = True
+            scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""
@@ -133,6 +145,7 @@ class Exchange:
     server_cookie: str = "-"
     retries: int = 0
     redispatched: bool = False
+    server_went_down: bool = False  # marked DOWN while this request waited for its response
 
 
 def check_head_bytes(data: bytes | bytearray) -> None:
@@ -540,6 +553,7 @@ class ClientConnection:
                 message = report_passive_failure(server, trio.current_time(), error.cause)
                 if message:
                     logging.getLogger("lbproxy.health").warning("%s", message)
+                    self.runtime.server_changed(server)
                 exclude.add(server.label)
                 if server.is_fallback:
                     break
@@ -655,19 +669,27 @@ class ClientConnection:
     async def _relay_response(self, conn: UpstreamConnection, choice: Choice, ex: Exchange) -> None:
         """Server response → client; one cancel scope whose deadline each read pushes on."""
         out: list[bytes] = []
-        with trio.CancelScope() as scope:
-            try:
+        waiting = self.runtime.waiting.setdefault(choice.server, {})
+        scope = trio.CancelScope()
+        waiting[scope] = ex  # until the response head arrives (_relay_events removes it)
+        try:
+            with scope:
                 await self._relay_events(conn, choice, ex, scope, out)
-            except ServerFailed as failure:
-                if not ex.response_started:
-                    if failure.status == 502 and conn.response_bytes == 0:
-                        # Closed before any response byte: the one case a resend may cure.
-                        raise ServerFailed(502, failure.cause, resendable=True) from failure
-                    raise
-                self._abort_client()
-                ex.termination = "SD"
-                raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
+        except ServerFailed as failure:
+            if not ex.response_started:
+                if failure.status == 502 and conn.response_bytes == 0:
+                    # Closed before any response byte: the one case a resend may cure.
+                    raise ServerFailed(502, failure.cause, resendable=True) from failure
+                raise
+            self._abort_client()
+            ex.termination = "SD"
+            raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
+        finally:
+            waiting.pop(scope, None)
         if scope.cancelled_caught:
+            if ex.server_went_down and not ex.response_started:
+                # Nothing of a response arrived: as safe to resend as a close before responding.
+                raise ServerFailed(502, "server went DOWN before responding", resendable=True)
             if ex.response_started:
                 self._abort_client()  # a stall mid-body: the client must see truncation
                 ex.termination = "sD"
@@ -721,6 +743,7 @@ class ClientConnection:
         server.counters.record_response(event.status_code)
         headers = self._response_headers(list(event.headers), choice)
         ex.response_started = True
+        self.runtime.waiting.get(server, {}).pop(scope, None)  # a DOWN no longer cuts it
         semantic, rest = split_for_h11(headers)
         response = h11.Response(
             status_code=event.status_code, reason=event.reason, headers=semantic

@@ -242,3 +242,60 @@ async def test_bytes_after_a_complete_response_are_never_the_next_response() -> 
             assert b"EVIL!" not in bodies
             assert bodies.count(b"") == 2  # the 204s
             nursery.cancel_scope.cancel()
+
+
+async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
+    from dataclasses import replace
+
+    from config.model import HealthCheck, RealServer
+
+    arrived: list[bytes] = []
+
+    async def hangs(stream: trio.SocketStream) -> None:
+        arrived.append(await read_request_head(stream))
+        await trio.sleep_forever()  # an unplugged or frozen server: no answer, no close
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            sorry = Backend("sorry")
+            await nursery.start(sorry.serve)
+            port = await nursery.start(serve_raw, hangs)
+            # The hung server's TCP checks go to a port this test controls.
+            check_listener = trio.socket.socket()
+            await check_listener.bind(("127.0.0.1", 0))
+            check_listener.listen(16)
+            check_port = check_listener.getsockname()[1]
+            hung = server(
+                "hung", Address("127.0.0.1", port), check_address=Address("127.0.0.1", check_port)
+            )
+            fallback = RealServer("fallback", sorry.address, backup=True)
+            config = simple_config(
+                [hung], fallback=fallback, timeouts=Timeouts(server=30.0), health_checks=True
+            )
+            vs = config.virtual_servers[0]
+            check = HealthCheck(interval=0.3, rise=1, fall=1, timeout=0.2)
+            config = replace(
+                config, virtual_servers=(replace(vs, pool=replace(vs.pool, health_check=check)),)
+            )
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            results = {}
+
+            async def one(method: str) -> None:
+                body = b"x" if method == "POST" else None
+                results[method] = await request(pport, method, "/", body=body)
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(one, "GET")
+                clients.start_soon(one, "POST")
+                while len(arrived) < 2:  # both wait on "hung" now
+                    await trio.sleep(0.01)
+                pulled = trio.current_time()
+                check_listener.close()  # the next check is refused: "hung" goes DOWN
+            # Long before the 30 s server timeout, and without waiting for it:
+            assert trio.current_time() - pulled < 3
+            assert results["GET"].status == 200  # resent: nothing of a response had arrived
+            assert results["GET"].body.startswith(b"sorry GET")
+            assert results["POST"].status == 502  # a POST that reached a server is never resent
+            assert [s.method for s in sorry.seen] == [b"GET"]
+            nursery.cancel_scope.cancel()
