@@ -22,6 +22,7 @@ from pathlib import Path
 import certs
 import harness
 import loadgen
+import profiling
 import pytest
 import report
 import run
@@ -468,3 +469,38 @@ def test_wrk_resumes_sessions_unless_the_shim_is_loaded(shim: bool, tmp_path: Pa
         assert server.resumed == 0
     else:
         assert server.resumed > 0
+
+
+@pytest.mark.parametrize(
+    ("filename", "function", "area"),
+    [
+        ("~", "<method 'do_handshake' of '_ssl._SSLSocket' objects>", "OpenSSL"),
+        ("~", "<method 'send' of '_socket.socket' objects>", "socket system calls"),
+        ("~", "<method 'poll' of 'select.epoll' objects>", "waiting in epoll"),
+        ("~", "<built-in method builtins.len>", "other C built-ins"),
+        ("/x/.venv/lib/python3.11/site-packages/h11/_connection.py", "next_event", "h11"),
+        ("/x/.venv/lib/python3.11/site-packages/trio/_core/_run.py", "run", "trio"),
+        (str(profiling.ROOT / "l7proxy" / "connection.py"), "run", "lbproxy: l7proxy"),
+        (str(profiling.ROOT / "tls" / "sni.py"), "choose", "lbproxy: tls"),
+        ("/nowhere/else.py", "f", "other Python"),
+        ("<frozen importlib._bootstrap>", "_find_and_load", "standard library"),
+    ],
+)
+def test_profile_areas(filename: str, function: str, area: str) -> None:
+    assert profiling.area_of(filename, function).startswith(area)
+
+
+def test_own_time_by_area_sums_a_real_profile(tmp_path: Path) -> None:
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    sorted(range(100_000), key=lambda n: -n)
+    profiler.disable()
+    path = tmp_path / "p.prof"
+    profiler.dump_stats(str(path))
+    areas = dict(profiling.own_time_by_area(pstats.Stats(str(path))))
+    assert "other C built-ins" in areas  # sorted() itself
+    assert sum(areas.values()) > 0
+    assert "own time by area" in profiling.area_table(path)
