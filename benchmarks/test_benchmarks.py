@@ -504,3 +504,11 @@ def test_own_time_by_area_sums_a_real_profile(tmp_path: Path) -> None:
     assert "other C built-ins" in areas  # sorted() itself
     assert sum(areas.values()) > 0
     assert "own time by area" in profiling.area_table(path)
+
+
+@pytest.mark.parametrize("key_type", certs.KEY_TYPES)
+def test_tls_floor_times_real_handshakes(key_type: str, tmp_path: Path) -> None:
+    import tls_floor
+
+    micros = tls_floor.measure(certs.make_bundle(tmp_path, key_type), count=3)
+    assert micros > 0
