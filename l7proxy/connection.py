@@ -28,19 +28,19 @@ from .exchange import (
     MAX_HEAD_BYTES,
     ClientInfo,
     Headers,
+    RequestScan,
     add_private_cache_control,
     ambiguous_framing,
     check_request,
-    forward_request_headers,
+    forward_request_split,
     forward_response_headers,
+    forward_response_split,
+    forwarded_tail,
     header_value,
     https_redirect_target,
-    request_has_body,
     rewrite_location,
     splice_head,
-    split_for_h11,
     switching_protocols_headers,
-    upgrade_protocol,
 )
 from .routing import route
 from .upstream import ConnectError, UpstreamConnection, UpstreamPool
@@ -175,6 +175,9 @@ class ClientConnection:
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.timeouts = listener.vs.timeouts
+        # The same for every request of this connection: made once.
+        self.client_ip = client.ip.encode("ascii")
+        self.forward_tail = [*forwarded_tail(client, listener.port), *tls_headers]
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -304,17 +307,20 @@ class ClientConnection:
             head_done=trio.current_time(),
         )
         headers: Headers = list(request.headers)
+        scan = RequestScan(headers)
         try:
-            problem = check_request(request.method, request.target, request.http_version, headers)
+            problem = check_request(
+                request.method, request.target, request.http_version, headers, scan
+            )
             if problem is not None:
                 ex.status = problem.status
                 ex.termination = "PR"
                 await self._send_canned(problem.status)
                 return False
-            if not request_has_body(headers):
+            if not scan.has_body:
                 # h11 has the EndOfMessage of a body-less request ready without any I/O.
                 self.h11.next_event()
-            return await self._proxy(request, headers, ex)
+            return await self._proxy(request, headers, scan, ex)
         except ClientGone as gone:
             ex.termination = "CD" if ex.termination == "--" else ex.termination
             if gone.status and not ex.response_started:
@@ -371,8 +377,10 @@ class ClientConnection:
 
     # ---- proxying ---------------------------------------------------------------------------
 
-    async def _proxy(self, request: h11.Request, headers: Headers, ex: Exchange) -> bool:
-        self.request_host = header_value(headers, b"host") or b""
+    async def _proxy(
+        self, request: h11.Request, headers: Headers, scan: RequestScan, ex: Exchange
+    ) -> bool:
+        self.request_host = scan.host or b""
         if self.vs.redirect_to_https and not self.client.tls:
             return await self._redirect_to_https(request, ex)
         pool_name = route(self.vs, request.target, headers)
@@ -386,16 +394,16 @@ class ClientConnection:
                 ex.client_cookie = "N"
             else:
                 ex.client_cookie = "V" if pool.server(cookie_label) is not None else "I"
-        out_headers = forward_request_headers(
+        out_headers = forward_request_split(
             headers,
-            self.client,
+            scan,
+            client_ip=self.client_ip,
             forwardfor=self.vs.forwardfor,
-            listener_port=self.listener.port,
+            tail=self.forward_tail,
             drop=CLIENT_HEADER_NAMES,
         )
-        out_headers.extend(self.tls_headers)
-        has_body = request_has_body(headers)
-        ex.upgrade_requested = upgrade_protocol(headers) is not None
+        has_body = scan.has_body
+        ex.upgrade_requested = scan.upgrade is not None
         idempotent = request.method in IDEMPOTENT_METHODS
         exclude: set[str] = set()
         resends = 0
@@ -481,36 +489,36 @@ class ClientConnection:
         )
         return self._client_can_continue()
 
-    def _response_headers(self, headers: Headers, choice: Choice) -> Headers:
-        """What the client gets: hop-by-hop gone, cookie, nocache, HSTS, Location rewritten."""
-        out = forward_response_headers(headers, self._cookie_headers(choice))
+    def _response_headers(self, headers: Headers, choice: Choice) -> tuple[Headers, Headers]:
+        """What the client gets, split for h11: hop-by-hop gone, cookie, nocache, HSTS,
+        Location rewritten (all of these are in the spliced rest)."""
+        semantic, rest = forward_response_split(headers)
+        if choice.insert_cookie or choice.clear_cookie:
+            rest.extend(self._cookie_headers(choice))
         if choice.insert_cookie:
-            out = add_private_cache_control(out)
+            rest = add_private_cache_control(rest)
         if self.vs.rewrite_location:
             address = choice.server.address
-            out = [
-                (
-                    name,
-                    rewrite_location(
-                        value,
-                        server_host=address.host,
-                        server_port=address.port,
-                        request_host=self.request_host,
-                        tls=self.client.tls,
-                    ),
-                )
-                if name in (b"location", b"content-location")
-                else (name, value)
-                for name, value in out
-            ]
+            for index, (name, value) in enumerate(rest):
+                if name == b"location" or name == b"content-location":
+                    rest[index] = (
+                        name,
+                        rewrite_location(
+                            value,
+                            server_host=address.host,
+                            server_port=address.port,
+                            request_host=self.request_host,
+                            tls=self.client.tls,
+                        ),
+                    )
         hsts = self.vs.hsts
         if (
             self.client.tls
             and hsts is not None
-            and not header_value(out, b"strict-transport-security")
+            and not header_value(rest, b"strict-transport-security")
         ):
-            out.append((b"strict-transport-security", f"max-age={int(hsts)}".encode()))
-        return out
+            rest.append((b"strict-transport-security", f"max-age={int(hsts)}".encode()))
+        return semantic, rest
 
     def _client_can_continue(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
@@ -564,13 +572,13 @@ class ClientConnection:
     async def _exchange(
         self,
         request: h11.Request,
-        out_headers: Headers,
+        out_headers: tuple[Headers, Headers],
         has_body: bool,
         conn: UpstreamConnection,
         choice: Choice,
         ex: Exchange,
     ) -> None:
-        semantic, rest = split_for_h11(out_headers)
+        semantic, rest = out_headers  # split for h11 (see split_for_h11)
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         data = splice_head(conn.h11.send(head) or b"", rest)
         body_pending = has_body and self.h11.their_state is h11.SEND_BODY
@@ -741,10 +749,9 @@ class ClientConnection:
         server = choice.server
         ex.status = event.status_code
         server.counters.record_response(event.status_code)
-        headers = self._response_headers(list(event.headers), choice)
+        semantic, rest = self._response_headers(list(event.headers), choice)
         ex.response_started = True
         self.runtime.waiting.get(server, {}).pop(scope, None)  # a DOWN no longer cuts it
-        semantic, rest = split_for_h11(headers)
         response = h11.Response(
             status_code=event.status_code, reason=event.reason, headers=semantic
         )

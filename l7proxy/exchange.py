@@ -7,7 +7,7 @@ framing on each side.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 Headers = list[tuple[bytes, bytes]]
@@ -68,34 +68,73 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
+class RequestScan:
+    """What one pass over a request's headers learns, for the checks and the forwarding."""
+
+    __slots__ = ("has_body", "has_cl", "has_te", "host", "hosts", "size", "tokens", "upgrade")
+
+    def __init__(self, headers: Headers) -> None:
+        size = hosts = 0
+        has_te = has_cl = has_body = False
+        host: bytes | None = None
+        upgrade: bytes | None = None
+        tokens: set[bytes] = set()
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"host":
+                hosts += 1
+                if host is None:
+                    host = value
+            elif name == b"content-length":
+                has_cl = True
+                if value.strip() not in (b"0", b""):
+                    has_body = True
+            elif name == b"transfer-encoding":
+                has_te = has_body = True
+            elif name == b"connection":
+                for token in value.split(b","):
+                    token = token.strip().lower()
+                    if token:
+                        tokens.add(token)
+            elif name == b"upgrade" and upgrade is None:
+                upgrade = value
+        self.size = size
+        self.hosts = hosts
+        self.host = host  # the first Host value
+        self.has_te = has_te
+        self.has_cl = has_cl
+        self.has_body = has_body
+        self.tokens = tokens  # Connection options, lower case
+        # The protocol asked for when lbproxy may tunnel it (WebSocket and the like); never h2c,
+        # which h11 cannot speak on the other side (RELIABILITY.md §7).
+        if b"upgrade" not in tokens or upgrade is None or b"h2c" in upgrade.lower():
+            upgrade = None
+        self.upgrade = upgrade
+
+
 def check_request(
-    method: bytes, target: bytes, http_version: bytes, headers: Headers
+    method: bytes,
+    target: bytes,
+    http_version: bytes,
+    headers: Headers,
+    scan: RequestScan | None = None,
 ) -> RequestProblem | None:
     """What h11 accepts but a proxy must refuse (RELIABILITY.md, requests §1-5)."""
     if len(target) > MAX_REQUEST_TARGET:
         return RequestProblem(414, "request target too long")
     if len(headers) > MAX_HEADER_COUNT:
         return RequestProblem(431, "too many header fields")
-    size = 0
-    has_te = has_cl = False
-    hosts = 0
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-        if name == b"transfer-encoding":
-            has_te = True
-        elif name == b"content-length":
-            has_cl = True
-        elif name == b"host":
-            hosts += 1
-    if size > MAX_HEAD_BYTES:
+    if scan is None:
+        scan = RequestScan(headers)
+    if scan.size > MAX_HEAD_BYTES:
         return RequestProblem(431, "header section too large")
-    if has_te and has_cl:
+    if scan.has_te and scan.has_cl:
         # RFC 9112 §6.1 allows Transfer-Encoding to win and closing after; refusing is simpler
         # and closes the request-smuggling door entirely.
         return RequestProblem(400, "both Transfer-Encoding and Content-Length")
-    if has_te and http_version == b"1.0":
+    if scan.has_te and http_version == b"1.0":
         return RequestProblem(400, "Transfer-Encoding in an HTTP/1.0 request")
-    if hosts > 1:
+    if scan.hosts > 1:
         return RequestProblem(400, "more than one Host header")
     if b"#" in target:
         return RequestProblem(400, "fragment in the request target")
@@ -104,52 +143,59 @@ def check_request(
     return None
 
 
-def forward_request_headers(
+# Names a Connection header may not remove: the framing, and in a request Host.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b""})
+_NOT_LISTABLE = _FRAMING | {b"host"}
+_NOT_LISTABLE_RESPONSE = _FRAMING | HOP_BY_HOP  # hop-by-hop names are gone already
+
+
+def forward_request_split(
     headers: Headers,
-    client: ClientInfo,
+    scan: RequestScan,
     *,
+    client_ip: bytes,
     forwardfor: bool,
-    listener_port: int,
+    tail: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
-) -> Headers:
-    """Headers for the real server: hop-by-hop removed, X-Forwarded-* set, ``drop`` removed.
+) -> tuple[Headers, Headers]:
+    """Headers for the real server, split for h11 (see ``split_for_h11``): hop-by-hop removed,
+    X-Forwarded-For set, ``drop`` removed, ``tail`` (lbproxy's own) appended to the rest.
 
     X-Forwarded-For is HAProxy's ``option forwardfor``: the client address appended as the last
     hop, after whatever the client sent (joined into one field so the last hop is always last).
     """
-    listed = connection_tokens(headers)
-    out: Headers = []
+    listed = scan.tokens - _NOT_LISTABLE if scan.tokens else scan.tokens
+    semantic: Headers = []
+    rest: Headers = []
     forwarded_for: list[bytes] = []
-    for name, value in headers:
+    for item in headers:
+        name = item[0]
         if name in HOP_BY_HOP or name in PROXY_SET or name in drop:
             continue
-        if name in listed and name not in (b"content-length", b"transfer-encoding", b"host"):
+        if listed and name in listed:
             continue
-        if name == b"x-forwarded-for" and forwardfor:
-            forwarded_for.append(value)
-            continue
-        out.append((name, value))
+        if name in H11_SEMANTIC:
+            semantic.append(item)
+        elif name == b"x-forwarded-for" and forwardfor:
+            forwarded_for.append(item[1])
+        else:
+            rest.append(item)
     if forwardfor:
-        forwarded_for.append(client.ip.encode("ascii"))
-        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    upgrade = upgrade_protocol(headers)
-    if upgrade is not None:
-        out.append((b"connection", b"upgrade"))
-        out.append((b"upgrade", upgrade))
-    out.append((b"x-forwarded-proto", b"https" if client.tls else b"http"))
-    out.append((b"x-forwarded-port", str(listener_port).encode("ascii")))
-    return out
+        forwarded_for.append(client_ip)
+        rest.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    if scan.upgrade is not None:
+        semantic.append((b"connection", b"upgrade"))
+        semantic.append((b"upgrade", scan.upgrade))
+    rest.extend(tail)
+    return semantic, rest
 
 
-def upgrade_protocol(headers: Headers) -> bytes | None:
-    """The protocol a request asks to switch to, when lbproxy may tunnel it (WebSocket and the
-    like); never h2c, which h11 cannot speak on the other side (RELIABILITY.md §7)."""
-    if b"upgrade" not in connection_tokens(headers):
-        return None
-    value = header_value(headers, b"upgrade")
-    if value is None or b"h2c" in value.lower():
-        return None
-    return value
+def forwarded_tail(client: ClientInfo, listener_port: int) -> Headers:
+    """The X-Forwarded-Proto and -Port every request of one connection carries."""
+    return [
+        (b"x-forwarded-proto", b"https" if client.tls else b"http"),
+        (b"x-forwarded-port", str(listener_port).encode("ascii")),
+    ]
 
 
 def switching_protocols_headers(headers: Headers) -> Headers:
@@ -193,15 +239,6 @@ def ambiguous_framing(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Transfer-Encoding and Content-Length together: the smuggling shape (RFC 9112 §6.1)."""
     names = {name for name, _ in headers}
     return b"transfer-encoding" in names and b"content-length" in names
-
-
-def request_has_body(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and value.strip() not in (b"0", b""):
-            return True
-    return False
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
@@ -262,6 +299,28 @@ def https_redirect_target(host: bytes, target: bytes, tls_port: int) -> bytes:
 H11_SEMANTIC = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"}
 )
+
+
+def forward_response_split(headers: Headers) -> tuple[Headers, Headers]:
+    """``forward_response_headers`` split for h11 like ``split_for_h11``, in one pass when no
+    Connection header lists more than hop-by-hop names (the usual ``keep-alive``)."""
+    semantic: Headers = []
+    rest: Headers = []
+    listed: set[bytes] | None = None
+    for item in headers:
+        name = item[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                listed = (listed or set()) | {t.strip().lower() for t in item[1].split(b",")}
+            continue
+        (semantic if name in H11_SEMANTIC else rest).append(item)
+    if listed:
+        # A listed name may come before its Connection header: removed after the fact.
+        listed -= _NOT_LISTABLE_RESPONSE
+        if listed:
+            semantic = [item for item in semantic if item[0] not in listed]
+            rest = [item for item in rest if item[0] not in listed]
+    return semantic, rest
 
 
 def split_for_h11(headers: Headers) -> tuple[Headers, Headers]:

@@ -6,10 +6,13 @@ import pytest
 
 from l7proxy.exchange import (
     ClientInfo,
+    RequestScan,
     add_private_cache_control,
     check_request,
-    forward_request_headers,
+    forward_request_split,
     forward_response_headers,
+    forward_response_split,
+    forwarded_tail,
     https_redirect_target,
     rewrite_location,
     splice_head,
@@ -41,8 +44,92 @@ CLIENT = ClientInfo("192.0.2.10", 40000, "127.0.0.1", 80)
 def test_forward_request_headers(
     headers: list[tuple[bytes, bytes]], expected: list[tuple[bytes, bytes]]
 ) -> None:
-    out = forward_request_headers(headers, CLIENT, forwardfor=True, listener_port=80)
-    assert out == [*expected, (b"x-forwarded-proto", b"http"), (b"x-forwarded-port", b"80")]
+    tail = forwarded_tail(CLIENT, 80)
+    scan = RequestScan(headers)
+    semantic, rest = forward_request_split(
+        headers, scan, client_ip=b"192.0.2.10", forwardfor=True, tail=tail
+    )
+    wanted_semantic, wanted_rest = split_for_h11(expected)
+    assert semantic == wanted_semantic
+    assert rest == [*wanted_rest, (b"x-forwarded-proto", b"http"), (b"x-forwarded-port", b"80")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "semantic", "rest"),
+    [
+        (  # a listed name before its Connection header goes too; Expect may be listed
+            [(b"x-a", b"1"), (b"expect", b"100-continue"), (b"connection", b"X-A, expect")],
+            [],
+            [],
+        ),
+        (  # what lbproxy sets is never taken from the client; dropped names go
+            [(b"x-forwarded-port", b"1"), (b"x-forwarded-proto", b"https"), (b"x-ssl", b"z")],
+            [],
+            [],
+        ),
+        (  # a WebSocket upgrade is forwarded as such
+            [(b"connection", b"Upgrade"), (b"upgrade", b"websocket"), (b"host", b"a")],
+            [(b"host", b"a"), (b"connection", b"upgrade"), (b"upgrade", b"websocket")],
+            [],
+        ),
+        (  # h2c never is, nor an Upgrade that Connection does not list
+            [(b"connection", b"upgrade"), (b"upgrade", b"h2c"), (b"host", b"a")],
+            [(b"host", b"a")],
+            [],
+        ),
+        ([(b"upgrade", b"websocket"), (b"x-b", b"2")], [], [(b"x-b", b"2")]),
+    ],
+)
+def test_forward_request_split(
+    headers: list[tuple[bytes, bytes]],
+    semantic: list[tuple[bytes, bytes]],
+    rest: list[tuple[bytes, bytes]],
+) -> None:
+    out = forward_request_split(
+        headers,
+        RequestScan(headers),
+        client_ip=b"192.0.2.10",
+        forwardfor=False,
+        drop=frozenset({b"x-ssl"}),
+    )
+    assert out == (semantic, rest)
+
+
+@pytest.mark.parametrize(
+    ("headers", "facts"),
+    [
+        ([(b"host", b"a"), (b"host", b"b")], (b"a", 2, False, None)),
+        ([(b"content-length", b" 0 ")], (None, 0, False, None)),
+        ([(b"content-length", b"5")], (None, 0, True, None)),
+        ([(b"transfer-encoding", b"chunked")], (None, 0, True, None)),
+        (
+            [(b"connection", b"keep-alive, Upgrade"), (b"upgrade", b"WebSocket")],
+            (None, 0, False, b"WebSocket"),
+        ),
+        ([(b"connection", b"upgrade"), (b"upgrade", b"H2C")], (None, 0, False, None)),
+    ],
+)
+def test_request_scan(
+    headers: list[tuple[bytes, bytes]], facts: tuple[bytes | None, int, bool, bytes | None]
+) -> None:
+    scan = RequestScan(headers)
+    assert (scan.host, scan.hosts, scan.has_body, scan.upgrade) == facts
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"connection", b"keep-alive"), (b"content-length", b"3"), (b"etag", b'"1"')],
+        [(b"x-b", b"1"), (b"connection", b"x-b, content-length"), (b"content-length", b"3")],
+        [(b"connection", b"close"), (b"keep-alive", b"t=5"), (b"transfer-encoding", b"chunked")],
+        [(b"connection", b"X-B"), (b"x-b", b"1"), (b"connection", b"x-c"), (b"x-c", b"2")],
+        [(b"date", b"x"), (b"location", b"/a"), (b"host", b"h")],
+    ],
+)
+def test_forward_response_split_matches_forward_then_split(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    assert forward_response_split(headers) == split_for_h11(forward_response_headers(headers))
 
 
 def test_forward_response_headers_drop_hop_by_hop() -> None:
