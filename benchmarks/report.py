@@ -231,3 +231,42 @@ def render(rows: list[Row], *, seconds: float, connections: int) -> str:
     if any(row.result is not None and row.result.errors for row in rows):
         out.append("* a run had errors (socket errors or non-2xx answers): its req/s is suspect")
     return "\n".join(out)
+
+
+def _key(entry: dict[str, object]) -> tuple[str, str, str]:
+    return (str(entry.get("case")), str(entry.get("variant")), str(entry.get("target")))
+
+
+def _number(entry: dict[str, object] | None, name: str) -> float | None:
+    value = None if entry is None else entry.get(name)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _change(old: float | None, new: float | None, digits: int) -> str:
+    if old is None or new is None:
+        return "-"
+    percent = f" ({(new - old) / old * 100:+.0f}%)" if old else ""
+    return f"{old:,.{digits}f} -> {new:,.{digits}f}{percent}"
+
+
+def compare(old: list[dict[str, object]], new: list[dict[str, object]]) -> str:
+    """Two BENCH_JSON files side by side: req/s and CPU us/req of every line in either."""
+    before = {_key(entry): entry for entry in old}
+    after = {_key(entry): entry for entry in new}
+    keys = list(dict.fromkeys([*before, *after]))
+    cells = [["case", "size/key", "server", "req/s", "CPU us/req"]]
+    for key in keys:
+        was, now = before.get(key), after.get(key)
+        cells.append(
+            [
+                *key,
+                _change(
+                    _number(was, "requests_per_second"), _number(now, "requests_per_second"), 0
+                ),
+                _change(_number(was, "cpu_us_per_request"), _number(now, "cpu_us_per_request"), 1),
+            ]
+        )
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(text.ljust(widths[i]) for i, text in enumerate(line)).rstrip() for line in cells
+    )

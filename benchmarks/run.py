@@ -4,7 +4,8 @@ Placement on a two-core machine: the server under test (lbproxy, HAProxy, nginx 
 the backend itself for the "direct" line) owns core 0; wrk and, during the proxy runs, the
 backend nginx share core 1. Settings come from the environment (see README.md):
 BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_CASES, BENCH_TARGETS, BENCH_SIZES,
-BENCH_REPEAT, BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead (profiling.py).
+BENCH_REPEAT, BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead
+(profiling.py); ``--compare OLD.json NEW.json`` shows what changed between two runs.
 """
 
 from __future__ import annotations
@@ -379,6 +380,23 @@ def bench(settings: Settings) -> int:
     return 0
 
 
+def compare_files(paths: list[str]) -> int:
+    """`run.py --compare OLD.json NEW.json`: what changed between two BENCH_JSON files."""
+    if len(paths) != 2:
+        raise BenchError("--compare takes two files written with BENCH_JSON: OLD NEW")
+    loaded = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise BenchError(f"{path}: cannot read it as BENCH_JSON output ({error})") from None
+        if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+            raise BenchError(f"{path}: not a list of figures as BENCH_JSON writes them")
+        loaded.append(data)
+    print(report.compare(loaded[0], loaded[1]))
+    return 0
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # SIGTERM would end Python without running the finally blocks that stop the servers.
     raise KeyboardInterrupt
@@ -386,10 +404,12 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, _terminate)
-    # Also when started in the background, where the shell leaves SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if args[:1] == ["--compare"]:
+            return compare_files(args[1:])
+        signal.signal(signal.SIGTERM, _terminate)
+        # Also when started in the background, where the shell leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if args[:1] == ["--profile"]:
             import profiling
 

@@ -6,6 +6,7 @@ backend on loopback and put a short wrk run through it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -512,3 +513,28 @@ def test_tls_floor_times_real_handshakes(key_type: str, tmp_path: Path) -> None:
 
     micros = tls_floor.measure(certs.make_bundle(tmp_path, key_type), count=3)
     assert micros > 0
+
+
+def test_compare_two_json_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = [report.Row("plain", "100b", "lbproxy", RESULT, cpu_seconds=2.0).as_dict()]
+    faster = loadgen.Result(10.0, 1500, 1, 0, 0, 400.0, 1500.0)
+    new = [
+        report.Row("plain", "100b", "lbproxy", faster, cpu_seconds=2.0).as_dict(),
+        report.Row("plain", "100b", "haproxy", note="not installed").as_dict(),
+    ]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    assert run.main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 0
+    out = capsys.readouterr().out
+    assert "100 -> 150 (+50%)" in out
+    assert "2,000.0 -> 1,333.3 (-33%)" in out
+    assert "haproxy" in out
+
+
+@pytest.mark.parametrize(
+    "args", [["--compare"], ["--compare", "/nonexistent/a.json", "/nonexistent/b.json"]]
+)
+def test_compare_errors_are_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bench: ") and err.count("\n") == 1
