@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from balancing.state import new_states
-from config.model import ProxyConfig
+from balancing.state import carry_over, new_states
+from config.model import Address, ProxyConfig
 
 from . import stats
 from .connection import Listener, Runtime
@@ -40,11 +40,17 @@ class BoundListener:
     listener: Listener | None  # None for the stats page
     sock: socket.socket
     tls_server: Any | None = None
+    key: str = ""  # the configured address: what a reload matches sockets by
+    scope: trio.CancelScope | None = None  # the accept loop's, while it runs
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self.sock.getsockname()[:2]
         return host, port
+
+
+def _key(address: Address, stats: bool = False) -> str:
+    return f"stats {address}" if stats else str(address)
 
 
 @dataclass
@@ -54,6 +60,10 @@ class ProxyHandle:
     runtime: Runtime
     bound: list[BoundListener]
     stop_event: trio.Event = field(default_factory=trio.Event)
+    _accepts: trio.Nursery | None = None
+    _connections: trio.Nursery | None = None
+    _checks: trio.Nursery | None = None
+    _checks_scope: trio.CancelScope | None = None
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
@@ -91,15 +101,102 @@ class ProxyHandle:
                 problems.append(str(error))
         return problems
 
+    def reload(self, config: ProxyConfig) -> list[str]:
+        """Switch to ``config`` without dropping anything (HAProxy's seamless reload, in one
+        process): listening sockets that stay are kept, new ones opened, removed ones closed;
+        certificates are loaded again; health, admin state, counters and source persistence
+        carry over by pool and label. Connections already open finish with the virtual server
+        they started with. Raises StartupError and changes nothing when the new configuration
+        cannot be served (a bind or a certificate fails). Returns notes for the log.
+        """
+        keep = {b.key: b.sock for b in self.bound}
+        bound = _bind_all(config, reuse=keep)
+        pools = new_states(config.all_pools())
+        notes = carry_over(self.runtime.pools, pools)
+        runtime = self.runtime
+        runtime.config = config
+        runtime.pools = pools
+        runtime.access_log = _access_log(config)
+        reused = {id(b.sock) for b in bound}
+        for old in self.bound:
+            if old.scope is not None:
+                old.scope.cancel()
+            if id(old.sock) not in reused:
+                trio.lowlevel.notify_closing(old.sock)
+                old.sock.close()
+        self.bound = bound
+        for b in bound:
+            self._start_accepting(b)
+        self._start_checks()
+        notes.append(
+            f"configuration reloaded: {len(config.virtual_servers)} virtual server(s), "
+            f"{len(bound)} listener(s)"
+        )
+        return notes
 
-def _bind_all(config: ProxyConfig, runtime: Runtime) -> list[BoundListener]:
-    """Open every listening socket and TLS context before anything serves."""
+    def _start_accepting(self, b: BoundListener) -> None:
+        assert self._accepts is not None and self._connections is not None
+        runtime = self.runtime
+        handler: Handler
+        if b.listener is None:
+            handler = stats.make_handler(runtime, runtime.config.global_.stats)
+        else:
+            handler = make_handler(runtime, b.listener, b.tls_server)
+        scope = trio.CancelScope()
+        b.scope = scope
+        connections = self._connections
+
+        async def accepting() -> None:
+            with scope:
+                await accept_loop(b.sock, handler, connections)
+
+        self._accepts.start_soon(accepting)
+
+    def _start_checks(self) -> None:
+        assert self._checks is not None
+        if self._checks_scope is not None:
+            self._checks_scope.cancel()
+        scope = self._checks_scope = trio.CancelScope()
+        runtime = self.runtime
+
+        async def checking() -> None:
+            from balancing.checker import run_checks
+
+            with scope:
+                await run_checks(
+                    runtime.pools,
+                    log=logging.getLogger("lbproxy.health"),
+                    on_change=runtime.server_changed,
+                )
+
+        self._checks.start_soon(checking)
+
+
+def _access_log(config: ProxyConfig) -> logging.Logger | None:
+    return logging.getLogger("lbproxy.access") if config.global_.access_log else None
+
+
+def _bind_all(
+    config: ProxyConfig, *, reuse: dict[str, socket.socket] | None = None
+) -> list[BoundListener]:
+    """Every listening socket (kept from ``reuse`` by address, else opened) and TLS context,
+    before anything serves. On failure the sockets opened here are closed again."""
     from tls.server_tls import load_tls_server
     from tls.store import CertificateError
 
+    reuse = reuse or {}
     bound: list[BoundListener] = []
+    opened: list[socket.socket] = []
     now = datetime.datetime.now(datetime.UTC)
     tls_log = logging.getLogger("lbproxy.tls")
+
+    def listening(key: str, address: Address) -> socket.socket:
+        sock = reuse.get(key)
+        if sock is None:
+            sock = open_listening_socket(address)
+            opened.append(sock)
+        return sock
+
     try:
         for vs in config.virtual_servers:
             for bind in vs.binds:
@@ -113,18 +210,21 @@ def _bind_all(config: ProxyConfig, runtime: Runtime) -> list[BoundListener]:
                         raise StartupError(
                             f"virtual server {vs.label}, bind {bind.address}: {error}"
                         ) from error
-                sock = open_listening_socket(bind.address)
+                key = _key(bind.address)
+                sock = listening(key, bind.address)
                 port = sock.getsockname()[1]
-                bound.append(BoundListener(Listener(vs, bind, port), sock, tls_server))
-        if config.global_.stats is not None:
-            bound.append(BoundListener(None, open_listening_socket(config.global_.stats.bind)))
+                bound.append(BoundListener(Listener(vs, bind, port), sock, tls_server, key))
+        stats_settings = config.global_.stats
+        if stats_settings is not None:
+            key = _key(stats_settings.bind, stats=True)
+            bound.append(BoundListener(None, listening(key, stats_settings.bind), key=key))
     except BindError as error:
-        for b in bound:
-            b.sock.close()
+        for sock in opened:
+            sock.close()
         raise StartupError(str(error)) from error
     except StartupError:
-        for b in bound:
-            b.sock.close()
+        for sock in opened:
+            sock.close()
         raise
     return bound
 
@@ -139,51 +239,37 @@ async def serve(
 
     Raises StartupError (nothing was started) when a bind or certificate fails.
     """
-    from balancing.checker import run_checks
-
-    access_log = logging.getLogger("lbproxy.access") if config.global_.access_log else None
-    runtime = Runtime(config, new_states(config.all_pools()), UpstreamPool(), access_log)
-    bound = _bind_all(config, runtime)
-    handle = ProxyHandle(runtime, bound)
+    runtime = Runtime(config, new_states(config.all_pools()), UpstreamPool(), _access_log(config))
+    handle = ProxyHandle(runtime, _bind_all(config))
     try:
         async with trio.open_nursery() as root:
-            root.start_soon(_run_checks, run_checks, runtime)
+            handle._checks = root
+            handle._start_checks()
             with trio.CancelScope() as grace_scope:
                 async with trio.open_nursery() as connections:
+                    handle._connections = connections
                     async with trio.open_nursery() as accepts:
-                        for b in bound:
-                            handler: Handler
-                            if b.listener is None:
-                                handler = stats.make_handler(runtime, config.global_.stats)
-                            else:
-                                handler = make_handler(runtime, b.listener, b.tls_server)
-                            accepts.start_soon(accept_loop, b.sock, handler, connections)
+                        handle._accepts = accepts
+                        for b in handle.bound:
+                            handle._start_accepting(b)
                         task_status.started(handle)
                         if on_started is not None:
                             on_started(handle)
                         await handle.stop_event.wait()
                         accepts.cancel_scope.cancel()
-                    for b in bound:
+                    for b in handle.bound:
                         b.sock.close()
-                    log.info(
-                        "stopped accepting; finishing in-flight requests (grace %ss)",
-                        config.global_.grace,
-                    )
+                    grace = runtime.config.global_.grace
+                    log.info("stopped accepting; finishing in-flight requests (grace %ss)", grace)
                     runtime.begin_shutdown()
-                    grace_scope.deadline = trio.current_time() + config.global_.grace
+                    grace_scope.deadline = trio.current_time() + grace
             if grace_scope.cancelled_caught:
                 log.warning("grace period over: closed the connections still open")
             root.cancel_scope.cancel()
     finally:
-        for b in bound:
+        for b in handle.bound:
             b.sock.close()
         runtime.upstream.close_all()
-
-
-async def _run_checks(run_checks: Any, runtime: Runtime) -> None:
-    await run_checks(
-        runtime.pools, log=logging.getLogger("lbproxy.health"), on_change=runtime.server_changed
-    )
 
 
 def setup_logging(level: str) -> None:
@@ -206,8 +292,34 @@ def setup_logging(level: str) -> None:
 Companion = Callable[..., Awaitable[None]]
 
 
+def _on_sighup(handle: ProxyHandle, config_path: str | None) -> None:
+    """SIGHUP: reload the configuration file (certificates included); without a file (the
+    demo), reload the certificate files. A file that fails to load changes nothing."""
+    if config_path is None:
+        problems = handle.reload_certificates()
+        for problem in problems:
+            log.error("certificate reload: %s", problem)
+        log.info("SIGHUP: certificates reloaded (%d problem(s))", len(problems))
+        return
+    from config.loader import ConfigError, load_file
+
+    try:
+        notes = handle.reload(load_file(config_path))
+    except ConfigError as error:
+        for problem in error.problems:
+            log.error("reload refused: %s", problem)
+        log.error("SIGHUP: %s has errors; still serving the previous configuration", config_path)
+        return
+    except StartupError as error:
+        log.error("SIGHUP: reload refused: %s; still serving the previous configuration", error)
+        return
+    for note in notes:
+        log.info("SIGHUP: %s", note)
+
+
 async def _main(
     config: ProxyConfig,
+    config_path: str | None,
     on_started: Callable[[ProxyHandle], None] | None,
     companions: Sequence[Companion],
 ) -> None:
@@ -226,10 +338,7 @@ async def _main(
                     on_started(handle)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        problems = handle.reload_certificates()
-                        for problem in problems:
-                            log.error("certificate reload: %s", problem)
-                        log.info("SIGHUP: certificates reloaded (%d problem(s))", len(problems))
+                        _on_sighup(handle, config_path)
                         continue
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     handle.stop()
@@ -271,7 +380,7 @@ def run(
         log.info("configuration %s loaded", config_path)
     status = EXIT_OK
     try:
-        trio.run(_main, config, on_started, companions)
+        trio.run(_main, config, config_path, on_started, companions)
     except* StartupError as group:
         for error in _leaves(group):
             print(f"lbproxy: {error}", file=sys.stderr)

@@ -384,7 +384,12 @@ class ClientConnection:
         if self.vs.redirect_to_https and not self.client.tls:
             return await self._redirect_to_https(request, ex)
         pool_name = route(self.vs, request.target, headers)
-        pool = self.runtime.pools[pool_name]
+        pool = self.runtime.pools.get(pool_name)
+        if pool is None:  # a reload removed the pool this connection's rules still name
+            ex.status = 503
+            ex.termination = "SC"
+            await self._send_canned(503, close=False)
+            return self._client_can_continue()
         ex.pool = pool_name
         persistence = pool.pool.persistence
         cookie_label: str | None = None
@@ -806,7 +811,8 @@ class ClientConnection:
                 nursery.start_soon(pipe, conn.stream, self.stream, True)
 
     def _cookie_headers(self, choice: Choice) -> list[tuple[bytes, bytes]]:
-        persistence = self.runtime.pools[choice.server.pool_name].pool.persistence
+        pool = choice.server.pool
+        persistence = pool.pool.persistence if pool is not None else None
         if not isinstance(persistence, CookiePersistence):
             return []
         if choice.clear_cookie:

@@ -73,7 +73,10 @@ Handler = Callable[[socket.socket, Any], Awaitable[None]]
 async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nursery) -> None:
     """Accept connections forever; each runs as its own task in ``nursery``."""
     while True:
-        await trio.lowlevel.wait_readable(sock)
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            return  # closed by a reload or the shutdown
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
             try:
                 conn, peer = sock.accept()
