@@ -1,0 +1,189 @@
+"""Each phase of a kept-alive connection keeps its own timeout: idle, head, server, body, tunnel.
+
+Real sockets on loopback; what the client receives is checked byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import trio
+
+from config.model import Address, Timeouts
+from tests.helpers import (
+    Backend,
+    Responder,
+    Seen,
+    read_request_head,
+    serve_raw,
+    server,
+    simple_config,
+    start_proxy,
+)
+
+GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+async def read_response(stream: trio.SocketStream, buffer: bytearray) -> bytes:
+    """One response with a Content-Length body (what Backend sends), from ``buffer`` on."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"closed before a response head: {bytes(buffer)!r}"
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:end]).lower()
+    length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(buffer) < end + length:
+        chunk = await stream.receive_some(65536)
+        assert chunk, "closed mid-body"
+        buffer += chunk
+    response = bytes(buffer[: end + length])
+    del buffer[: end + length]
+    return response
+
+
+async def read_to_close(stream: trio.SocketStream) -> bytes:
+    received = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def slow_on(path: bytes) -> Responder:
+    """A responder that never answers ``path`` and answers everything else at once."""
+
+    def respond(seen: Seen) -> Reply | Awaitable[Reply]:
+        if seen.target == path:
+
+            async def never() -> Reply:
+                await trio.sleep_forever()
+                raise AssertionError("unreachable")
+
+            return never()
+        return 200, [], b"ok:" + seen.target
+
+    return respond
+
+
+async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
+    """A pause between requests longer than the server timeout but shorter than client_idle
+    keeps the connection; a pause longer than client_idle closes it without a byte."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1", responder=slow_on(b"/never"))
+            await nursery.start(web.serve)
+            timeouts = Timeouts(server=0.2, client_idle=1.0, header=0.2)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            buffer = bytearray()
+            await stream.send_all(GET % b"a")
+            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            await trio.sleep(0.5)
+            await stream.send_all(GET % b"b")
+            assert (await read_response(stream, buffer)).endswith(b"ok:/b")
+            started = trio.current_time()
+            assert await read_to_close(stream) == b""
+            assert trio.current_time() - started >= 0.9
+            nursery.cancel_scope.cancel()
+
+
+async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1", responder=slow_on(b"/slow"))
+            await nursery.start(web.serve)
+            timeouts = Timeouts(server=0.3, client_idle=5.0)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            buffer = bytearray()
+            await stream.send_all(GET % b"a")
+            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            await stream.send_all(GET % b"slow")
+            rest = bytes(buffer) + await read_to_close(stream)
+            assert rest.startswith(b"HTTP/1.1 504 ")
+            nursery.cancel_scope.cancel()
+
+
+async def test_partial_head_after_a_kept_alive_exchange_is_408() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1", responder=slow_on(b"/never"))
+            await nursery.start(web.serve)
+            timeouts = Timeouts(header=0.3, client_idle=5.0)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            buffer = bytearray()
+            await stream.send_all(GET % b"a")
+            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            await stream.send_all(b"GET /b HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert (bytes(buffer) + await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
+            assert [seen.target for seen in web.seen] == [b"/a"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_server_stalling_mid_body_truncates_the_response() -> None:
+    async def stalls(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, stalls)
+            config = simple_config(
+                [server("s", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.3)
+            )
+            proxy = await start_proxy(nursery, config)
+            _, pport = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", pport)
+            await stream.send_all(GET % b"a")
+            received = await read_to_close(stream)
+            assert received.startswith(b"HTTP/1.1 200 ")
+            assert received.endswith(b"\r\n\r\n" + b"a" * 10)  # 10 of 100: truncated, no 504
+            nursery.cancel_scope.cancel()
+
+
+async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1")
+            await nursery.start(web.serve)
+            timeouts = Timeouts(server=5.0, client_idle=0.3)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
+            assert web.seen == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1", responder=slow_on(b"/never"))
+            await nursery.start(web.serve)
+            timeouts = Timeouts(server=0.5, client_idle=30.0)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            buffer = bytearray()
+            await idle.send_all(GET % b"a")
+            assert (await read_response(idle, buffer)).endswith(b"ok:/a")
+            busy = await trio.open_tcp_stream("127.0.0.1", port)
+            await busy.send_all(GET % b"never")
+            while len(web.seen) < 2:
+                await trio.sleep(0.01)
+            proxy.stop()
+            assert await read_to_close(idle) == b""  # long before client_idle
+            assert (await read_to_close(busy)).startswith(b"HTTP/1.1 504 ")
+            nursery.cancel_scope.cancel()
