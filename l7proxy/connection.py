@@ -7,6 +7,7 @@ bytes and keeps time. Failures of one connection stay in it (DESIGN.md principle
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ MAX_RESEND = 3
 MAX_CONNECT_ATTEMPTS = 8
 # Events are immutable: one end-of-message without trailers serves every exchange.
 END_OF_MESSAGE = h11.EndOfMessage()
+# A read deadline moves only when it would move by more than this: one timer update per exchange
+# instead of one per read, for a timeout that may fire up to 10 ms early (HAProxy's timers tick
+# in milliseconds).
+DEADLINE_SLACK = 0.01
+
+# What the connection's one deadline guards when it fires; what a timeout means depends on it.
+IDLE = "idle"  # between requests: close without a byte (HAProxy `timeout http-keep-alive`)
+HEAD = "head"  # a request head: 408, or a silent close when nothing of it arrived
+SERVER = "server"  # a request being served: 504, or truncation once the response has started
 
 
 class ClientGone(Exception):
@@ -84,27 +94,29 @@ class Runtime:
     upstream: UpstreamPool
     access_log: logging.Logger | None = None
     shutting_down: bool = False
-    idle_scopes: set[trio.CancelScope] = field(default_factory=set)
+    idle_connections: set[ClientConnection] = field(default_factory=set)
     connections: int = 0  # client connections open now (HAProxy %ac)
-    # Exchanges waiting for a response head, per server: cut short when it goes DOWN.
-    waiting: dict[ServerState, dict[trio.CancelScope, Exchange]] = field(default_factory=dict)
     frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
+    # Server connections waiting for a response head, per server: cut when it goes DOWN.
+    waiting: dict[ServerState, dict[UpstreamConnection, Exchange]] = field(default_factory=dict)
 
     def server_changed(self, server: ServerState) -> None:
         """A health transition: when ``server`` went DOWN, the requests still waiting for its
         response head are cut short (idempotent ones are sent again elsewhere), instead of
-        waiting for the server timeout (HAProxy ``on-marked-down shutdown-sessions``)."""
+        waiting for the server timeout (HAProxy ``on-marked-down shutdown-sessions``). Closing
+        the server connection wakes the waiting read, which then sees an end before any byte.
+        """
         if server.health is not Health.DOWN:
             return
-        for scope, ex in list(self.waiting.pop(server, {}).items()):
+        for conn, ex in list(self.waiting.pop(server, {}).items()):
             ex.server_went_down = True
-            scope.cancel()
+            conn.stream.close()
 
     def begin_shutdown(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""
         self.shutting_down = True
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for conn in list(self.idle_connections):
+            conn.close_if_idle()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +190,12 @@ class ClientConnection:
         # The same for every request of this connection: made once.
         self.client_ip = client.ip.encode("ascii")
         self.forward_tail = [*forwarded_tail(client, listener.port), *tls_headers]
+        # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
+        self.scope = trio.CancelScope()
+        self.deadline = math.inf
+        self.phase = HEAD
+        self.current: Exchange | None = None  # the exchange of the SERVER phase
+        self.stopping = False  # a shutdown, not a timeout, cancelled the scope
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -222,10 +240,46 @@ class ClientConnection:
     # ---- the request loop -------------------------------------------------------------------
 
     async def run(self, accepted_at: float) -> None:
-        """Serve requests until the client or a failure ends the connection."""
-        deadline: float | None = accepted_at + self.timeouts.header
+        """Serve requests until the client or a failure ends the connection.
+
+        Timeouts share one cancel scope whose deadline each phase moves on: a scope per phase
+        cost about a tenth of a proxied request. When the deadline fires, everything unwinds to
+        here, and the phase it fired in says what the client gets.
+        """
+        self.deadline = accepted_at + self.timeouts.header
+        self.scope = trio.CancelScope(deadline=self.deadline)
+        with self.scope:
+            await self._serve_requests()
+        if self.scope.cancelled_caught and not self.stopping:
+            await self._timed_out()
+
+    def _set_deadline(self, phase: str, deadline: float) -> None:
+        self.phase = phase
+        self.deadline = deadline
+        self.scope.deadline = deadline
+
+    def close_if_idle(self) -> None:
+        """Shutdown: a connection waiting for its next request closes now."""
+        if self.phase is IDLE:
+            self.stopping = True
+            self.scope.cancel()
+
+    async def _timed_out(self) -> None:
+        """The deadline fired in ``self.phase``; the scope is closed, so an answer can go out."""
+        if self.phase is SERVER:
+            if self.current is not None and self.current.response_started:
+                self._abort_client()  # a stall mid-body: the client must see truncation
+            else:
+                await self._send_canned(504)  # nothing when another answer was begun
+        elif self.h11.their_state is not h11.IDLE or self._has_partial_head():
+            await self._send_canned(408)
+            self._log(self._bad_head(408, "cR"))
+        # else: the idle timeout, or nothing at all arrived: silent close
+
+    async def _serve_requests(self) -> None:
+        first = True
         while True:
-            request = await self._read_head(deadline)
+            request = await self._read_head(first)
             if request is None:
                 return
             keep = await self._serve(request)
@@ -234,12 +288,12 @@ class ClientConnection:
             if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return
             self.h11.start_next_cycle()
-            deadline = None
+            first = False
 
-    async def _read_head(self, deadline: float | None) -> h11.Request | None:
+    async def _read_head(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should just close."""
         try:
-            return await self._read_head_or_raise(deadline)
+            return await self._read_head_or_raise(first)
         except h11.RemoteProtocolError as error:
             status = status_for_protocol_error(error.error_status_hint)
             await self._send_canned(status)
@@ -247,46 +301,38 @@ class ClientConnection:
             return None
 
     def _bad_head(self, status: int, termination: str) -> Exchange:
-        now = trio.current_time()
         return Exchange(
             method=b"",
             status=status,
             termination=termination,
             head_started=self.head_started,
-            head_done=now,
+            head_done=trio.current_time(),
         )
 
-    async def _read_head_or_raise(self, deadline: float | None) -> h11.Request | None:
+    async def _read_head_or_raise(self, first: bool) -> h11.Request | None:
         event = self.h11.next_event()
         if event is not h11.NEED_DATA:
             self.head_started = trio.current_time()
             return self._head_event(event)  # pipelined: already buffered
         # The first request's head time counts from the accept, like HAProxy's %TR.
-        self.head_started = (
-            trio.current_time() if deadline is None else deadline - self.timeouts.header
-        )
-        with trio.CancelScope() as scope:
-            if deadline is None:
-                # Between requests: wait for the first byte for the idle timeout, then close
-                # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
-                scope.deadline = trio.current_time() + self.timeouts.client_idle
-                self.runtime.idle_scopes.add(scope)
-                try:
-                    await self._receive()
-                finally:
-                    self.runtime.idle_scopes.discard(scope)
-                self.head_started = trio.current_time()
-                event = self.h11.next_event()
-                if event is not h11.NEED_DATA:
-                    return self._head_event(event)
-                deadline = self.head_started + self.timeouts.header
-            scope.deadline = deadline
-            return self._head_event(await self._next_event())
-        if self.h11.their_state is h11.IDLE and not self._has_partial_head():
-            return None  # idle timeout, shutdown, or nothing at all arrived: silent close
-        await self._send_canned(408)
-        self._log(self._bad_head(408, "cR"))
-        return None
+        if first:
+            self.head_started = self.deadline - self.timeouts.header
+        else:
+            # Between requests: wait for the first byte for the idle timeout, then close
+            # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
+            self._set_deadline(IDLE, trio.current_time() + self.timeouts.client_idle)
+            idle = self.runtime.idle_connections
+            idle.add(self)
+            try:
+                await self._receive()
+            finally:
+                idle.discard(self)
+            self.head_started = trio.current_time()
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return self._head_event(event)
+            self._set_deadline(HEAD, trio.current_time() + self.timeouts.header)
+        return self._head_event(await self._next_event())
 
     def _has_partial_head(self) -> bool:
         return bool(self.h11.trailing_data[0])
@@ -306,6 +352,8 @@ class ClientConnection:
             head_started=self.head_started,
             head_done=trio.current_time(),
         )
+        self.current = ex
+        self._set_deadline(SERVER, trio.current_time() + self.timeouts.server)
         headers: Headers = list(request.headers)
         scan = RequestScan(headers)
         try:
@@ -432,6 +480,7 @@ class ClientConnection:
             try:
                 await self._exchange(request, out_headers, has_body, conn, choice, ex)
                 if ex.upgraded:
+                    self._set_deadline(SERVER, math.inf)  # the tunnel keeps its own time
                     await self._tunnel(conn, ex)
                     conn.stream.close()
                     return False
@@ -467,6 +516,14 @@ class ClientConnection:
                 return False
             except BaseException:
                 conn.stream.close()
+                if self.scope.cancel_called and not self.stopping:
+                    # The server timeout: _timed_out answers once the scope has unwound.
+                    choice.server.counters.failures_response += 1
+                    if ex.response_started:
+                        ex.termination = "sD"
+                    else:
+                        ex.status = 504
+                        ex.termination = "sH"
                 raise
             finally:
                 pool.end(choice.server)
@@ -557,10 +614,17 @@ class ClientConnection:
             except NoServerAvailable:
                 break
             server = choice.server
+            upstream = self.runtime.upstream
+            conn = upstream.take_idle(server.address)
+            if conn is not None:
+                ex.connect_time = 0.0
+                return choice, conn
+            started = trio.current_time()
+            # A connect keeps its own time, per attempt; the server timeout starts after it.
+            self._set_deadline(SERVER, math.inf)
             try:
-                started = trio.current_time()
-                conn = await self.runtime.upstream.acquire(server.address, self.timeouts.connect)
-                ex.connect_time = 0.0 if conn.reused else trio.current_time() - started
+                conn = await upstream.connect(server.address, self.timeouts.connect)
+                ex.connect_time = trio.current_time() - started
             except ConnectError as error:
                 server.counters.failures_connect += 1
                 message = report_passive_failure(server, trio.current_time(), error.cause)
@@ -571,6 +635,8 @@ class ClientConnection:
                 if server.is_fallback:
                     break
                 continue
+            finally:
+                self._set_deadline(SERVER, trio.current_time() + self.timeouts.server)
             return choice, conn
         return None, None
 
@@ -653,7 +719,7 @@ class ClientConnection:
         raise ClientGone(408)  # the client stalled mid-body for client_idle
 
     async def _server_event(
-        self, conn: UpstreamConnection, scope: trio.CancelScope, timeout: float, out: list[bytes]
+        self, conn: UpstreamConnection, timeout: float, out: list[bytes]
     ) -> h11.Event:
         """The next event from the server. Client-bound bytes in ``out`` are written first
         whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md)."""
@@ -666,7 +732,9 @@ class ClientConnection:
                 return event  # type: ignore[return-value]
             if out:
                 await self._flush(out)
-            scope.deadline = trio.current_time() + timeout
+            deadline = trio.current_time() + timeout
+            if deadline - self.deadline > DEADLINE_SLACK:
+                self.deadline = self.scope.deadline = deadline
             try:
                 data = await conn.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -680,16 +748,19 @@ class ClientConnection:
         await self.stream.send_all(data)
 
     async def _relay_response(self, conn: UpstreamConnection, choice: Choice, ex: Exchange) -> None:
-        """Server response → client; one cancel scope whose deadline each read pushes on."""
+        """Server response → client; each read pushes the connection's deadline on."""
         out: list[bytes] = []
         waiting = self.runtime.waiting.setdefault(choice.server, {})
-        scope = trio.CancelScope()
-        waiting[scope] = ex  # until the response head arrives (_relay_events removes it)
+        waiting[conn] = ex  # until the response head arrives (_relay_events removes it)
         try:
-            with scope:
-                await self._relay_events(conn, choice, ex, scope, out)
+            await self._relay_events(conn, choice, ex, out)
         except ServerFailed as failure:
             if not ex.response_started:
+                if ex.server_went_down:
+                    # Nothing of a response arrived: as safe to resend as a close before one.
+                    raise ServerFailed(
+                        502, "server went DOWN before responding", resendable=True
+                    ) from failure
                 if failure.status == 502 and conn.response_bytes == 0:
                     # Closed before any response byte: the one case a resend may cure.
                     raise ServerFailed(502, failure.cause, resendable=True) from failure
@@ -698,28 +769,19 @@ class ClientConnection:
             ex.termination = "SD"
             raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
         finally:
-            waiting.pop(scope, None)
-        if scope.cancelled_caught:
-            if ex.server_went_down and not ex.response_started:
-                # Nothing of a response arrived: as safe to resend as a close before responding.
-                raise ServerFailed(502, "server went DOWN before responding", resendable=True)
-            if ex.response_started:
-                self._abort_client()  # a stall mid-body: the client must see truncation
-                ex.termination = "sD"
-            raise ServerFailed(504, "server timeout", resendable=False)
+            waiting.pop(conn, None)
 
     async def _relay_events(
         self,
         conn: UpstreamConnection,
         choice: Choice,
         ex: Exchange,
-        scope: trio.CancelScope,
         out: list[bytes],
     ) -> None:
         timeout = self.timeouts.server
         client = self.h11
         while True:
-            event = await self._server_event(conn, scope, timeout, out)
+            event = await self._server_event(conn, timeout, out)
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     if not ex.upgrade_requested:
@@ -756,13 +818,13 @@ class ClientConnection:
         server.counters.record_response(event.status_code)
         semantic, rest = self._response_headers(list(event.headers), choice)
         ex.response_started = True
-        self.runtime.waiting.get(server, {}).pop(scope, None)  # a DOWN no longer cuts it
+        self.runtime.waiting.get(server, {}).pop(conn, None)  # a DOWN no longer cuts it
         response = h11.Response(
             status_code=event.status_code, reason=event.reason, headers=semantic
         )
         out.append(splice_head(client.send(response) or b"", rest))
         while True:
-            event = await self._server_event(conn, scope, timeout, out)
+            event = await self._server_event(conn, timeout, out)
             if isinstance(event, h11.Data):
                 ex.bytes_out += len(event.data)
                 # Passed through as it is: no copy of the body into a new event or a new buffer.

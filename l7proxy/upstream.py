@@ -52,16 +52,22 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[Address, deque[UpstreamConnection]] = {}
 
-    async def acquire(self, address: Address, connect_timeout: float) -> UpstreamConnection:
-        """A usable connection: a kept-alive one when there is one, else a new one."""
-        now = trio.current_time()
+    def take_idle(self, address: Address) -> UpstreamConnection | None:
+        """A kept-alive connection that still looks usable, if there is one (no I/O wait)."""
         idle = self._idle.get(address)
+        if not idle:
+            return None
+        now = trio.current_time()
         while idle:
             conn = idle.pop()  # most recently used first: least likely to have timed out
             if now - conn.idle_since < IDLE_TIMEOUT and conn.stream.is_idle_and_open():
                 conn.reused = True
                 return conn
             conn.stream.close()
+        return None
+
+    async def connect(self, address: Address, connect_timeout: float) -> UpstreamConnection:
+        """A new connection, within ``connect_timeout``."""
         with trio.move_on_after(connect_timeout) as scope:
             try:
                 stream = await connect(address.host, address.port)
