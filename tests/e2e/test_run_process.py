@@ -103,6 +103,16 @@ def test_curl_through_the_process_with_keep_alive(tmp_path: pathlib.Path) -> Non
         assert httplog.match(line), line
 
 
+def connected_to(port: int) -> bool:
+    """An established TCP connection to 127.0.0.1:``port`` exists on this machine."""
+    wanted = f"0100007F:{port:04X}"
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == wanted and fields[3] == "01":
+            return True
+    return False
+
+
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: pathlib.Path) -> None:
     port, b1 = free_port(), free_port()
     config = tmp_path / "lb.yaml"
@@ -124,7 +134,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: pathlib.Path) -> None:
     with backend("web1", b1), lbproxy(config, ("127.0.0.1", port)) as proxy:
         client = threading.Thread(target=upload)
         client.start()
-        time.sleep(0.4)
+        # SIGTERM once the request is in flight: lbproxy has connected to the real server.
+        deadline = time.monotonic() + 10
+        while not connected_to(b1):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         status = proxy.terminate()
         client.join(timeout=20)
         assert status == 0
