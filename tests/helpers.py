@@ -253,3 +253,13 @@ async def raw_exchange(port: int, data: bytes, *, until_close: bool = True) -> b
             if not until_close and b"\r\n\r\n" in received:
                 break
         return received
+
+
+async def proxy_one(
+    nursery: trio.Nursery, backend: Backend, label: str | None = None, **config_kwargs: Any
+) -> int:
+    """Start ``backend`` and a proxy whose only real server it is; the proxy's port."""
+    await nursery.start(backend.serve)
+    servers = [server(label or backend.label, backend)]
+    proxy = await start_proxy(nursery, simple_config(servers, **config_kwargs))
+    return proxy.address("www")[1]

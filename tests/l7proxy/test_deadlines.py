@@ -14,6 +14,7 @@ from tests.helpers import (
     Backend,
     Responder,
     Seen,
+    proxy_one,
     read_request_head,
     serve_raw,
     server,
@@ -77,10 +78,8 @@ async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1", responder=slow_on(b"/never"))
-            await nursery.start(web.serve)
             timeouts = Timeouts(server=0.2, client_idle=1.0, header=0.2)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -98,10 +97,8 @@ async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1", responder=slow_on(b"/slow"))
-            await nursery.start(web.serve)
             timeouts = Timeouts(server=0.3, client_idle=5.0)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -116,10 +113,8 @@ async def test_partial_head_after_a_kept_alive_exchange_is_408() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1", responder=slow_on(b"/never"))
-            await nursery.start(web.serve)
             timeouts = Timeouts(header=0.3, client_idle=5.0)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -156,10 +151,8 @@ async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
             timeouts = Timeouts(server=5.0, client_idle=0.3)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")

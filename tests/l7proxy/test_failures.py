@@ -9,6 +9,7 @@ from config.model import Address, Timeouts
 from tests.helpers import (
     Backend,
     free_port,
+    proxy_one,
     raw_exchange,
     read_request_head,
     request,
@@ -208,9 +209,7 @@ async def test_bad_requests_get_their_status_and_close(data: bytes, status: byte
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             raw = await raw_exchange(port, data)  # returns only once the proxy closed
             assert raw.startswith(b"HTTP/1.1 " + status), raw[:80]
             assert b"connection: close" in raw.lower()

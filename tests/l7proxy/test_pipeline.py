@@ -7,6 +7,7 @@ import trio
 from tests.helpers import (
     Backend,
     Seen,
+    proxy_one,
     raw_exchange,
     request,
     server,
@@ -19,9 +20,7 @@ async def test_get_is_proxied_with_forwarding_headers() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             resp = await request(
                 port,
                 "GET",
@@ -56,9 +55,7 @@ async def test_keep_alive_reuses_one_server_connection() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             for i in range(5):
                 resp = await request(port, "GET", f"/{i}")
                 assert resp.status == 200
@@ -71,9 +68,7 @@ async def test_request_bodies_content_length_and_chunked() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             body = bytes(range(256)) * 4096  # 1 MiB
             resp = await request(port, "POST", "/upload", body=body)
             assert resp.body == f"web1 POST /upload {len(body)}".encode()
@@ -100,9 +95,7 @@ async def test_head_204_304_have_no_body_and_connection_stays_usable() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1", reply)
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             pipelined = (
                 b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n"
                 b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -123,9 +116,7 @@ async def test_expect_100_continue_is_relayed() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
-            _, port = proxy.address("www")
+            port = await proxy_one(nursery, web)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
                 await stream.send_all(
