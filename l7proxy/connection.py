@@ -56,9 +56,9 @@ MAX_RESEND = 3
 MAX_CONNECT_ATTEMPTS = 8
 # Events are immutable: one end-of-message without trailers serves every exchange.
 END_OF_MESSAGE = h11.EndOfMessage()
-# A read deadline moves only when it would move by more than this: one timer update per exchange
-# instead of one per read, for a timeout that may fire up to 10 ms early (HAProxy's timers tick
-# in milliseconds).
+# A deadline moves later only when it would move by more than this, for a timeout that may fire
+# up to 10 ms early (HAProxy's timers tick in milliseconds): with equal idle and server timeouts
+# (the defaults) most exchanges then move no timer at all, and a body read once per 10 ms.
 DEADLINE_SLACK = 0.01
 
 # What the connection's one deadline guards when it fires; what a timeout means depends on it.
@@ -255,8 +255,8 @@ class ClientConnection:
 
     def _set_deadline(self, phase: str, deadline: float) -> None:
         self.phase = phase
-        self.deadline = deadline
-        self.scope.deadline = deadline
+        if deadline < self.deadline or deadline - self.deadline > DEADLINE_SLACK:
+            self.deadline = self.scope.deadline = deadline
 
     def close_if_idle(self) -> None:
         """Shutdown: a connection waiting for its next request closes now."""
@@ -732,9 +732,7 @@ class ClientConnection:
                 return event  # type: ignore[return-value]
             if out:
                 await self._flush(out)
-            deadline = trio.current_time() + timeout
-            if deadline - self.deadline > DEADLINE_SLACK:
-                self.deadline = self.scope.deadline = deadline
+            self._set_deadline(SERVER, trio.current_time() + timeout)
             try:
                 data = await conn.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
