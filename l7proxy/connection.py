@@ -56,10 +56,11 @@ MAX_RESEND = 3
 MAX_CONNECT_ATTEMPTS = 8
 # Events are immutable: one end-of-message without trailers serves every exchange.
 END_OF_MESSAGE = h11.EndOfMessage()
-# A deadline moves later only when it would move by more than this, for a timeout that may fire
-# up to 10 ms early (HAProxy's timers tick in milliseconds): with equal idle and server timeouts
-# (the defaults) most exchanges then move no timer at all, and a body read once per 10 ms.
-DEADLINE_SLACK = 0.01
+# A deadline moves later only when it would move by more than a hundredth of its timeout, and at
+# most 300 ms (nginx's lazy timers, NGX_TIMER_LAZY_DELAY, do the same): a timeout may fire that
+# much early, and most exchanges of a busy connection move no timer at all.
+DEADLINE_SLACK_SHARE = 0.01
+DEADLINE_SLACK_MAX = 0.3
 
 # What the connection's one deadline guards when it fires; what a timeout means depends on it.
 IDLE = "idle"  # between requests: close without a byte (HAProxy `timeout http-keep-alive`)
@@ -253,10 +254,19 @@ class ClientConnection:
         if self.scope.cancelled_caught and not self.stopping:
             await self._timed_out()
 
-    def _set_deadline(self, phase: str, deadline: float) -> None:
+    def _set_deadline(self, phase: str, timeout: float) -> None:
+        """Enter ``phase``, which must end within ``timeout`` from now."""
         self.phase = phase
-        if deadline < self.deadline or deadline - self.deadline > DEADLINE_SLACK:
+        deadline = trio.current_time() + timeout
+        current = self.deadline
+        if deadline < current or deadline - current > min(
+            timeout * DEADLINE_SLACK_SHARE, DEADLINE_SLACK_MAX
+        ):
             self.deadline = self.scope.deadline = deadline
+
+    def _no_deadline(self) -> None:
+        """For what keeps its own time (a connect, a tunnel)."""
+        self.deadline = self.scope.deadline = math.inf
 
     def close_if_idle(self) -> None:
         """Shutdown: a connection waiting for its next request closes now."""
@@ -320,7 +330,7 @@ class ClientConnection:
         else:
             # Between requests: wait for the first byte for the idle timeout, then close
             # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
-            self._set_deadline(IDLE, trio.current_time() + self.timeouts.client_idle)
+            self._set_deadline(IDLE, self.timeouts.client_idle)
             idle = self.runtime.idle_connections
             idle.add(self)
             try:
@@ -331,7 +341,7 @@ class ClientConnection:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return self._head_event(event)
-            self._set_deadline(HEAD, trio.current_time() + self.timeouts.header)
+            self._set_deadline(HEAD, self.timeouts.header)
         return self._head_event(await self._next_event())
 
     def _has_partial_head(self) -> bool:
@@ -353,7 +363,7 @@ class ClientConnection:
             head_done=trio.current_time(),
         )
         self.current = ex
-        self._set_deadline(SERVER, trio.current_time() + self.timeouts.server)
+        self._set_deadline(SERVER, self.timeouts.server)
         headers: Headers = list(request.headers)
         scan = RequestScan(headers)
         try:
@@ -480,7 +490,7 @@ class ClientConnection:
             try:
                 await self._exchange(request, out_headers, has_body, conn, choice, ex)
                 if ex.upgraded:
-                    self._set_deadline(SERVER, math.inf)  # the tunnel keeps its own time
+                    self._no_deadline()  # the tunnel keeps its own time
                     await self._tunnel(conn, ex)
                     conn.stream.close()
                     return False
@@ -621,7 +631,7 @@ class ClientConnection:
                 return choice, conn
             started = trio.current_time()
             # A connect keeps its own time, per attempt; the server timeout starts after it.
-            self._set_deadline(SERVER, math.inf)
+            self._no_deadline()
             try:
                 conn = await upstream.connect(server.address, self.timeouts.connect)
                 ex.connect_time = trio.current_time() - started
@@ -636,7 +646,7 @@ class ClientConnection:
                     break
                 continue
             finally:
-                self._set_deadline(SERVER, trio.current_time() + self.timeouts.server)
+                self._set_deadline(SERVER, self.timeouts.server)
             return choice, conn
         return None, None
 
@@ -732,7 +742,7 @@ class ClientConnection:
                 return event  # type: ignore[return-value]
             if out:
                 await self._flush(out)
-            self._set_deadline(SERVER, trio.current_time() + timeout)
+            self._set_deadline(SERVER, timeout)
             try:
                 data = await conn.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
