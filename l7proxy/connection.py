@@ -320,10 +320,12 @@ class ClientConnection:
         )
 
     async def _read_head_or_raise(self, first: bool) -> h11.Request | None:
-        event = self.h11.next_event()
-        if event is not h11.NEED_DATA:
-            self.head_started = trio.current_time()
-            return self._head_event(event)  # pipelined: already buffered
+        buffered, closed = self.h11.trailing_data
+        if buffered or closed:  # else h11 could only say NEED_DATA
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                self.head_started = trio.current_time()
+                return self._head_event(event)  # pipelined: already buffered
         # The first request's head time counts from the accept, like HAProxy's %TR.
         if first:
             self.head_started = self.deadline - self.timeouts.header
@@ -733,13 +735,18 @@ class ClientConnection:
     ) -> h11.Event:
         """The next event from the server. Client-bound bytes in ``out`` are written first
         whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md)."""
+        # Nothing received yet: h11 could only say NEED_DATA (a pooled connection never holds
+        # bytes from before, see UpstreamPool.release).
+        parse = conn.response_bytes > 0
         while True:
-            try:
-                event = conn.h11.next_event()
-            except h11.RemoteProtocolError as error:
-                raise ServerFailed(502, f"invalid response: {error}", resendable=False) from error
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+            if parse:
+                try:
+                    event = conn.h11.next_event()
+                except h11.RemoteProtocolError as error:
+                    cause = f"invalid response: {error}"
+                    raise ServerFailed(502, cause, resendable=False) from error
+                if event is not h11.NEED_DATA:
+                    return event  # type: ignore[return-value]
             if out:
                 await self._flush(out)
             self._set_deadline(SERVER, timeout)
@@ -749,6 +756,7 @@ class ClientConnection:
                 data = b""
             conn.response_bytes += len(data)
             conn.h11.receive_data(data)
+            parse = True
 
     async def _flush(self, out: list[bytes]) -> None:
         data = out[0] if len(out) == 1 else b"".join(out)

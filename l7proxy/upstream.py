@@ -78,13 +78,16 @@ class UpstreamPool:
         return UpstreamConnection(address, stream)
 
     def release(self, conn: UpstreamConnection) -> None:
-        """Give back a connection whose exchange is complete; anything else is closed."""
-        # Bytes after a complete response (after a 204/304/HEAD answer, or smuggled behind
-        # framing) must never be read as the next response: such a connection is closed.
+        """Give back a connection whose exchange is complete; anything else is closed.
+
+        Bytes after the response (h11 keeps them) make a connection unusable too: they would be
+        taken for the start of the next response.
+        """
+        state = conn.h11
         if (
-            conn.h11.our_state is h11.DONE
-            and conn.h11.their_state is h11.DONE
-            and not conn.h11.trailing_data[0]
+            state.our_state is h11.DONE
+            and state.their_state is h11.DONE
+            and not any(state.trailing_data)
         ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
