@@ -731,22 +731,21 @@ class ClientConnection:
         raise ClientGone(408)  # the client stalled mid-body for client_idle
 
     async def _server_event(
-        self, conn: UpstreamConnection, timeout: float, out: list[bytes]
+        self, conn: UpstreamConnection, timeout: float, out: list[bytes], *, parse: bool = True
     ) -> h11.Event:
         """The next event from the server. Client-bound bytes in ``out`` are written first
-        whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md)."""
+        whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md).
+
+        ``parse=False`` when h11 has just said NEED_DATA.
+        """
         # Nothing received yet: h11 could only say NEED_DATA (a pooled connection never holds
         # bytes from before, see UpstreamPool.release).
-        parse = conn.response_bytes > 0
+        parse = parse and conn.response_bytes > 0
         while True:
             if parse:
-                try:
-                    event = conn.h11.next_event()
-                except h11.RemoteProtocolError as error:
-                    cause = f"invalid response: {error}"
-                    raise ServerFailed(502, cause, resendable=False) from error
+                event = self._parse_server(conn)
                 if event is not h11.NEED_DATA:
-                    return event  # type: ignore[return-value]
+                    return event  # type: ignore[return-value]  # PAUSED too: callers refuse it
             if out:
                 await self._flush(out)
             self._set_deadline(SERVER, timeout)
@@ -757,6 +756,13 @@ class ClientConnection:
             conn.response_bytes += len(data)
             conn.h11.receive_data(data)
             parse = True
+
+    @staticmethod
+    def _parse_server(conn: UpstreamConnection) -> object:
+        try:
+            return conn.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            raise ServerFailed(502, f"invalid response: {error}", resendable=False) from error
 
     async def _flush(self, out: list[bytes]) -> None:
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -840,12 +846,15 @@ class ClientConnection:
         )
         out.append(splice_head(client.send(response) or b"", rest))
         while True:
-            event = await self._server_event(conn, timeout, out)
-            if isinstance(event, h11.Data):
-                ex.bytes_out += len(event.data)
+            # A small body is buffered already: no read, no coroutine to await.
+            body_event: object = self._parse_server(conn)
+            if body_event is h11.NEED_DATA:
+                body_event = await self._server_event(conn, timeout, out, parse=False)
+            if isinstance(body_event, h11.Data):
+                ex.bytes_out += len(body_event.data)
                 # Passed through as it is: no copy of the body into a new event or a new buffer.
-                out.extend(client.send_with_data_passthrough(event) or ())
-            elif isinstance(event, h11.EndOfMessage):
+                out.extend(client.send_with_data_passthrough(body_event) or ())
+            elif isinstance(body_event, h11.EndOfMessage):
                 end = client.send(END_OF_MESSAGE)
                 if end:  # nothing at all for a Content-Length body
                     out.append(end)

@@ -341,4 +341,8 @@ def splice_head(head: bytes, rest: Headers) -> bytes:
     """
     if not rest:
         return head
-    return head[:-2] + b"".join([name + b": " + value + b"\r\n" for name, value in rest]) + b"\r\n"
+    # head ends with a blank line: its last two CRLFs end the new last field and the head.
+    return b"\r\n".join([head[:-4], *map(_FIELD_SEPARATOR.join, rest), b"", b""])
+
+
+_FIELD_SEPARATOR = b": "
