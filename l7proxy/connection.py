@@ -665,7 +665,12 @@ class ClientConnection:
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         data = splice_head(conn.h11.send(head) or b"", rest)
         body_pending = has_body and self.h11.their_state is h11.SEND_BODY
-        if not body_pending:
+        if body_pending:
+            # What of the body came with the head goes in the same write; a body that came
+            # whole needs no pump task at all.
+            body, body_pending = self._buffered_body(conn, ex)
+            data += body
+        else:
             data += conn.h11.send(END_OF_MESSAGE) or b""
         try:
             await conn.stream.send_all(data)
@@ -701,6 +706,26 @@ class ClientConnection:
         if failures:
             ex.server_reusable = False
             raise failures[0]
+
+    def _buffered_body(self, conn: UpstreamConnection, ex: Exchange) -> tuple[bytes, bool]:
+        """The request body h11 has buffered, framed for the server, and whether more is to
+        come. No I/O: what is not here yet is left to the pump."""
+        parts: list[bytes] = []
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise ClientGone(status_for_protocol_error(error.error_status_hint)) from error
+            if event is h11.NEED_DATA:
+                return b"".join(parts), True
+            if isinstance(event, h11.Data):
+                ex.request_body_started = True
+                parts.extend(conn.h11.send_with_data_passthrough(event) or ())
+            elif isinstance(event, h11.EndOfMessage):
+                parts.append(conn.h11.send(END_OF_MESSAGE) or b"")
+                return b"".join(parts), False
+            else:
+                raise ClientGone(None)  # ConnectionClosed mid-body
 
     async def _pump_body(self, conn: UpstreamConnection, ex: Exchange) -> None:
         """Client request body → server, with back-pressure (one read, one write)."""
