@@ -180,3 +180,19 @@ async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
             assert await read_to_close(idle) == b""  # long before client_idle
             assert (await read_to_close(busy)).startswith(b"HTTP/1.1 504 ")
             nursery.cancel_scope.cancel()
+
+
+async def test_server_timeout_during_a_stalled_upload_is_504() -> None:
+    """The server timeout runs while the body is pumped: it fires first when shorter."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1")
+            await nursery.start(web.serve)
+            timeouts = Timeouts(server=0.3, client_idle=5.0)
+            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            _, port = proxy.address("www")
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            assert (await read_to_close(stream)).startswith(b"HTTP/1.1 504 ")  # not a 408
+            assert web.seen == []
+            nursery.cancel_scope.cancel()
