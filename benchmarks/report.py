@@ -194,15 +194,16 @@ def ratio_lines(case: str, rows: list[Row]) -> list[str]:
             flawed = ours.result is not None and ours.result.errors > 0
             flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
             mark = "*" if flawed else ""
-            text = f"lbproxy/{other} {value:.2f}{mark}"
+            disturbed = bool(_shared_note(ours) or _shared_note(theirs))
+            text = f"lbproxy/{other} {value:.2f}{mark}{'~' if disturbed else ''}"
             per_cpu = capacity_ratio(ours, theirs)
             if per_cpu is not None:
                 text += f" (per CPU {per_cpu:.2f}{mark})"
             if case == "handshake" and other == "haproxy":
-                text += f" [target {HANDSHAKE_TARGET}: {_verdict(value)}"
+                verdicts = [] if disturbed else [f"req/s {_verdict(value)}"]
                 if per_cpu is not None:
-                    text += f", per CPU {_verdict(per_cpu)}"
-                text += "]"
+                    verdicts.append(f"per CPU {_verdict(per_cpu)}")
+                text += f" [target {HANDSHAKE_TARGET}: {', '.join(verdicts) or 'no verdict'}]"
             parts.append(text)
         if parts:
             lines.append(f"  {variant}: " + ", ".join(parts))
@@ -228,6 +229,7 @@ def render(rows: list[Row], *, seconds: float, connections: int) -> str:
             "time (other processes, or kernel network work not charged to it): that req/s is "
             "understated, CPU us/req still holds"
         )
+        out.append("~ a req/s ratio from a run whose server core was shared: read the per CPU one")
     if any(row.result is not None and row.result.errors for row in rows):
         out.append("* a run had errors (socket errors or non-2xx answers): its req/s is suspect")
     return "\n".join(out)
