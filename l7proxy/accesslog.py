@@ -10,6 +10,7 @@ added after the request: why this server was chosen (``balance``, ``cookie``, ``
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -28,8 +29,13 @@ def format_date(when: float) -> str:
     )
 
 
+_UNSAFE = re.compile(rb'[^\x21-\x7e]|"')
+
+
 def _safe(data: bytes) -> str:
     """Request text for a log line: printable ASCII only, so no log injection."""
+    if _UNSAFE.search(data) is None:  # the usual case: nothing to escape
+        return data.decode("ascii")
     return "".join(chr(b) if 0x20 < b < 0x7F and b != 0x22 else f"%{b:02X}" for b in data)
 
 

@@ -43,6 +43,7 @@ from .exchange import (
     splice_head,
     switching_protocols_headers,
 )
+from .logsink import AccessLogSink
 from .routing import route
 from .upstream import ConnectError, UpstreamConnection, UpstreamPool
 
@@ -93,7 +94,7 @@ class Runtime:
     config: ProxyConfig
     pools: dict[str, PoolState]
     upstream: UpstreamPool
-    access_log: logging.Logger | None = None
+    access_log: AccessLogSink | None = None
     shutting_down: bool = False
     idle_connections: set[ClientConnection] = field(default_factory=set)
     connections: int = 0  # client connections open now (HAProxy %ac)
@@ -401,8 +402,8 @@ class ClientConnection:
             self._log(ex)
 
     def _log(self, ex: Exchange) -> None:
-        logger = self.runtime.access_log
-        if logger is None or not logger.isEnabledFor(logging.INFO):
+        sink = self.runtime.access_log
+        if sink is None:
             return
         now = trio.current_time()
         pool = self.runtime.pools.get(ex.pool)
@@ -433,7 +434,7 @@ class ClientConnection:
             request=accesslog.request_line(ex.method, ex.target, ex.http_version),
             reason=ex.reason,
         )
-        logger.info("%s", accesslog.format_httplog(entry))
+        sink.write(accesslog.format_httplog(entry))
 
     # ---- proxying ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ EDGE_MODULES = {
     "l7proxy/stream.py",
     "l7proxy/demo.py",
     "l7proxy/stats.py",
+    "l7proxy/logsink.py",
     "balancing/checker.py",
 }
 
