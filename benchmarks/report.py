@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from loadgen import Result
@@ -173,6 +174,11 @@ def capacity_ratio(ours: Row | None, theirs: Row | None) -> float | None:
     return other / mine
 
 
+def _two(value: float) -> str:
+    """Two decimals, rounded down: a printed 0.75 never hides a 0.747 that misses the target."""
+    return f"{math.floor(value * 100 + 1e-9) / 100:.2f}"  # 1e-9: 0.29 * 100 is 28.999...
+
+
 def _verdict(value: float) -> str:
     return "meets" if value >= HANDSHAKE_TARGET else "below"
 
@@ -195,10 +201,10 @@ def ratio_lines(case: str, rows: list[Row]) -> list[str]:
             flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
             mark = "*" if flawed else ""
             disturbed = bool(_shared_note(ours) or _shared_note(theirs))
-            text = f"lbproxy/{other} {value:.2f}{mark}{'~' if disturbed else ''}"
+            text = f"lbproxy/{other} {_two(value)}{mark}{'~' if disturbed else ''}"
             per_cpu = capacity_ratio(ours, theirs)
             if per_cpu is not None:
-                text += f" (per CPU {per_cpu:.2f}{mark})"
+                text += f" (per CPU {_two(per_cpu)}{mark})"
             if case == "handshake" and other == "haproxy":
                 verdicts = [] if disturbed else [f"req/s {_verdict(value)}"]
                 if per_cpu is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -96,12 +97,17 @@ def _row(
 
 @pytest.mark.parametrize(
     ("ours", "theirs", "verdict"),
-    [(800.0, 1000.0, "meets"), (750.0, 1000.0, "meets"), (740.0, 1000.0, "below")],
+    [
+        (800.0, 1000.0, "meets"),
+        (750.0, 1000.0, "meets"),
+        (740.0, 1000.0, "below"),
+        (747.0, 1000.0, "below"),  # printed 0.74, not a rounded-up 0.75
+    ],
 )
 def test_handshake_ratio_against_the_target(ours: float, theirs: float, verdict: str) -> None:
     lines = report.ratio_lines("handshake", [_row("lbproxy", ours), _row("haproxy", theirs)])
     assert len(lines) == 1
-    assert f"lbproxy/haproxy {ours / theirs:.2f} " in lines[0]
+    assert f"lbproxy/haproxy {math.floor(ours / theirs * 100) / 100:.2f} " in lines[0]
     assert f"[target 0.75: req/s {verdict}, per CPU meets]" in lines[0]
 
 
@@ -563,3 +569,10 @@ def test_repeat_keeps_the_least_disturbed_run(others: tuple[float, ...], kept: i
         share = 0.5  # server CPU seconds per second
         rows.append(report.Row("plain", "100b", "lbproxy", result, share, cores=(share + other,)))
     assert min(rows, key=run._disturbance) is rows[kept]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(0.29, "0.29"), (0.747, "0.74"), (0.75, "0.75"), (1.0, "1.00")]
+)
+def test_ratios_round_down_to_two_decimals(value: float, text: str) -> None:
+    assert report._two(value) == text
