@@ -19,14 +19,25 @@ from .exchange import ClientInfo
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
 def format_date(when: float) -> str:
-    """HAProxy's accept date: 29/Nov/2026:22:12:41.123 (local time)."""
-    t = time.localtime(when)
-    millis = int((when % 1) * 1000)
-    return (
-        f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}"
-    )
+    """HAProxy's accept date: 29/Nov/2026:22:12:41.123 (local time).
+
+    The part up to the seconds changes once a second: it is kept, not formatted per line.
+    """
+    global _date_cache
+    second = int(when)
+    cached_second, prefix = _date_cache
+    if second != cached_second:
+        t = time.localtime(second)
+        prefix = (
+            f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+        _date_cache = (second, prefix)
+    return f"{prefix}.{int((when - second) * 1000):03d}"
 
 
 _UNSAFE = re.compile(rb'[^\x21-\x7e]|"')
@@ -43,7 +54,7 @@ def _ms(seconds: float | None) -> str:
     return "-1" if seconds is None else str(max(int(seconds * 1000), 0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per line
 class Entry:
     """One request's log facts. Durations are seconds; None means the stage was not reached."""
 

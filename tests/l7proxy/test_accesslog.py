@@ -62,3 +62,13 @@ def test_haproxy_manual_example_shape() -> None:
 )
 def test_fields(changes: dict[str, object], fragment: str) -> None:
     assert fragment in format_httplog(entry(**changes))
+
+
+@pytest.mark.parametrize("when", [0.655, 1700000000.999, 1700000001.0005, 1700000001.5, 0.001])
+def test_date_matches_strftime_whatever_the_order(when: float) -> None:
+    import time
+
+    from l7proxy.accesslog import format_date
+
+    expected = time.strftime("%d/%b/%Y:%H:%M:%S", time.localtime(int(when)))
+    assert format_date(when) == f"{expected}.{int(round((when % 1) * 1000, 6)):03d}"
