@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,13 +17,12 @@ from tls.clientcert import client_headers
 
 from .connection import ClientConnection, Listener, Runtime
 from .exchange import ClientInfo
-from .stream import SockStream
+from .stream import SockStream, TlsSockStream
 
 log = logging.getLogger("lbproxy.server")
 
 LISTEN_BACKLOG = 1024  # HAProxy's default maxconn-derived backlog is of this order
 MAX_ACCEPTS_PER_WAKEUP = 64  # accept a burst, but let the connections run in between
-TLS_CLOSE_TIMEOUT = 1.0  # how long a close_notify may take before the socket just closes
 
 
 class BindError(Exception):
@@ -99,18 +99,8 @@ def _client_info(sock: socket.socket, peer: Any, tls: bool) -> ClientInfo:
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
-    """Close politely (a TLS close_notify within a bound, even during shutdown), then for sure."""
-    if isinstance(stream, trio.SSLStream):
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + TLS_CLOSE_TIMEOUT
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        transport = stream.transport_stream
-        if isinstance(transport, SockStream):
-            transport.close()
-    elif isinstance(stream, SockStream):
+    """Close for sure (a TLS stream sends its close_notify when the socket takes it at once)."""
+    if isinstance(stream, SockStream):
         stream.close()
     else:
         await trio.aclose_forcefully(stream)
@@ -127,21 +117,27 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
         except OSError:
             sock.close()
             return
-        raw = SockStream(sock)
-        stream: trio.abc.Stream = raw
+        stream: SockStream
         tls_headers: list[tuple[bytes, bytes]] = []
+        if tls_server is None:
+            stream = SockStream(sock)
+        else:
+            try:
+                tls_sock = tls_server.context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+            except (ssl.SSLError, OSError):
+                sock.close()
+                return
+            stream = TlsSockStream(tls_sock)
         label = listener.vs.label
         runtime.connections += 1
         runtime.frontend_connections[label] = runtime.frontend_connections.get(label, 0) + 1
         try:
-            if tls_server is not None:
-                ssl_stream = trio.SSLStream(
-                    raw, tls_server.context, server_side=True, https_compatible=True
-                )
-                stream = ssl_stream
+            if isinstance(stream, TlsSockStream):
                 with trio.move_on_after(handshake_timeout) as scope:
                     try:
-                        await ssl_stream.do_handshake()
+                        await stream.do_handshake()
                     except trio.BrokenResourceError as error:
                         log.debug("TLS handshake with %s failed: %s", client.ip, error.__cause__)
                         return
@@ -149,9 +145,7 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
                     log.debug("TLS handshake with %s timed out", client.ip)
                     return
                 tls_headers = client_headers(
-                    ssl_stream.getpeercert(binary_form=True),
-                    ssl_stream.cipher(),
-                    version=ssl_stream.version(),
+                    stream.getpeercert(), stream.cipher(), version=stream.version()
                 )
             await ClientConnection(runtime, listener, stream, client, tls_headers).run(accepted_at)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -7,9 +7,11 @@ It is a full ``trio.abc.HalfCloseableStream``, so ``trio.SSLStream`` can wrap it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import ssl
 import struct
 
 import trio
@@ -136,3 +138,95 @@ async def connect(host: str, port: int) -> SockStream:
             raise
         return SockStream(sock)
     raise last or OSError(f"no address for {host}")
+
+
+class TlsSockStream(SockStream):
+    """TLS on the socket itself: OpenSSL reads and writes the descriptor directly.
+
+    trio.SSLStream runs OpenSSL over memory buffers with Python moving every record, which cost
+    more per handshake than the signature on these machines; here a handshake, a read or a
+    write is one C call, and a wait happens only when OpenSSL asks for one. One task may read
+    while another writes (the relay does): each call is non-blocking and completes before the
+    next starts, which OpenSSL allows on one thread.
+    """
+
+    __slots__ = ()
+
+    sock: ssl.SSLSocket
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        super().__init__(sock)
+
+    async def _wait_for(self, error: ssl.SSLError) -> None:
+        if isinstance(error, ssl.SSLWantWriteError):
+            await trio.lowlevel.wait_writable(self.sock)
+        else:
+            await trio.lowlevel.wait_readable(self.sock)
+
+    async def do_handshake(self) -> None:
+        """Raises trio.BrokenResourceError when the handshake fails; the caller bounds time."""
+        while True:
+            try:
+                self.sock.do_handshake()
+                return
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                await self._wait_for(want)
+            except (ssl.SSLError, OSError) as error:
+                raise trio.BrokenResourceError(f"TLS handshake failed: {error}") from error
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        size = max_bytes or READ_SIZE
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            try:
+                return self.sock.recv(size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                await self._wait_for(want)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""  # close_notify, or a client that just closed (HTTPS allows it)
+            except (ssl.SSLError, OSError) as error:
+                raise trio.BrokenResourceError(f"receive failed: {error}") from error
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        with view:
+            while view:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                try:
+                    sent = self.sock.send(view)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                    await self._wait_for(want)
+                    continue
+                except (ssl.SSLError, OSError) as error:
+                    raise trio.BrokenResourceError(f"send failed: {error}") from error
+                view = view[sent:]
+
+    async def send_eof(self) -> None:
+        raise trio.BrokenResourceError("TLS has no half-close")
+
+    def close(self) -> None:
+        """Send close_notify when the socket takes it at once, then close."""
+        if not self._closed:
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self.sock.unwrap()  # non-blocking: sends close_notify, does not wait for one
+        super().close()
+
+    def abort(self) -> None:
+        """Close with a reset and no close_notify: the client must see a truncation."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            SockStream.close(self)
+
+    def getpeercert(self, binary_form: bool = True) -> bytes | None:
+        return self.sock.getpeercert(binary_form=True)
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self.sock.cipher()
+
+    def version(self) -> str | None:
+        return self.sock.version()

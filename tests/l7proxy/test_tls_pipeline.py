@@ -208,3 +208,78 @@ async def test_location_pointing_at_the_real_server_is_rewritten(
             assert await location("/scheme") == "https://localhost/next"
             assert await location("/other") == "http://elsewhere.example/"
             nursery.cancel_scope.cancel()
+
+
+async def test_large_bodies_both_ways_over_tls(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
+    big = bytes(range(256)) * 32768  # 8 MiB: many TLS records, partial writes, back-pressure
+
+    def reply(seen: Seen) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        assert seen.body == big or seen.method == b"GET"
+        return 200, [], big if seen.method == b"GET" else str(len(seen.body)).encode()
+
+    def both_ways(port: int) -> tuple[bytes, bytes]:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=30)
+        try:
+            conn.request("POST", "/up", body=big)
+            up = conn.getresponse().read()
+            conn.request("GET", "/down")  # same kept-alive TLS connection
+            down = conn.getresponse().read()
+            return up, down
+        finally:
+            conn.close()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1", reply)
+            await nursery.start(web.serve)
+            proxy = await start_proxy(
+                nursery, tls_config(web, bundle(ca, tmp_path, "localhost"), tmp_path)
+            )
+            _, port = proxy.address("www", 1)
+            up, down = await trio.to_thread.run_sync(lambda: both_ways(port))
+            assert up == str(len(big)).encode()
+            assert down == big
+            nursery.cancel_scope.cancel()
+
+
+async def test_tls_client_sees_truncation_when_the_server_dies_mid_body(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    from config.model import Address as Addr
+    from tests.helpers import read_request_head, serve_raw
+
+    async def dies(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await trio.sleep(0.1)
+        await stream.aclose()
+
+    def fetch(port: int) -> Exception | bytes:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+        try:
+            conn.request("GET", "/")
+            return conn.getresponse().read()
+        except Exception as error:  # the point: the read must fail, not end cleanly
+            return error
+        finally:
+            conn.close()
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, dies)
+            web = Backend("unused")
+            config = tls_config(web, bundle(ca, tmp_path, "localhost"), tmp_path)
+            vs = config.virtual_servers[0]
+            from dataclasses import replace
+
+            pool = replace(vs.pool, real_servers=(RealServer("dies", Addr("127.0.0.1", port)),))
+            config = replace(config, virtual_servers=(replace(vs, pool=pool),))
+            proxy = await start_proxy(nursery, config)
+            _, tls_port = proxy.address("www", 1)
+            result = await trio.to_thread.run_sync(lambda: fetch(tls_port))
+            assert isinstance(result, http.client.IncompleteRead | ConnectionError | ssl.SSLError)
+            nursery.cancel_scope.cancel()
