@@ -250,6 +250,9 @@ def _load_chain(context: ssl.SSLContext, cert: LoadedCertificate) -> None:
             ) from None
 
 
+TLS13_TICKETS = 1
+
+
 def build_context(cert: LoadedCertificate, settings: TlsSettings) -> ssl.SSLContext:
     """A server context serving ``cert`` with ``settings``; ValueError names what is wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -263,6 +266,9 @@ def build_context(cert: LoadedCertificate, settings: TlsSettings) -> ssl.SSLCont
     # Mozilla intermediate wants the client's preference (it may lack AES hardware: ChaCha20).
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options &= ~ssl.OP_NO_TICKET  # resumption on: tickets and the session cache
+    # One TLS 1.3 ticket per handshake instead of OpenSSL's two: a browser resumes with one,
+    # and each ticket costs an encryption and a record on every full handshake (~15 µs here).
+    context.num_tickets = TLS13_TICKETS
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ciphers = settings.ciphers or MOZILLA_INTERMEDIATE_CIPHERS
     try:
