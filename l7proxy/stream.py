@@ -25,6 +25,10 @@ class SockStream(trio.abc.HalfCloseableStream):
 
     __slots__ = ("_closed", "sock")
 
+    # What "try again later" and "the peer has ended" look like for this kind of socket.
+    _WOULD_BLOCK: tuple[type[OSError], ...] = (BlockingIOError,)
+    _ENDED: tuple[type[OSError], ...] = ()
+
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -40,10 +44,19 @@ class SockStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError("stream was closed")
             try:
                 return self.sock.recv(size)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
+            except self._WOULD_BLOCK as error:
+                await self._wait(error, writing=False)
+            except self._ENDED:
+                return b""
             except OSError as error:
                 raise trio.BrokenResourceError(f"receive failed: {error}") from error
+
+    async def _wait(self, error: OSError, *, writing: bool) -> None:
+        """Wait for what the would-block ``error`` asks for (plain sockets: the direction)."""
+        if writing:
+            await trio.lowlevel.wait_writable(self.sock)
+        else:
+            await trio.lowlevel.wait_readable(self.sock)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # No checkpoint when the kernel takes everything at once: every relay loop also reads,
@@ -56,8 +69,8 @@ class SockStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("stream was closed")
                 try:
                     sent = self.sock.send(view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
+                except self._WOULD_BLOCK as error:
+                    await self._wait(error, writing=True)
                     continue
                 except OSError as error:
                     raise trio.BrokenResourceError(f"send failed: {error}") from error
@@ -153,11 +166,15 @@ class TlsSockStream(SockStream):
     __slots__ = ()
 
     sock: ssl.SSLSocket
+    _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    # close_notify, or a client that just closed: HTTPS clients may (RFC 9112 §9.8).
+    _ENDED = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         super().__init__(sock)
 
-    async def _wait_for(self, error: ssl.SSLError) -> None:
+    async def _wait(self, error: OSError, *, writing: bool) -> None:
+        """OpenSSL says which way it waits (a write may need to read, and the reverse)."""
         if isinstance(error, ssl.SSLWantWriteError):
             await trio.lowlevel.wait_writable(self.sock)
         else:
@@ -169,41 +186,10 @@ class TlsSockStream(SockStream):
             try:
                 self.sock.do_handshake()
                 return
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                await self._wait_for(want)
-            except (ssl.SSLError, OSError) as error:
+            except self._WOULD_BLOCK as want:
+                await self._wait(want, writing=False)
+            except OSError as error:  # ssl.SSLError is an OSError
                 raise trio.BrokenResourceError(f"TLS handshake failed: {error}") from error
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        size = max_bytes or READ_SIZE
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            try:
-                return self.sock.recv(size)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                await self._wait_for(want)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""  # close_notify, or a client that just closed (HTTPS allows it)
-            except (ssl.SSLError, OSError) as error:
-                raise trio.BrokenResourceError(f"receive failed: {error}") from error
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        view = memoryview(data)
-        with view:
-            while view:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed")
-                try:
-                    sent = self.sock.send(view)
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                    await self._wait_for(want)
-                    continue
-                except (ssl.SSLError, OSError) as error:
-                    raise trio.BrokenResourceError(f"send failed: {error}") from error
-                view = view[sent:]
 
     async def send_eof(self) -> None:
         raise trio.BrokenResourceError("TLS has no half-close")
