@@ -40,16 +40,20 @@ class ListenerReader(FieldReader):
         super().__init__(problems, base_dir)
         self.binds: list[_BindSeen] = []
 
-    def binds_of(self, entry: Entry, owner: str) -> tuple[Bind, ...] | None:
+    def _one_or_list(self, entry: Entry) -> list[tuple[Node, str]] | None:
+        """A key that takes one item or a non-empty list of them: the items with their paths."""
         node = entry.value
-        items: list[tuple[Node, str]]
         if isinstance(node, ScalarNode | MappingNode):
-            items = [(node, entry.path)]
-        else:
-            seq = self.sequence(node, entry.path, allow_empty=False)
-            if seq is None:
-                return None
-            items = [(item, f"{entry.path}[{i}]") for i, item in enumerate(seq)]
+            return [(node, entry.path)]
+        seq = self.sequence(node, entry.path, allow_empty=False)
+        if seq is None:
+            return None
+        return [(item, f"{entry.path}[{i}]") for i, item in enumerate(seq)]
+
+    def binds_of(self, entry: Entry, owner: str) -> tuple[Bind, ...] | None:
+        items = self._one_or_list(entry)
+        if items is None:
+            return None
         binds: list[Bind] = []
         for item, path in items:
             bind = self.bind(item, path)
@@ -149,15 +153,9 @@ class ListenerReader(FieldReader):
     def certificates(self, entry: Entry | None) -> tuple[CertificateSpec, ...] | None:
         if entry is None:
             return ()
-        node = entry.value
-        items: list[tuple[Node, str]]
-        if isinstance(node, ScalarNode | MappingNode):
-            items = [(node, entry.path)]
-        else:
-            seq = self.sequence(node, entry.path, allow_empty=False)
-            if seq is None:
-                return None
-            items = [(item, f"{entry.path}[{i}]") for i, item in enumerate(seq)]
+        items = self._one_or_list(entry)
+        if items is None:
+            return None
         specs: list[CertificateSpec] = []
         first_default: Node | None = None
         for item, path in items:

@@ -72,12 +72,6 @@ class ProxyHandle:
         found = [b for b in self.bound if b.listener and b.listener.vs.label == vs_label]
         return found[index].address
 
-    def stats_address(self) -> tuple[str, int] | None:
-        for b in self.bound:
-            if b.listener is None:
-                return b.address
-        return None
-
     def stop(self) -> None:
         """Begin a graceful shutdown: stop accepting, finish in-flight requests."""
         self.stop_event.set()

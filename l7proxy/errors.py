@@ -1,33 +1,10 @@
-"""Failures mapped to what the client sees (DESIGN.md "Failure mapping"): one pure table."""
+"""What the client sees when lbproxy answers itself: canned error pages, and the status for
+an h11 protocol error (DESIGN.md "Failure mapping")."""
 
 from __future__ import annotations
 
-import enum
 import html
 from dataclasses import dataclass
-
-
-class Failure(enum.Enum):
-    BAD_REQUEST = "bad request head"
-    HEADER_TIMEOUT = "request head timeout"
-    NO_ROUTE = "no route"
-    NO_SERVER = "no server available"
-    CONNECT_FAILED = "every connect failed"
-    BAD_RESPONSE = "bad or missing response head"
-    RESPONSE_TIMEOUT = "response head timeout"
-    INTERNAL = "internal error"
-
-
-STATUS_FOR: dict[Failure, int] = {
-    Failure.BAD_REQUEST: 400,
-    Failure.HEADER_TIMEOUT: 408,
-    Failure.NO_ROUTE: 404,
-    Failure.NO_SERVER: 503,
-    Failure.CONNECT_FAILED: 503,
-    Failure.BAD_RESPONSE: 502,
-    Failure.RESPONSE_TIMEOUT: 504,
-    Failure.INTERNAL: 500,
-}
 
 REASONS: dict[int, str] = {
     400: "Bad Request",

@@ -101,9 +101,6 @@ class UpstreamPool:
                 return
         conn.stream.close()
 
-    def idle_count(self, address: Address) -> int:
-        return len(self._idle.get(address, ()))
-
     def close_all(self) -> None:
         for queue in self._idle.values():
             for conn in queue:
