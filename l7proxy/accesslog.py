@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .exchange import ClientInfo
+from .runtime import ClientInfo
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 

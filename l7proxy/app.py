@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,10 +21,13 @@ from balancing.state import carry_over, new_states
 from config.model import Address, ProxyConfig
 
 from . import stats
-from .connection import Listener, Runtime
 from .logsink import AccessLogSink
+from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
 from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from tls.server_tls import TlsServer
 
 log = logging.getLogger("lbproxy")
 
@@ -37,10 +40,10 @@ class StartupError(Exception):
 
 
 @dataclass
-class BoundListener:
-    listener: Listener | None  # None for the stats page
+class ListeningSocket:
+    served: ServedBind | None  # None for the stats page
     sock: socket.socket
-    tls_server: Any | None = None
+    tls_server: TlsServer | None = None
     key: str = ""  # the configured address: what a reload matches sockets by
     scope: trio.CancelScope | None = None  # the accept loop's, while it runs
 
@@ -59,7 +62,7 @@ class ProxyHandle:
     """What a running proxy exposes to its owner (the CLI, the demo, tests)."""
 
     runtime: Runtime
-    bound: list[BoundListener]
+    bound: list[ListeningSocket]
     stop_event: trio.Event = field(default_factory=trio.Event)
     sink: AccessLogSink = field(default_factory=AccessLogSink)
     _accepts: trio.Nursery | None = None
@@ -69,7 +72,7 @@ class ProxyHandle:
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
-        found = [b for b in self.bound if b.listener and b.listener.vs.label == vs_label]
+        found = [b for b in self.bound if b.served and b.served.vs.label == vs_label]
         return found[index].address
 
     def stop(self) -> None:
@@ -86,9 +89,9 @@ class ProxyHandle:
         problems: list[str] = []
         now = datetime.datetime.now(datetime.UTC)
         for b in self.bound:
-            if b.tls_server is None or b.listener is None or b.listener.bind.tls is None:
+            if b.tls_server is None or b.served is None or b.served.bind.tls is None:
                 continue
-            settings = b.listener.bind.tls
+            settings = b.served.bind.tls
             if not settings.certificates:
                 continue
             try:
@@ -130,14 +133,14 @@ class ProxyHandle:
         )
         return notes
 
-    def _start_accepting(self, b: BoundListener) -> None:
+    def _start_accepting(self, b: ListeningSocket) -> None:
         assert self._accepts is not None and self._connections is not None
         runtime = self.runtime
         handler: Handler
-        if b.listener is None:
+        if b.served is None:
             handler = stats.make_handler(runtime, runtime.config.global_.stats)
         else:
-            handler = make_handler(runtime, b.listener, b.tls_server)
+            handler = make_handler(runtime, b.served, b.tls_server)
         scope = trio.CancelScope()
         b.scope = scope
         connections = self._connections
@@ -170,14 +173,14 @@ class ProxyHandle:
 
 def _bind_all(
     config: ProxyConfig, *, reuse: dict[str, socket.socket] | None = None
-) -> list[BoundListener]:
+) -> list[ListeningSocket]:
     """Every listening socket (kept from ``reuse`` by address, else opened) and TLS context,
     before anything serves. On failure the sockets opened here are closed again."""
     from tls.server_tls import load_tls_server
     from tls.store import CertificateError
 
     reuse = reuse or {}
-    bound: list[BoundListener] = []
+    bound: list[ListeningSocket] = []
     opened: list[socket.socket] = []
     now = datetime.datetime.now(datetime.UTC)
     tls_log = logging.getLogger("lbproxy.tls")
@@ -205,11 +208,11 @@ def _bind_all(
                 key = _key(bind.address)
                 sock = listening(key, bind.address)
                 port = sock.getsockname()[1]
-                bound.append(BoundListener(Listener(vs, bind, port), sock, tls_server, key))
+                bound.append(ListeningSocket(ServedBind(vs, bind, port), sock, tls_server, key))
         stats_settings = config.global_.stats
         if stats_settings is not None:
             key = _key(stats_settings.bind, stats=True)
-            bound.append(BoundListener(None, listening(key, stats_settings.bind), key=key))
+            bound.append(ListeningSocket(None, listening(key, stats_settings.bind), key=key))
     except BindError as error:
         for sock in opened:
             sock.close()
@@ -323,7 +326,7 @@ async def _main(
             async with trio.open_nursery() as inner:
                 handle: ProxyHandle = await inner.start(_serve_task, config)
                 for b in handle.bound:
-                    kind = "stats" if b.listener is None else b.listener.vs.label
+                    kind = "stats" if b.served is None else b.served.vs.label
                     tls = " (TLS)" if b.tls_server is not None else ""
                     host, port = b.address
                     log.info("listening: %s on %s:%s%s", kind, host, port, tls)

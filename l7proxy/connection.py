@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h11
 import trio
@@ -18,8 +18,8 @@ import trio
 from balancing.health import report_passive_failure
 from balancing.persistence import clear_cookie_value, read_cookie, set_cookie_value
 from balancing.scheduler import Choice, NoServerAvailable, choose
-from balancing.state import Health, PoolState, ServerState
-from config.model import Bind, CookiePersistence, ProxyConfig, VirtualService
+from balancing.state import PoolState
+from config.model import CookiePersistence
 from tls.clientcert import CLIENT_HEADER_NAMES
 
 from . import accesslog
@@ -27,7 +27,6 @@ from .errors import canned, status_for_protocol_error
 from .exchange import (
     IDEMPOTENT_METHODS,
     MAX_HEAD_BYTES,
-    ClientInfo,
     Headers,
     RequestScan,
     add_private_cache_control,
@@ -43,9 +42,9 @@ from .exchange import (
     splice_head,
     switching_protocols_headers,
 )
-from .logsink import AccessLogSink
 from .routing import route
-from .upstream import ConnectError, UpstreamConnection, UpstreamPool
+from .runtime import ClientInfo, Runtime, ServedBind
+from .upstream import ConnectError, UpstreamConnection
 
 log = logging.getLogger("lbproxy.connection")
 
@@ -87,49 +86,6 @@ class ServerFailed(Exception):
         self.resendable = resendable  # nothing of a response arrived: safe to resend if idempotent
 
 
-@dataclass
-class Runtime:
-    """What every connection shares. Owned by the trio thread."""
-
-    config: ProxyConfig
-    pools: dict[str, PoolState]
-    upstream: UpstreamPool
-    access_log: AccessLogSink | None = None
-    shutting_down: bool = False
-    idle_connections: set[ClientConnection] = field(default_factory=set)
-    connections: int = 0  # client connections open now (HAProxy %ac)
-    frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
-    # Server connections waiting for a response head, per server: cut when it goes DOWN.
-    waiting: dict[ServerState, dict[UpstreamConnection, Exchange]] = field(default_factory=dict)
-
-    def server_changed(self, server: ServerState) -> None:
-        """A health transition: when ``server`` went DOWN, the requests still waiting for its
-        response head are cut short (idempotent ones are sent again elsewhere), instead of
-        waiting for the server timeout (HAProxy ``on-marked-down shutdown-sessions``). Closing
-        the server connection wakes the waiting read, which then sees an end before any byte.
-        """
-        if server.health is not Health.DOWN:
-            return
-        for conn, ex in list(self.waiting.pop(server, {}).items()):
-            ex.server_went_down = True
-            conn.stream.close()
-
-    def begin_shutdown(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
-        self.shutting_down = True
-        for conn in list(self.idle_connections):
-            conn.close_if_idle()
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """One bound address of a virtual server; ``port`` is the real one (a config may say 0)."""
-
-    vs: VirtualService
-    bind: Bind
-    port: int
-
-
 @dataclass(slots=True)
 class Exchange:
     """What happened to one request: the facts the access log line is made of."""
@@ -162,6 +118,22 @@ class Exchange:
     server_went_down: bool = False  # marked DOWN while this request waited for its response
 
 
+class _Awaited:
+    """One request waiting for its response head (see Runtime.awaiting)."""
+
+    __slots__ = ("conn", "ex")
+
+    def __init__(self, conn: UpstreamConnection, ex: Exchange) -> None:
+        self.conn = conn
+        self.ex = ex
+
+    def cut(self) -> None:
+        # Closing the server connection wakes the waiting read, which then sees an end before
+        # any byte of a response.
+        self.ex.server_went_down = True
+        self.conn.stream.close()
+
+
 def check_head_bytes(data: bytes | bytearray) -> None:
     """Refuse obs-fold in a request head: h11 would unfold it silently (RELIABILITY.md §1)."""
     end = data.find(b"\r\n\r\n")
@@ -174,7 +146,7 @@ class ClientConnection:
     def __init__(
         self,
         runtime: Runtime,
-        listener: Listener,
+        served: ServedBind,
         stream: trio.abc.Stream,
         client: ClientInfo,
         tls_headers: Sequence[tuple[bytes, bytes]] = (),
@@ -183,15 +155,15 @@ class ClientConnection:
         self.tls_headers = tls_headers  # Pound's X-SSL-* facts of this TLS connection
         self.request_host = b""
         self.head_started = 0.0  # when the current request head began (trio clock)
-        self.listener = listener
-        self.vs = listener.vs
+        self.served = served
+        self.vs = served.vs
         self.stream = stream
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self.timeouts = listener.vs.timeouts
+        self.timeouts = served.vs.timeouts
         # The same for every request of this connection: made once.
         self.client_ip = client.ip.encode("ascii")
-        self.forward_tail = [*forwarded_tail(client, listener.port), *tls_headers]
+        self.forward_tail = [*forwarded_tail(client, served.port), *tls_headers]
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
         self.deadline = math.inf
@@ -334,7 +306,7 @@ class ClientConnection:
             # Between requests: wait for the first byte for the idle timeout, then close
             # silently (HAProxy `timeout http-keep-alive`); the head budget starts with it.
             self._set_deadline(IDLE, self.timeouts.client_idle)
-            idle = self.runtime.idle_connections
+            idle = self.runtime.idle_clients
             idle.add(self)
             try:
                 await self._receive()
@@ -798,10 +770,11 @@ class ClientConnection:
     async def _relay_response(self, conn: UpstreamConnection, choice: Choice, ex: Exchange) -> None:
         """Server response → client; each read pushes the connection's deadline on."""
         out: list[bytes] = []
-        waiting = self.runtime.waiting.setdefault(choice.server, {})
-        waiting[conn] = ex  # until the response head arrives (_relay_events removes it)
+        waiting = self.runtime.awaiting.setdefault(choice.server, set())
+        awaited = _Awaited(conn, ex)
+        waiting.add(awaited)  # until the response head arrives (_relay_events removes it)
         try:
-            await self._relay_events(conn, choice, ex, out)
+            await self._relay_events(conn, choice, ex, out, awaited)
         except ServerFailed as failure:
             if not ex.response_started:
                 if ex.server_went_down:
@@ -817,7 +790,7 @@ class ClientConnection:
             ex.termination = "SD"
             raise ServerFailed(failure.status, failure.cause, resendable=False) from failure
         finally:
-            waiting.pop(conn, None)
+            waiting.discard(awaited)
 
     async def _relay_events(
         self,
@@ -825,6 +798,7 @@ class ClientConnection:
         choice: Choice,
         ex: Exchange,
         out: list[bytes],
+        awaited: _Awaited,
     ) -> None:
         timeout = self.timeouts.server
         client = self.h11
@@ -866,7 +840,7 @@ class ClientConnection:
         server.counters.record_response(event.status_code)
         semantic, rest = self._response_headers(list(event.headers), choice)
         ex.response_started = True
-        self.runtime.waiting.get(server, {}).pop(conn, None)  # a DOWN no longer cuts it
+        self.runtime.awaiting.get(server, set()).discard(awaited)  # a DOWN no longer cuts it
         response = h11.Response(
             status_code=event.status_code, reason=event.reason, headers=semantic
         )

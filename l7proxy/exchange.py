@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .runtime import ClientInfo
+
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard Proxy-Connection and the h2c upgrade
@@ -37,17 +39,6 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 MAX_REQUEST_TARGET = 8192
 MAX_HEADER_COUNT = 101
 MAX_HEAD_BYTES = 32768
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who is on the other side of one client connection, recorded once at accept."""
-
-    ip: str
-    port: int
-    local_ip: str
-    local_port: int
-    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

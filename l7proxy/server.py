@@ -8,16 +8,19 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from config.model import Address
 from tls.clientcert import client_headers
 
-from .connection import ClientConnection, Listener, Runtime
-from .exchange import ClientInfo
+from .connection import ClientConnection
+from .runtime import ClientInfo, Runtime, ServedBind
 from .stream import SockStream, TlsSockStream
+
+if TYPE_CHECKING:
+    from tls.server_tls import TlsServer
 
 log = logging.getLogger("lbproxy.server")
 
@@ -106,9 +109,9 @@ async def close_stream(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -> Handler:
+def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | None) -> Handler:
     """The guarded handler for one listener: TLS handshake, then the request loop."""
-    handshake_timeout = listener.bind.tls.handshake_timeout if listener.bind.tls else 0.0
+    handshake_timeout = served.bind.tls.handshake_timeout if served.bind.tls else 0.0
 
     async def handle(sock: socket.socket, peer: Any) -> None:
         accepted_at = trio.current_time()
@@ -130,7 +133,7 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
                 sock.close()
                 return
             stream = TlsSockStream(tls_sock)
-        label = listener.vs.label
+        label = served.vs.label
         runtime.connections += 1
         runtime.frontend_connections[label] = runtime.frontend_connections.get(label, 0) + 1
         try:
@@ -147,7 +150,7 @@ def make_handler(runtime: Runtime, listener: Listener, tls_server: Any | None) -
                 tls_headers = client_headers(
                     stream.getpeercert(), stream.cipher(), version=stream.version()
                 )
-            await ClientConnection(runtime, listener, stream, client, tls_headers).run(accepted_at)
+            await ClientConnection(runtime, served, stream, client, tls_headers).run(accepted_at)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:

@@ -12,7 +12,7 @@ import trio
 from config.model import StatsSettings
 
 from . import statspage
-from .connection import Runtime
+from .runtime import Runtime
 from .server import Handler
 from .stream import SockStream
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from l7proxy.accesslog import Entry, format_httplog, request_line
-from l7proxy.exchange import ClientInfo
+from l7proxy.runtime import ClientInfo
 
 
 def entry(**changes: object) -> Entry:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from l7proxy.exchange import (
-    ClientInfo,
     RequestScan,
     add_private_cache_control,
     check_request,
@@ -19,6 +18,7 @@ from l7proxy.exchange import (
     split_for_h11,
 )
 from l7proxy.routing import host_without_port, path_of
+from l7proxy.runtime import ClientInfo
 
 CLIENT = ClientInfo("192.0.2.10", 40000, "127.0.0.1", 80)
 

@@ -1,0 +1,83 @@
+"""What every client connection of one running proxy shares, and the facts of one accept.
+
+No I/O happens here: these are values and the state the trio thread owns (DESIGN.md principle
+2). Connections reach the shared state only through the small protocols below, so this module
+imports nothing of ``connection.py`` (docs/architecture.md, "Import directions").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from balancing.state import Health, PoolState, ServerState
+from config.model import Bind, ProxyConfig, VirtualService
+
+if TYPE_CHECKING:
+    from .logsink import AccessLogSink
+    from .upstream import UpstreamPool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is on the other side of one client connection, recorded once at accept."""
+
+    ip: str
+    port: int
+    local_ip: str
+    local_port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBind:
+    """One address a virtual server is served on; ``port`` is the real one (a config may say
+    0, and the kernel picks)."""
+
+    vs: VirtualService
+    bind: Bind
+    port: int
+
+
+class IdleClient(Protocol):
+    """A client connection between two requests: a shutdown closes it at once."""
+
+    def close_if_idle(self) -> None: ...
+
+
+class AwaitedResponse(Protocol):
+    """A request waiting for a real server's response head: cut short when that server goes
+    DOWN (HAProxy ``on-marked-down shutdown-sessions``)."""
+
+    def cut(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What every connection shares. Owned by the trio thread."""
+
+    config: ProxyConfig
+    pools: dict[str, PoolState]
+    upstream: UpstreamPool
+    access_log: AccessLogSink | None = None
+    shutting_down: bool = False
+    idle_clients: set[IdleClient] = field(default_factory=set)
+    connections: int = 0  # client connections open now (HAProxy %ac)
+    frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
+    # Requests waiting for a response head, per server: cut when it goes DOWN.
+    awaiting: dict[ServerState, set[AwaitedResponse]] = field(default_factory=dict)
+
+    def server_changed(self, server: ServerState) -> None:
+        """A health transition: when ``server`` went DOWN, the requests still waiting for its
+        response head are cut short (idempotent ones are sent again elsewhere) instead of
+        waiting for the server timeout."""
+        if server.health is not Health.DOWN:
+            return
+        for waiting in list(self.awaiting.pop(server, ())):
+            waiting.cut()
+
+    def begin_shutdown(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.shutting_down = True
+        for client in list(self.idle_clients):
+            client.close_if_idle()
