@@ -97,6 +97,7 @@ class Exchange:
     server: str = "-"
     reason: str = "-"
     status: int = 0
+    bytes_in: int = 0  # request head and body bytes from the client
     bytes_out: int = 0
     response_started: bool = False
     request_body_done: bool = True
@@ -170,6 +171,8 @@ class ClientConnection:
         self.phase = HEAD
         self.current: Exchange | None = None  # the exchange of the SERVER phase
         self.stopping = False  # a shutdown, not a timeout, cancelled the scope
+        self.received = 0  # bytes from the client; what came since the last log line counts
+        self.logged_in = 0  # for the request that line is about
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class ClientConnection:
             data = await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
+        self.received += len(data)
         if self.h11.their_state is h11.IDLE and data:
             check_head_bytes(data)
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
@@ -374,14 +378,22 @@ class ClientConnection:
             self._log(ex)
 
     def _log(self, ex: Exchange) -> None:
-        sink = self.runtime.access_log
-        if sink is None:
-            return
-        now = trio.current_time()
+        ex.bytes_in = self.received - self.logged_in
+        self.logged_in = self.received
+        frontend = self.runtime.frontend(self.vs.label)
+        frontend.record(ex.status, ex.bytes_in, ex.bytes_out)
         pool = self.runtime.pools.get(ex.pool)
         server = pool.server(ex.server) if pool is not None else None
         if server is None and pool is not None and pool.fallback and ex.server == "fallback":
             server = pool.fallback
+        if server is not None:
+            server.counters.bytes_in += ex.bytes_in
+        if ex.termination[0] in "CcP" and ex.server == "-":
+            frontend.request_errors += 1
+        sink = self.runtime.access_log
+        if sink is None:
+            return
+        now = trio.current_time()
         entry = accesslog.Entry(
             client=self.client,
             when=time.time() - (now - ex.head_started),
@@ -398,7 +410,7 @@ class ClientConnection:
             client_cookie=ex.client_cookie,
             server_cookie=ex.server_cookie,
             connections=self.runtime.connections,
-            frontend_connections=self.runtime.frontend_connections.get(self.vs.label, 0),
+            frontend_connections=frontend.current,
             backend_active=sum(s.counters.active for s in pool.servers) if pool else 0,
             server_active=server.counters.active if server is not None else 0,
             retries=ex.retries,

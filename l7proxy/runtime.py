@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from balancing.state import Health, PoolState, ServerState
+from balancing.state import RESPONSE_CLASSES, Health, PoolState, ServerState
 from config.model import Bind, ProxyConfig, VirtualService
 
 if TYPE_CHECKING:
@@ -39,6 +39,40 @@ class ServedBind:
     port: int
 
 
+def _response_classes() -> dict[str, int]:
+    return dict.fromkeys(RESPONSE_CLASSES, 0)
+
+
+@dataclass(slots=True)
+class FrontendCounters:
+    """Per virtual server, what HAProxy's stats show on a FRONTEND row. The trio thread owns
+    them: connections are counted at accept (server.py), requests when their log entry is
+    made (connection.py), whether or not a real server was involved."""
+
+    current: int = 0  # client connections open now (scur, %fc)
+    max: int = 0  # smax
+    total: int = 0  # client connections accepted (stot)
+    requests: int = 0  # req_tot
+    bytes_in: int = 0  # request bytes received from clients, heads and bodies
+    bytes_out: int = 0  # response body bytes sent to clients
+    request_errors: int = 0  # ereq: bad heads, 408s, bodies cut short by the client
+    denied: int = 0  # dreq: refused by a rule (method filter, limits)
+    responses: dict[str, int] = field(default_factory=_response_classes)  # hrsp_1xx..other
+
+    def opened(self) -> None:
+        self.current += 1
+        self.total += 1
+        if self.current > self.max:
+            self.max = self.current
+
+    def record(self, status: int, bytes_in: int, bytes_out: int) -> None:
+        self.requests += 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+        key = f"{status // 100}xx" if 100 <= status <= 599 else "other"
+        self.responses[key] += 1
+
+
 class IdleClient(Protocol):
     """A client connection between two requests: a shutdown closes it at once."""
 
@@ -63,7 +97,7 @@ class Runtime:
     shutting_down: bool = False
     idle_clients: set[IdleClient] = field(default_factory=set)
     connections: int = 0  # client connections open now (HAProxy %ac)
-    frontend_connections: dict[str, int] = field(default_factory=dict)  # per virtual server
+    frontends: dict[str, FrontendCounters] = field(default_factory=dict)  # per virtual server
     # Requests waiting for a response head, per server: cut when it goes DOWN.
     awaiting: dict[ServerState, set[AwaitedResponse]] = field(default_factory=dict)
 
@@ -75,6 +109,13 @@ class Runtime:
             return
         for waiting in list(self.awaiting.pop(server, ())):
             waiting.cut()
+
+    def frontend(self, label: str) -> FrontendCounters:
+        """The counters of virtual server ``label``; a reload keeps them by label."""
+        counters = self.frontends.get(label)
+        if counters is None:
+            counters = self.frontends[label] = FrontendCounters()
+        return counters
 
     def begin_shutdown(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""

@@ -135,7 +135,8 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
             stream = TlsSockStream(tls_sock)
         label = served.vs.label
         runtime.connections += 1
-        runtime.frontend_connections[label] = runtime.frontend_connections.get(label, 0) + 1
+        frontend = runtime.frontend(label)
+        frontend.opened()
         try:
             if isinstance(stream, TlsSockStream):
                 with trio.move_on_after(handshake_timeout) as scope:
@@ -157,7 +158,7 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
             log.exception("connection from %s:%s failed", client.ip, client.port)
         finally:
             runtime.connections -= 1
-            runtime.frontend_connections[label] -= 1
+            frontend.current -= 1
             await close_stream(stream)
 
     return handle
