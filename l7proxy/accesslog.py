@@ -14,6 +14,9 @@ import re
 import time
 from dataclasses import dataclass
 
+from balancing.state import PoolState, ServerState
+
+from .exchange_state import ExchangeState
 from .runtime import ClientInfo
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -80,6 +83,46 @@ class Entry:
     redispatched: bool
     request: str  # the request line, already made safe
     reason: str
+
+
+def make_entry(
+    ex: ExchangeState,
+    *,
+    client: ClientInfo,
+    frontend: str,
+    pool: PoolState | None,
+    server: ServerState | None,
+    connections: int,
+    frontend_connections: int,
+    now: float,
+    wall_now: float,
+) -> Entry:
+    """The log facts of one finished exchange; ``now`` on the trio clock, ``wall_now`` epoch."""
+    request = ex.request
+    return Entry(
+        client=client,
+        when=wall_now - (now - request.head_started),
+        frontend=frontend,
+        backend=ex.pool if pool is not None else frontend,
+        server="<NOSRV>" if ex.server == "-" else ex.server,
+        head=request.head_done - request.head_started,
+        connect=ex.connect_time,
+        response=ex.response_time,
+        total=now - request.head_started,
+        status=ex.status,
+        bytes_out=ex.bytes_out,
+        termination=ex.termination,
+        client_cookie=ex.client_cookie,
+        server_cookie=ex.server_cookie,
+        connections=connections,
+        frontend_connections=frontend_connections,
+        backend_active=sum(s.counters.active for s in pool.servers) if pool else 0,
+        server_active=server.counters.active if server is not None else 0,
+        retries=ex.retries,
+        redispatched=ex.redispatched,
+        request=request_line(request.method, request.target, request.http_version),
+        reason=ex.reason,
+    )
 
 
 def request_line(method: bytes, target: bytes, http_version: bytes) -> str:

@@ -24,7 +24,7 @@ from . import stats
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
-from .upstream import UpstreamPool
+from .upstream import Connector, UpstreamPool, connect_tcp
 
 if TYPE_CHECKING:
     from tls.server_tls import TlsServer
@@ -229,14 +229,17 @@ async def serve(
     *,
     task_status: trio.TaskStatus[ProxyHandle] = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ProxyHandle], None] | None = None,
+    connector: Connector = connect_tcp,
 ) -> None:
     """Run the proxy until ``handle.stop()``; then drain within the grace period and return.
 
+    ``connector`` opens connections to real servers (tests pass scripted in-memory ones).
     Raises StartupError (nothing was started) when a bind or certificate fails.
     """
     sink = AccessLogSink()
     access_log = sink if config.global_.access_log else None
-    runtime = Runtime(config, new_states(config.all_pools()), UpstreamPool(), access_log)
+    upstream = UpstreamPool(connector)
+    runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
     try:
         async with trio.open_nursery() as root:

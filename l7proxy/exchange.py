@@ -149,7 +149,8 @@ def forward_request_split(
     tail: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
 ) -> tuple[Headers, Headers]:
-    """Headers for the real server, split for h11 (see ``split_for_h11``): hop-by-hop removed,
+    """Headers for the real server, split for h11 (the headers h11 must see, then the rest):
+    hop-by-hop removed,
     X-Forwarded-For set, ``drop`` removed, ``tail`` (lbproxy's own) appended to the rest.
 
     X-Forwarded-For is HAProxy's ``option forwardfor``: the client address appended as the last
@@ -293,7 +294,8 @@ H11_SEMANTIC = frozenset(
 
 
 def forward_response_split(headers: Headers) -> tuple[Headers, Headers]:
-    """``forward_response_headers`` split for h11 like ``split_for_h11``, in one pass when no
+    """``forward_response_headers`` split for h11 (the headers h11 must be given, then the
+    rest, each in their original order), in one pass when no
     Connection header lists more than hop-by-hop names (the usual ``keep-alive``)."""
     semantic: Headers = []
     rest: Headers = []
@@ -314,15 +316,6 @@ def forward_response_split(headers: Headers) -> tuple[Headers, Headers]:
     return semantic, rest
 
 
-def split_for_h11(headers: Headers) -> tuple[Headers, Headers]:
-    """(the headers h11 must be given, the rest) in their original order."""
-    semantic: Headers = []
-    rest: Headers = []
-    for item in headers:
-        (semantic if item[0] in H11_SEMANTIC else rest).append(item)
-    return semantic, rest
-
-
 def splice_head(head: bytes, rest: Headers) -> bytes:
     """Add ``rest`` to a head h11 serialised (before its final blank line).
 
@@ -337,3 +330,42 @@ def splice_head(head: bytes, rest: Headers) -> bytes:
 
 
 _FIELD_SEPARATOR = b": "
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRewrite:
+    """What lbproxy changes in the responses of the server chosen for one request."""
+
+    set_cookie: bytes | None = None  # a Set-Cookie value: the persistence cookie, or its clearing
+    nocache: bool = False  # HAProxy ``nocache``: the response that sets the cookie is private
+    request_host: bytes = b""  # the Host the client used; empty: Location is left alone
+    server_host: str = ""
+    server_port: int = 0
+    tls: bool = False  # the client came over TLS
+    hsts: int | None = None  # Strict-Transport-Security max-age, on TLS responses only
+
+
+def client_response_headers(headers: Headers, rewrite: ResponseRewrite) -> tuple[Headers, Headers]:
+    """What the client gets, split for h11: hop-by-hop gone, the cookie, nocache, Location
+    rewritten, HSTS (all of these in the spliced rest)."""
+    semantic, rest = forward_response_split(headers)
+    if rewrite.set_cookie is not None:
+        rest.append((b"set-cookie", rewrite.set_cookie))
+        if rewrite.nocache:
+            rest = add_private_cache_control(rest)
+    if rewrite.request_host:
+        for index, (name, value) in enumerate(rest):
+            if name == b"location" or name == b"content-location":
+                rest[index] = (
+                    name,
+                    rewrite_location(
+                        value,
+                        server_host=rewrite.server_host,
+                        server_port=rewrite.server_port,
+                        request_host=rewrite.request_host,
+                        tls=rewrite.tls,
+                    ),
+                )
+    if rewrite.hsts is not None and not header_value(rest, b"strict-transport-security"):
+        rest.append((b"strict-transport-security", b"max-age=%d" % rewrite.hsts))
+    return semantic, rest

@@ -8,14 +8,16 @@ the server while it was idle.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 import trio
 
 from config.model import Address
 
-from .stream import SockStream, connect
+from .stream import connect
 
 # HAProxy keeps idle server connections for pool-purge-delay (5 s); Apache's KeepAliveTimeout is
 # 5 s, so reusing a connection idle for longer mostly meets one that the server has closed.
@@ -32,10 +34,31 @@ class ConnectError(Exception):
         self.cause = cause
 
 
+class ServerStream(Protocol):
+    """A connection's byte stream: SockStream, or what a test's connector hands out (a memory
+    stream with a scripted server behind it)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def is_idle_and_open(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+# Opens a connection to a real server; OSError when it cannot.
+Connector = Callable[[Address], Awaitable[ServerStream]]
+
+
+async def connect_tcp(address: Address) -> ServerStream:
+    return await connect(address.host, address.port)
+
+
 @dataclass(slots=True, eq=False)
 class UpstreamConnection:
     address: Address
-    stream: SockStream
+    stream: ServerStream
     h11: h11.Connection = field(
         default_factory=lambda: h11.Connection(
             h11.CLIENT, max_incomplete_event_size=MAX_SERVER_HEAD
@@ -49,8 +72,9 @@ class UpstreamConnection:
 class UpstreamPool:
     """Idle keep-alive connections per real-server address. Owned by the trio thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, connector: Connector = connect_tcp) -> None:
         self._idle: dict[Address, deque[UpstreamConnection]] = {}
+        self._connector = connector
 
     def take_idle(self, address: Address) -> UpstreamConnection | None:
         """A kept-alive connection that still looks usable, if there is one (no I/O wait)."""
@@ -70,7 +94,7 @@ class UpstreamPool:
         """A new connection, within ``connect_timeout``."""
         with trio.move_on_after(connect_timeout) as scope:
             try:
-                stream = await connect(address.host, address.port)
+                stream = await self._connector(address)
             except OSError as error:
                 raise ConnectError(address, error.strerror or str(error)) from error
         if scope.cancelled_caught:

@@ -182,17 +182,22 @@ async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_server_timeout_during_a_stalled_upload_is_504() -> None:
-    """The server timeout runs while the body is pumped: it fires first when shorter."""
+async def test_client_stalling_mid_upload_is_408_and_not_the_servers_fault() -> None:
+    """A client that stops in the middle of its body is the client's fault, even when the
+    server timeout is the shorter one: 408, and the server's counters stay clean."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
             await nursery.start(web.serve)
-            timeouts = Timeouts(server=0.3, client_idle=5.0)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
+            timeouts = Timeouts(server=0.2, client_idle=0.6)
+            config = simple_config([server("w", web)], timeouts=timeouts)
+            proxy = await start_proxy(nursery, config)
             _, port = proxy.address("www")
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-            assert (await read_to_close(stream)).startswith(b"HTTP/1.1 504 ")  # not a 408
+            assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
             assert web.seen == []
+            counters = proxy.runtime.pools["www"].server("w").counters  # type: ignore[union-attr]
+            assert counters.failures_response == 0
+            assert proxy.runtime.frontend("www").request_errors == 1
             nursery.cancel_scope.cancel()

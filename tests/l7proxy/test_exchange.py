@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from l7proxy.exchange import (
+    H11_SEMANTIC,
     RequestScan,
     add_private_cache_control,
     check_request,
@@ -15,10 +16,17 @@ from l7proxy.exchange import (
     https_redirect_target,
     rewrite_location,
     splice_head,
-    split_for_h11,
 )
 from l7proxy.routing import host_without_port, path_of
 from l7proxy.runtime import ClientInfo
+
+
+def split_for_h11(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], ...]:
+    """The reference split: what h11 must see, then the rest, each in their original order."""
+    semantic = [item for item in headers if item[0] in H11_SEMANTIC]
+    rest = [item for item in headers if item[0] not in H11_SEMANTIC]
+    return semantic, rest
+
 
 CLIENT = ClientInfo("192.0.2.10", 40000, "127.0.0.1", 80)
 
