@@ -17,14 +17,14 @@ from typing import Protocol
 import h11
 import trio
 
-from balancing.health import report_passive_failure
-from balancing.persistence import clear_cookie_value, read_cookie, set_cookie_value
-from balancing.scheduler import Choice, NoServerAvailable, choose
+from balancing.persistence import read_cookie
+from balancing.scheduler import Choice
 from balancing.state import PoolState, ServerState
 from config.model import CookiePersistence
 from tls.clientcert import CLIENT_HEADER_NAMES
 
 from . import accesslog
+from .dispatch import Request, connect_server
 from .errors import Failure, Outcome, canned, decide
 from .exchange import (
     IDEMPOTENT_METHODS,
@@ -36,12 +36,13 @@ from .exchange import (
     forward_request_split,
     forwarded_tail,
     https_redirect_target,
+    response_rewrite,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
 from .routing import route
 from .runtime import ClientInfo, Runtime, ServedBind
-from .upstream import ConnectError, UpstreamConnection
+from .upstream import UpstreamConnection
 
 log = logging.getLogger("lbproxy.connection")
 
@@ -49,8 +50,6 @@ READ_SIZE = 65536
 # HAProxy `retries 3` (CONN_RETRIES): how often an idempotent request may be sent again after a
 # server closed before any response byte.
 MAX_RESEND = 3
-# How many servers one request may try to connect to before giving up with 503.
-MAX_CONNECT_ATTEMPTS = 8
 # A deadline moves later only when it would move by more than a hundredth of its timeout, and at
 # most 300 ms (nginx's lazy timers, NGX_TIMER_LAZY_DELAY, do the same): a timeout may fire that
 # much early, and most exchanges of a busy connection move no timer at all.
@@ -188,7 +187,7 @@ class ClientConnection:
         ):
             self.deadline = self.scope.deadline = deadline
 
-    def _no_deadline(self) -> None:
+    def pause_deadline(self) -> None:
         """For what keeps its own time (a connect, a tunnel)."""
         self.deadline = self.scope.deadline = math.inf
 
@@ -368,7 +367,12 @@ class ClientConnection:
         if pool is None:  # a reload removed the pool this connection's rules still name
             return await self._apply(decide(Failure.NO_POOL, ex.facts()), ex)
         ex.pool = pool_name
-        cookie_label, headers = self._read_cookie(pool, headers, ex)
+        cookie_label: str | None = None
+        persistence = pool.pool.persistence
+        if isinstance(persistence, CookiePersistence):
+            cookie_label, headers = read_cookie(headers, persistence.name)
+            known = cookie_label is not None and pool.server(cookie_label) is not None
+            ex.note_cookie(cookie_label, known)
         semantic, rest = forward_request_split(
             headers,
             scan,
@@ -380,13 +384,11 @@ class ClientConnection:
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
+        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, MAX_RESEND)
         while True:
-            choice, conn = await self._connect(pool, cookie_label, exclude, ex)
-            if choice is None or conn is None:
-                failure = Failure.CONNECT_FAILED if exclude else Failure.NO_SERVER
-                return await self._apply(decide(failure, ex.facts()), ex)
-            self._note_choice(choice, cookie_label, ex)
-            rewrite = self._rewrite_for(choice, pool, host)
+            choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
+            ex.note_choice(choice, cookie_label)
+            rewrite = response_rewrite(choice, persistence, self.vs, host, self.client.tls)
             outcome = await self._attempt(head, rest, scan.has_body, conn, choice, pool, rewrite)
             if outcome is None:
                 return ex.client_keepalive and self._client_can_continue()
@@ -414,7 +416,7 @@ class ClientConnection:
         try:
             await Relay(self, conn, ex, server, rewrite, self.runtime).run(head, rest, has_body)
             if ex.upgraded:
-                self._no_deadline()  # the tunnel keeps its own time
+                self.pause_deadline()  # the tunnel keeps its own time
                 ex.client_keepalive = False
                 client_rest = bytes(self.h11.trailing_data[0])
                 server_rest = bytes(conn.h11.trailing_data[0])
@@ -440,6 +442,7 @@ class ClientConnection:
         if outcome.server_fault:
             server.counters.failures_response += 1
         if outcome.resend:
+            ex.resends += 1
             ex.retries += 1
             server.counters.retries += 1
             log.info(
@@ -450,52 +453,6 @@ class ClientConnection:
                 server.label,
             )
         return outcome
-
-    def _read_cookie(
-        self, pool: PoolState, headers: Headers, ex: ExchangeState
-    ) -> tuple[str | None, Headers]:
-        """The label in the persistence cookie (which the server never sees)."""
-        persistence = pool.pool.persistence
-        if not isinstance(persistence, CookiePersistence):
-            return None, headers
-        label, headers = read_cookie(headers, persistence.name)
-        if label is None:
-            ex.client_cookie = "N"
-        else:
-            ex.client_cookie = "V" if pool.server(label) is not None else "I"
-        return label, headers
-
-    @staticmethod
-    def _note_choice(choice: Choice, cookie_label: str | None, ex: ExchangeState) -> None:
-        ex.server = choice.server.label
-        ex.reason = choice.reason.value
-        if ex.client_cookie == "V" and choice.server.label != cookie_label:
-            ex.client_cookie = "D"  # its server could not take it: redispatched
-            ex.redispatched = True
-        if ex.client_cookie != "-":
-            ex.server_cookie = "D" if choice.clear_cookie else "I" if choice.insert_cookie else "N"
-
-    def _rewrite_for(self, choice: Choice, pool: PoolState, host: bytes) -> ResponseRewrite:
-        """What the chosen server's response gets changed in (exchange.client_response_headers)."""
-        tls = self.client.tls
-        persistence = pool.pool.persistence
-        cookie: bytes | None = None
-        if isinstance(persistence, CookiePersistence):
-            if choice.clear_cookie:
-                cookie = clear_cookie_value(persistence, tls)
-            elif choice.insert_cookie:
-                cookie = set_cookie_value(persistence, choice.server.label, tls)
-        vs = self.vs
-        address = choice.server.address
-        return ResponseRewrite(
-            set_cookie=cookie,
-            nocache=choice.insert_cookie,
-            request_host=host if vs.rewrite_location else b"",
-            server_host=address.host,
-            server_port=address.port,
-            tls=tls,
-            hsts=int(vs.hsts) if tls and vs.hsts is not None else None,
-        )
 
     async def _redirect_to_https(self, host: bytes, target: bytes, ex: ExchangeState) -> bool:
         tls_ports = [b.address.port for b in self.vs.binds if b.tls is not None]
@@ -517,51 +474,6 @@ class ClientConnection:
 
     def _client_can_continue(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
-
-    async def _connect(
-        self, pool: PoolState, cookie_label: str | None, exclude: set[str], ex: ExchangeState
-    ) -> tuple[Choice, UpstreamConnection] | tuple[None, None]:
-        """Choose a server and connect; a refused connect moves on to the next server."""
-        for _ in range(MAX_CONNECT_ATTEMPTS):
-            try:
-                choice = choose(
-                    pool,
-                    cookie_label=cookie_label,
-                    client_ip=self.client.ip,
-                    now=trio.current_time(),
-                    exclude=frozenset(exclude),
-                )
-            except NoServerAvailable:
-                break
-            server = choice.server
-            upstream = self.runtime.upstream
-            conn = upstream.take_idle(server.address)
-            if conn is not None:
-                ex.connect_time = 0.0
-                return choice, conn
-            started = trio.current_time()
-            # A connect keeps its own time, per attempt; the server timeout starts after it.
-            self._no_deadline()
-            try:
-                conn = await upstream.connect(server.address, self.timeouts.connect)
-                ex.connect_time = trio.current_time() - started
-            except ConnectError as error:
-                self._connect_failed(server, error)
-                exclude.add(server.label)
-                if server.is_fallback:
-                    break
-                continue
-            finally:
-                self._set_deadline(Phase.SERVER, self.timeouts.server)
-            return choice, conn
-        return None, None
-
-    def _connect_failed(self, server: ServerState, error: ConnectError) -> None:
-        server.counters.failures_connect += 1
-        message = report_passive_failure(server, trio.current_time(), error.cause)
-        if message:
-            logging.getLogger("lbproxy.health").warning("%s", message)
-            self.runtime.server_changed(server)
 
 
 def _request_or_none(event: object) -> h11.Request | None:

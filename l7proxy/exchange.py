@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from balancing.persistence import clear_cookie_value, set_cookie_value
+from balancing.scheduler import Choice
+from config.model import CookiePersistence, Persistence, VirtualService
+
 from .runtime import ClientInfo
 
 Headers = list[tuple[bytes, bytes]]
@@ -343,6 +347,28 @@ class ResponseRewrite:
     server_port: int = 0
     tls: bool = False  # the client came over TLS
     hsts: int | None = None  # Strict-Transport-Security max-age, on TLS responses only
+
+
+def response_rewrite(
+    choice: Choice, persistence: Persistence | None, vs: VirtualService, host: bytes, tls: bool
+) -> ResponseRewrite:
+    """What the chosen server's responses get changed in, for a request to ``host``."""
+    cookie: bytes | None = None
+    if isinstance(persistence, CookiePersistence):
+        if choice.clear_cookie:
+            cookie = clear_cookie_value(persistence, tls)
+        elif choice.insert_cookie:
+            cookie = set_cookie_value(persistence, choice.server.label, tls)
+    address = choice.server.address
+    return ResponseRewrite(
+        set_cookie=cookie,
+        nocache=choice.insert_cookie,
+        request_host=host if vs.rewrite_location else b"",
+        server_host=address.host,
+        server_port=address.port,
+        tls=tls,
+        hsts=int(vs.hsts) if tls and vs.hsts is not None else None,
+    )
 
 
 def client_response_headers(headers: Headers, rewrite: ResponseRewrite) -> tuple[Headers, Headers]:

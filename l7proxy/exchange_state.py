@@ -7,6 +7,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from balancing.scheduler import Choice
+
 from .errors import Facts
 
 
@@ -58,7 +60,8 @@ class ExchangeState:
     response_time: float | None = None
     client_cookie: str = "-"
     server_cookie: str = "-"
-    retries: int = 0
+    retries: int = 0  # connects and sends tried again (HAProxy %rc)
+    resends: int = 0  # of those, the request sent again after a server failed it
     redispatched: bool = False
 
     def facts(self, *, max_resends: int = 0, status_hint: int | None = None) -> Facts:
@@ -66,7 +69,23 @@ class ExchangeState:
             response_started=self.response_started,
             idempotent=self.request.idempotent,
             body_sent=self.body_started,
-            resends=self.retries,
+            resends=self.resends,
             max_resends=max_resends,
             status_hint=status_hint,
         )
+
+    def note_cookie(self, label: str | None, known: bool) -> None:
+        """What the persistence cookie said (HAProxy %CC): N none, V valid, I invalid."""
+        self.client_cookie = "N" if label is None else "V" if known else "I"
+
+    def note_choice(self, choice: Choice, cookie_label: str | None) -> None:
+        """The server chosen for this attempt, and what that does to the cookie (%CS)."""
+        self.server = choice.server.label
+        self.reason = choice.reason.value
+        if self.client_cookie == "V" and choice.server.label != cookie_label:
+            self.client_cookie = "D"  # its server could not take it: redispatched
+            self.redispatched = True
+        if self.client_cookie != "-":
+            self.server_cookie = (
+                "D" if choice.clear_cookie else "I" if choice.insert_cookie else "N"
+            )

@@ -298,3 +298,39 @@ async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
             assert results["POST"].status == 502  # a POST that reached a server is never resent
             assert [s.method for s in sorry.seen] == [b"GET"]
             nursery.cancel_scope.cancel()
+
+
+async def test_single_server_refusing_for_a_moment_is_retried_not_503() -> None:
+    """HAProxy ``retries``: with no other server to go to, a refused connect is tried again on
+    the same server after a short pause (a server restarting), even for a POST: nothing was
+    sent."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = free_port()
+            web = Backend("web1", port=port)
+            proxy = await start_proxy(nursery, simple_config([server("web1", web)]))
+            _, pport = proxy.address("www")
+
+            async def restart_later() -> None:
+                await trio.sleep(0.15)
+                await nursery.start(web.serve)
+
+            nursery.start_soon(restart_later)
+            resp = await request(pport, "POST", "/form", body=b"a=1")
+            assert resp.status == 200
+            assert [s.body for s in web.seen] == [b"a=1"]
+            counters = proxy.runtime.pools["www"].servers[0].counters
+            assert counters.failures_connect >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_retries_are_bounded_then_503() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            dead = Address("127.0.0.1", free_port())
+            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
+            _, pport = proxy.address("www")
+            assert (await request(pport, "GET", "/")).status == 503
+            counters = proxy.runtime.pools["www"].servers[0].counters
+            assert counters.failures_connect == 4  # the first try and 3 retries
+            nursery.cancel_scope.cancel()
