@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from config.model import ProxyConfig
-
-from . import certcmd
+from tls.toolkit import commands as toolkit
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -110,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stats-port", type=int, default=8404, help="stats port (default 8404)")
     demo.set_defaults(func=_cmd_demo)
 
-    certcmd.register(sub)
+    toolkit.register(sub)
     return parser
 
 

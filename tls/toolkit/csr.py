@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from .keys import PrivateKey
-from .selfsigned import san_entry
+from tls.keys import PrivateKey
+from tls.selfsigned import san_entry
 
 MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
 MAX_ORGANIZATION = 64  # ub-organization-name

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from .keys import PrivateKey
-from .store import CertificateError, parse_pem_bundle, pem_blocks
+from tls.keys import PrivateKey
+from tls.store import CertificateError, parse_pem_bundle, pem_blocks
 
 _PKCS7_LABELS = (b"PKCS7", b"CERTIFICATE CHAIN")  # the second is an old Netscape spelling
 _DER_SEQUENCE = 0x30
@@ -82,8 +82,8 @@ def _read_pem(data: bytes, source: str) -> CertificateFile:
 def read_certificate_file(data: bytes, source: str) -> CertificateFile:
     """Certificates (and a PEM key, if any) from PEM, DER or PKCS#7 bytes.
 
-    PKCS#12 needs a password and is refused here with a pointer to ``tls.pfx``; anything else
-    unrecognised, or a file without any certificate, raises CertificateError.
+    PKCS#12 needs a password and is refused here with a pointer to ``tls.toolkit.pfx``; anything
+    else unrecognised, or a file without any certificate, raises CertificateError.
     """
     if pem_blocks(data):
         result = _read_pem(data, source)

@@ -9,9 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
+from tls.keys import PrivateKey
+from tls.store import describe_subject, key_matches, order_chain
+
 from .install import days_left
-from .keys import PrivateKey
-from .store import describe_subject, key_matches, order_chain
 
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 

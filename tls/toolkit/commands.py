@@ -1,9 +1,9 @@
 """The certificate toolkit subcommands: csr, convert-pfx, convert-cer, install-cert, selfsigned,
-show-cert. Registered into the ``lbproxy`` parser by ``cli.build_parser``.
+show-cert. ``register`` adds them to the ``lbproxy`` parser (``l7proxy.cli`` only dispatches).
 
-Handlers are thin: read files and the password, call ``tls.*``, write with ``tls.keys``
-helpers, print. Bad input ends as one line on stderr naming the file and the cause, exit 1;
-usage errors exit 2. Passwords come from a prompt, a file or an environment variable, never
+Handlers are thin: read files and the password, call the toolkit's pure modules, write with
+``tls.keys`` helpers, print. Bad input ends as one line on stderr naming the file and the cause,
+exit 1; usage errors exit 2. Passwords come from a prompt, a file or an environment variable, never
 the command line (``/proc/PID/cmdline`` is world-readable), and never reach any output.
 """
 
@@ -19,10 +19,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from tls.certinfo import describe_file, fingerprint
-from tls.csr import SubjectFields, build_csr, request_names, validate_subject
-from tls.der import CertificateFile, looks_like_pkcs12, read_certificate_file
-from tls.install import assemble_bundle, days_left
 from tls.keys import (
     DEFAULT_KEY_TYPE,
     KEY_TYPES,
@@ -32,9 +28,14 @@ from tls.keys import (
     write_public_file,
     write_secret_file,
 )
-from tls.pfx import PfxContents, PfxOpenError, read_pfx
 from tls.selfsigned import DEFAULT_DAYS, make_self_signed
 from tls.store import CertificateError, chain_pem, describe_subject, order_chain, parse_pem_bundle
+
+from .certinfo import describe_file, fingerprint
+from .csr import SubjectFields, build_csr, request_names, validate_subject
+from .der import CertificateFile, looks_like_pkcs12, read_certificate_file
+from .install import assemble_bundle, days_left
+from .pfx import PfxContents, PfxOpenError, read_pfx
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .keys import PrivateKey, key_pem
-from .store import (
+from tls.keys import PrivateKey, key_pem
+from tls.store import (
     CertificateError,
     chain_pem,
     check_validity,
