@@ -22,6 +22,7 @@ from config.model import CertificateSpec
 
 from .certificate import LoadedCertificate
 from .keys import PrivateKey, key_pem
+from .status import as_utc
 
 # HAProxy `crt <dir>` skips these sidecar files (and dot-files) when it loads a directory.
 SIDECAR_SUFFIXES = (".key", ".issuer", ".ocsp", ".sctl")
@@ -256,15 +257,9 @@ def _find_sidecar_key(path: str) -> PrivateKey:
     raise CertificateError(path, f"no private key in the file and no {wanted} beside it")
 
 
-def _utc(moment: datetime.datetime) -> datetime.datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=datetime.UTC)
-    return moment.astimezone(datetime.UTC)
-
-
 def check_validity(cert: x509.Certificate, source: str, now: datetime.datetime) -> None:
     """CertificateError when ``cert`` is expired or not yet valid at ``now``."""
-    now = _utc(now)
+    now = as_utc(now)
     if now < cert.not_valid_before_utc:
         raise CertificateError(
             source,
@@ -283,13 +278,12 @@ def chain_pem(chain: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
 
 
-def load_certificate_file(
-    path: str, *, default: bool = False, now: datetime.datetime
-) -> LoadedCertificate:
+def load_certificate_file(path: str, *, default: bool = False) -> LoadedCertificate:
     """One servable certificate from ``path``: PEM bundle, or leaf(+chain) with a sidecar key.
 
-    The key must match the leaf and the leaf must be valid at ``now``; the chain is reordered
-    leaf → root and certificates that are not part of it are dropped. Raises CertificateError.
+    The key must match the leaf; the chain is reordered leaf → root and certificates that are
+    not part of it are dropped. Raises CertificateError. An expired or not yet valid leaf is
+    loaded all the same; ``tls.status.expiry_warnings`` is what tells the operator.
     """
     key, certs = parse_pem_bundle(_read(path), path)
     if not certs:
@@ -301,7 +295,6 @@ def load_certificate_file(
         raise CertificateError(
             path, f"the private key does not match the certificate {describe_subject(chain[0])}"
         )
-    check_validity(chain[0], path, now)
     names = certificate_names(chain[0])
     if not names:
         raise CertificateError(path, "the certificate names no host (no SAN DNS name and no CN)")
@@ -313,6 +306,7 @@ def load_certificate_file(
         not_before=chain[0].not_valid_before_utc,
         not_after=chain[0].not_valid_after_utc,
         default=default,
+        subject=describe_subject(chain[0]),
     )
 
 
@@ -339,9 +333,12 @@ def directory_files(path: str) -> list[str]:
 
 
 def load_certificates(
-    specs: Sequence[CertificateSpec], *, now: datetime.datetime
+    specs: Sequence[CertificateSpec], *, now: datetime.datetime | None = None
 ) -> list[LoadedCertificate]:
     """Every certificate of a TLS bind, in configuration order (directories expanded).
+
+    Dates never stop loading, so ``now`` is not consulted; it is accepted because callers that
+    predate that pass it.
 
     A directory marked ``default`` makes its first file the default. The first bad file stops
     loading with its CertificateError: a bind never starts with part of its certificates.
@@ -350,9 +347,7 @@ def load_certificates(
     for spec in specs:
         if os.path.isdir(spec.path):
             for index, file in enumerate(directory_files(spec.path)):
-                loaded.append(
-                    load_certificate_file(file, default=spec.default and index == 0, now=now)
-                )
+                loaded.append(load_certificate_file(file, default=spec.default and index == 0))
         else:
-            loaded.append(load_certificate_file(spec.path, default=spec.default, now=now))
+            loaded.append(load_certificate_file(spec.path, default=spec.default))
     return loaded

@@ -143,7 +143,7 @@ def test_convert_pfx_matches_openssl_nodes(
         x509.load_pem_x509_certificate(ROOT.cert_pem.bytes()).subject,
     ]
     if private_der(ours) is not None:
-        assert load_certificate_file(str(out), now=NOW).names == ("www.example.com",)
+        assert load_certificate_file(str(out)).names == ("www.example.com",)
 
 
 def test_convert_cer_der_and_p7b_match_openssl(
@@ -261,7 +261,7 @@ async def test_install_cert_bundle_serves_tls(
     bundle = tmp_path / "bundle.pem"
     argv = ["install-cert", "--key", pki["key"], "--cert", str(signed), "--chain", str(chain)]
     assert main([*argv, "--out", str(bundle)]) == 0
-    loaded = load_certificate_file(str(bundle), now=NOW)
+    loaded = load_certificate_file(str(bundle))
     assert loaded.names == ("www.example.com",)
     assert await _serve_and_connect(bundle, pki["root"], tls_version) == ("hello from the bundle\n")
 

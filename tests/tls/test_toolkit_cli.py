@@ -180,7 +180,7 @@ def test_convert_pfx_bundle_loads_and_is_private(
     key, certs = parse_pem_bundle(out.read_bytes(), str(out))
     assert certs == [LEAF_CERT, INTER_CERT, ROOT_CERT]
     assert key is not None and key_matches(key, LEAF_CERT)
-    assert load_certificate_file(str(out), now=NOW).names == ("www.example.com",)
+    assert load_certificate_file(str(out)).names == ("www.example.com",)
     assert "3 certificate(s)" in capsys.readouterr().out
 
 
@@ -374,7 +374,7 @@ def test_install_cert_assembles_a_loadable_bundle(
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert mode(out) == 0o600
-    loaded = load_certificate_file(str(out), now=NOW)
+    loaded = load_certificate_file(str(out))
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM + ROOT.cert_pem.bytes()
     assert "warning: " in captured.err and "root certificate" in captured.err
     assert "www.example.com" in captured.out
@@ -408,7 +408,7 @@ def test_selfsigned_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     argv = ["selfsigned", "--cn", "lb.example.com", "--san", "10.0.0.5", "--out", str(out)]
     assert main([*argv, "--days", "30", "--key-type", "ec:p256"]) == 0
     assert mode(out) == 0o600
-    loaded = load_certificate_file(str(out), now=NOW)
+    loaded = load_certificate_file(str(out))
     assert loaded.names == ("lb.example.com",)
     assert 29 <= (loaded.not_after - NOW).days <= 30
     assert "sha256" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tls.keys import PrivateKey, key_pem
+from tls.status import EXPIRY_WARNING_DAYS
 from tls.store import (
     CertificateError,
     chain_pem,
@@ -22,9 +23,6 @@ from tls.store import (
     order_chain,
     parse_pem_bundle,
 )
-
-# HAProxy's and most monitoring's renewal reminder; Let's Encrypt renews at 30 days left too.
-EXPIRY_WARNING_DAYS = 30
 
 
 @dataclass(frozen=True, slots=True)
