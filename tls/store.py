@@ -48,14 +48,38 @@ class CertificateError(Exception):
         self.cause = cause
 
 
-def _load_key_block(block: bytes, label: bytes, source: str) -> PrivateKey:
+class EncryptedKeyError(CertificateError):
+    """The key is encrypted and no password was given: the caller may ask for one and retry."""
+
+
+ENCRYPTED_KEY = (
+    "the private key is encrypted; lbproxy needs it unencrypted "
+    "(`lbproxy install-cert --key-password-file FILE` writes it so)"
+)
+
+
+def is_encrypted_key_block(label: bytes, block: bytes) -> bool:
+    """PKCS#8 ``ENCRYPTED PRIVATE KEY``, or a legacy PEM key with ``Proc-Type: 4,ENCRYPTED``."""
+    return label == b"ENCRYPTED PRIVATE KEY" or (
+        label in _KEY_LABELS and b"Proc-Type: 4,ENCRYPTED" in block
+    )
+
+
+def _load_key_block(
+    block: bytes, label: bytes, source: str, password: bytes | None = None
+) -> PrivateKey:
+    encrypted = is_encrypted_key_block(label, block)
+    if encrypted and password is None:
+        raise EncryptedKeyError(source, ENCRYPTED_KEY)
     try:
-        key = serialization.load_pem_private_key(block, password=None)
+        key = serialization.load_pem_private_key(block, password if encrypted else None)
     except TypeError:  # cryptography's way of saying "encrypted, no password given"
-        raise CertificateError(
-            source, "the private key is encrypted; lbproxy needs it unencrypted"
-        ) from None
+        raise EncryptedKeyError(source, ENCRYPTED_KEY) from None
     except (ValueError, UnsupportedAlgorithm):
+        if encrypted:
+            raise CertificateError(
+                source, "cannot decrypt the private key: wrong password, or the key is damaged"
+            ) from None
         raise CertificateError(source, f"the {label.decode()} block is damaged") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
@@ -68,12 +92,15 @@ def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     return [(match.group(1), match.group(0)) for match in _PEM_BLOCK.finditer(data)]
 
 
-def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[x509.Certificate]]:
+def parse_pem_bundle(
+    data: bytes, source: str, *, key_password: bytes | None = None
+) -> tuple[PrivateKey | None, list[x509.Certificate]]:
     """The key (if any) and the certificates of a PEM file, in file order.
 
     Blocks may come in any order; text between them (``Bag Attributes`` from ``openssl pkcs12``,
-    comments) is ignored. Keys must be unencrypted PKCS#8, PKCS#1 or SEC1; more than one key,
-    an encrypted key, a damaged block or a file with no PEM block at all raise CertificateError.
+    comments) is ignored. Keys are PKCS#8, PKCS#1 or SEC1; an encrypted one needs
+    ``key_password`` (else EncryptedKeyError). More than one key, a wrong password, a damaged
+    block or a file with no PEM block at all raise CertificateError.
     """
     key: PrivateKey | None = None
     certs: list[x509.Certificate] = []
@@ -93,13 +120,9 @@ def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[
                     source, f"certificate {len(certs) + 1} in the file is damaged"
                 ) from None
         elif label in _KEY_LABELS or label == b"ENCRYPTED PRIVATE KEY":
-            if label == b"ENCRYPTED PRIVATE KEY":
-                raise CertificateError(
-                    source, "the private key is encrypted; lbproxy needs it unencrypted"
-                )
             if key is not None:
                 raise CertificateError(source, "more than one private key in the file")
-            key = _load_key_block(block, label, source)
+            key = _load_key_block(block, label, source, key_password)
         elif label in _IGNORED_LABELS:
             continue
         elif label == b"CERTIFICATE REQUEST":

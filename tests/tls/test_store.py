@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from config.model import CertificateSpec
 from tls.keys import generate_key, key_pem
 from tls.store import (
     CertificateError,
+    EncryptedKeyError,
     certificate_names,
     directory_files,
     key_matches,
@@ -140,6 +142,22 @@ def _ed25519_key() -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+@pytest.mark.parametrize("encrypted", [_encrypted_pkcs8, _encrypted_pkcs1], ids=["pkcs8", "pkcs1"])
+def test_encrypted_key_with_its_password(encrypted: Callable[[], bytes]) -> None:
+    pem = encrypted()
+    with pytest.raises(EncryptedKeyError, match=r"k\.pem: the private key is encrypted"):
+        parse_pem_bundle(pem, "k.pem")
+    key, _ = parse_pem_bundle(pem, "k.pem", key_password=b"pw")
+    assert key is not None
+    with pytest.raises(CertificateError) as caught:
+        parse_pem_bundle(pem, "k.pem", key_password=b"wrong")
+    assert str(caught.value) == (
+        "k.pem: cannot decrypt the private key: wrong password, or the key is damaged"
+    )
+    # A password for a key that needs none changes nothing.
+    assert parse_pem_bundle(KEY_PEM, "k.pem", key_password=b"pw")[0] is not None
 
 
 DAMAGED_CERT = LEAF_PEM.replace(LEAF_PEM[40:60], b"A" * 20)

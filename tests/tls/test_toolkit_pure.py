@@ -107,6 +107,7 @@ def test_build_csr_cn_only_still_has_san() -> None:
     [
         ({"common_name": ""}, "--cn: the common name is required"),
         ({"common_name": "a" * 65 + ".com"}, "--cn: longer than 64 characters"),
+        ({"common_name": "ü" * 55 + ".example"}, "--cn: its A-label xn--"),
         ({"common_name": "bad_name.example.com"}, "--cn: 'bad_name.example.com' is not a valid"),
         ({"common_name": "www.example.com\n"}, "--cn: control characters"),
         ({"country": "USA"}, "--country: must be two letters"),
