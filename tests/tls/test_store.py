@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from config.model import CertificateSpec
+from tests.tls.certs import self_signed
 from tls.keys import generate_key, key_pem
 from tls.store import (
     CertificateError,
@@ -59,18 +60,8 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 def cn_only_cert(cn: str) -> tuple[bytes, bytes]:
     """A self-signed certificate without subjectAltName (trustme always adds one)."""
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    built = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    built, key = self_signed(name, not_before=NOW - datetime.timedelta(days=1), days=31)
     return built.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from l7proxy.cli import main
+from tests.tls.certs import self_signed
 from tls.store import key_matches, load_certificate_file, parse_pem_bundle
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -562,7 +563,7 @@ def test_show_cert_subject_in_certificate_order_with_short_names(
             x509.NameAttribute(x509.NameOID.EMAIL_ADDRESS, "ops@example.com"),
         ]
     )
-    cert = self_signed_with(name)
+    cert, _ = self_signed(name, not_before=NOW - datetime.timedelta(days=1))
     path = write(tmp_path / "c.pem", cert.public_bytes(serialization.Encoding.PEM))
     assert main(["show-cert", path]) == 0
     out = capsys.readouterr().out
@@ -570,23 +571,6 @@ def test_show_cert_subject_in_certificate_order_with_short_names(
     assert f"  subject:     {expected}\n" in out
     assert f"  issuer:      {expected}\n" in out
     assert "1.2.840.113549.1.9.1" not in out
-
-
-def self_signed_with(name: x509.Name) -> x509.Certificate:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
 
 
 # --- secrets ----------------------------------------------------------------------------------
