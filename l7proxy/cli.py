@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from config.model import ProxyConfig
-
-from . import certcmd
+from tls.toolkit import commands as toolkit
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -42,33 +41,45 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_INPUT
-    problems = _certificate_problems(config)
+    problems, warnings = _check_certificates(config)
     for problem in problems:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD_INPUT
+    for warning in warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     count = len(config.virtual_servers)
     print(f"{args.config}: configuration is valid ({count} virtual server(s))")
     return EXIT_OK
 
 
-def _certificate_problems(config: ProxyConfig) -> list[str]:
-    """Load every TLS bind's certificate files as ``run`` would (like ``haproxy -c``)."""
+def _check_certificates(config: ProxyConfig) -> tuple[list[str], list[str]]:
+    """Load every TLS bind's certificate files as ``run`` would (like ``haproxy -c``).
+
+    Problems stop ``run``; warnings (expired, not yet valid, expiring soon) do not: those
+    certificates are served, as HAProxy, Pound and nginx serve them.
+    """
     import datetime
 
+    from tls.status import certificate_status, expiry_warnings
     from tls.store import CertificateError, load_certificates
 
     now = datetime.datetime.now(datetime.UTC)
     problems: list[str] = []
+    warnings: list[str] = []
     for vs in config.virtual_servers:
         for bind in vs.binds:
             if bind.tls is None or not bind.tls.certificates:
                 continue
+            where = f"virtual server {vs.label}, bind {bind.address}"
             try:
-                load_certificates(bind.tls.certificates, now=now)
+                loaded = load_certificates(bind.tls.certificates)
             except CertificateError as error:
-                problems.append(f"virtual server {vs.label}, bind {bind.address}: {error}")
-    return problems
+                problems.append(f"{where}: {error}")
+                continue
+            statuses = [certificate_status(cert) for cert in loaded]
+            warnings += [f"{where}: {line}" for line in expiry_warnings(statuses, now)]
+    return problems, warnings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -110,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stats-port", type=int, default=8404, help="stats port (default 8404)")
     demo.set_defaults(func=_cmd_demo)
 
-    certcmd.register(sub)
+    toolkit.register(sub)
     return parser
 
 

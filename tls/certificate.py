@@ -22,3 +22,4 @@ class LoadedCertificate:
     not_before: datetime.datetime
     not_after: datetime.datetime
     default: bool = False  # marked `default: true` in the config
+    subject: str = ""  # the leaf's CN (else its first name), for messages and stats

@@ -4,13 +4,14 @@ One context per certificate; ``tls.server_tls`` switches between them in the SNI
 OpenSSL copies options, verify mode, groups and ALPN from the context a connection starts on, so
 every context of one bind is built from the same settings by this one function.
 
-Python 3.11's ``ssl`` cannot set the key-exchange groups or the TLS 1.3 suites. Both are plain
+Python 3.11's ``ssl`` cannot set the key-exchange groups or the TLS 1.3 suites; 3.15 adds
+``SSLContext.set_groups``, used where it exists. Otherwise both are plain
 ``SSL_CTX_ctrl``/``SSL_CTX_set_ciphersuites`` calls on the ``SSL_CTX`` that ``_ssl`` already
-holds, made through ctypes against the very libssl ``_ssl`` is linked with. The pointer is found
-from CPython's object layout and proven before use: flipping an option through ``ssl`` must show
-up through ``SSL_CTX_get_options`` on that pointer, else nothing is called on it. The other
-route, an OpenSSL configuration file with ``Groups = ...``, is process-wide, must be in place
-before OpenSSL initialises and would silently do nothing when the variable is missing.
+holds, made through ctypes against the very libssl ``_ssl`` is linked with, on CPython versions
+whose ``_ssl`` object layout is known (``_ContextPrefix``). Where that does not hold, key exchange
+falls back to P-256 alone with a warning. The other route, an OpenSSL configuration file with
+``Groups = ...``, is process-wide, must be in place before OpenSSL initialises and would silently
+do nothing when the variable is missing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import platform
 import shutil
 import ssl
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -70,12 +73,56 @@ _SSL_CTRL_SET_GROUPS_LIST = 92
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 
 
+# CPython versions whose ``_ssl.c`` declares ``PySSLContext`` as PyObject_HEAD followed by the
+# fields of ``_ContextPrefix``: the prefix has not changed from 3.8 through 3.13 (3.13 appends PSK
+# callbacks after it). 3.11 is the version tested here (the oldest lbproxy supports); 3.14 and
+# later are not assumed: their source was not checked, and 3.15 has ``set_groups`` anyway.
+CTYPES_PYTHONS = ((3, 11), (3, 13))
+
+
+class _ContextPrefix(ctypes.Structure):
+    """The start of CPython's ``PySSLContext`` after PyObject_HEAD (``Modules/_ssl.c``)."""
+
+    _fields_ = (
+        ("ctx", ctypes.c_void_p),  # SSL_CTX *
+        ("alpn_protocols", ctypes.c_void_p),
+        ("alpn_protocols_len", ctypes.c_uint),
+        ("set_sni_cb", ctypes.c_void_p),  # PyObject *: the sni_callback, NULL when unset
+        ("check_hostname", ctypes.c_int),
+        ("hostflags", ctypes.c_uint),
+        ("protocol", ctypes.c_int),  # the PROTOCOL_* the context was made with
+    )
+
+
+def ctypes_refusal(implementation: str, version: tuple[int, int]) -> str | None:
+    """Why ctypes must not reach into ``ssl`` on this interpreter; None when it may."""
+    if implementation != "CPython":
+        return f"{implementation} is not CPython; its ssl objects have another layout"
+    low, high = CTYPES_PYTHONS
+    if not low <= version <= high:
+        shown = ".".join(map(str, version))
+        return f"Python {shown}: the ssl object layout is only known for 3.11 to 3.13"
+    return None
+
+
+def _sni_probe(_obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+    """Set as the SNI callback for an instant, so its address shows up in the object."""
+
+
 class _LibSsl:
     """The few libssl calls ``ssl`` lacks, bound to the libssl that ``_ssl`` uses."""
 
     def __init__(self) -> None:
+        refusal = ctypes_refusal(platform.python_implementation(), sys.version_info[:2])
+        if refusal is not None:
+            raise ImportError(refusal)
         import _ssl
 
+        base = _ssl._SSLContext
+        self._offset = object.__basicsize__  # PyObject_HEAD, whatever the build adds to it
+        if self._offset + ctypes.sizeof(_ContextPrefix) > base.__basicsize__:
+            raise ImportError("_ssl._SSLContext is smaller than the layout it should have")
+        self._base = base
         # dlsym on _ssl's handle also searches its dependencies, so this finds the same libssl
         # (never the copy bundled inside ``cryptography``) without naming a file.
         lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
@@ -94,22 +141,49 @@ class _LibSsl:
         self.clear_errors.restype = None
         self.clear_errors.argtypes = []
 
+    def _prefix(self, context: ssl.SSLContext) -> _ContextPrefix:
+        # A copy of bytes inside the object itself: __init__ checked that the C type is at
+        # least this large, so this reads no memory the object does not own.
+        raw = ctypes.string_at(id(context) + self._offset, ctypes.sizeof(_ContextPrefix))
+        return _ContextPrefix.from_buffer_copy(raw)
+
     def ssl_ctx(self, context: ssl.SSLContext) -> int:
-        """The ``SSL_CTX *`` inside ``context``; RuntimeError unless proven to be it."""
-        # CPython's PySSLContext starts with PyObject_HEAD, then ``SSL_CTX *ctx``.
-        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        """The ``SSL_CTX *`` inside ``context``; RuntimeError unless proven to be it.
+
+        The proof dereferences nothing before the layout is confirmed. First, from the
+        object's own bytes only: the protocol field must equal ``context.protocol`` and the SNI
+        callback field the address of the callback ``ssl`` reports (a probe is set for an
+        instant when there is none). Only then is the ``ctx`` field, by that confirmed layout
+        the SSL_CTX, handed to libssl: flipping an option through ``ssl`` must show up through
+        ``SSL_CTX_get_options``, which proves the libssl bound here is the one ``_ssl`` uses.
+        """
+        if not isinstance(context, self._base):
+            raise RuntimeError("not an ssl.SSLContext")
+        callback = context.sni_callback
+        if callback is None:
+            context.sni_callback = _sni_probe
+            try:
+                prefix = self._prefix(context)
+                expected = id(context.sni_callback)
+            finally:
+                context.sni_callback = None
+        else:
+            prefix, expected = self._prefix(context), id(callback)
+        if prefix.protocol != int(context.protocol) or prefix.set_sni_cb != expected:
+            raise RuntimeError("the ssl object does not have the expected layout")
+        pointer = prefix.ctx
         if not pointer:
-            raise RuntimeError("no SSL_CTX pointer at the expected place")
+            raise RuntimeError("the ssl object holds no SSL_CTX")
         probe = ssl.OP_NO_TICKET  # toggled and restored: a bit nothing else here depends on
         before = context.options
         try:
             for options in (before ^ probe, before):
                 context.options = options
                 if self.get_options(pointer) != int(context.options):
-                    raise RuntimeError("SSL_CTX pointer does not track SSLContext.options")
+                    raise RuntimeError("SSL_CTX_get_options disagrees with SSLContext.options")
         finally:
             context.options = before
-        return pointer
+        return int(pointer)
 
 
 _libssl: _LibSsl | None = None
@@ -128,12 +202,20 @@ def _openssl() -> _LibSsl | None:
 
 def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
     """Limit key exchange to ``groups``; False when only the one-curve fallback was possible."""
+    set_groups = getattr(context, "set_groups", None)
+    if set_groups is not None:  # Python 3.15+
+        try:
+            set_groups(groups)
+        except ssl.SSLError:
+            raise ValueError(f"OpenSSL refused the key exchange groups {groups!r}") from None
+        return True
     lib = _openssl()
+    reason = _libssl_error or "unknown"
     if lib is not None:
         try:
             pointer = lib.ssl_ctx(context)
         except RuntimeError as exc:
-            log.warning("cannot reach OpenSSL's context (%s)", exc)
+            reason = str(exc)
         else:
             if lib.ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
                 lib.clear_errors()
@@ -141,7 +223,9 @@ def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
             return True
     # Still inside the profile: clients listing P-256 get a HelloRetryRequest at worst, but a
     # client offering X25519 alone cannot connect.
-    log.warning("key exchange limited to P-256 only: this Python cannot set a groups list")
+    log.warning(
+        "key exchange limited to P-256 only: this Python cannot set a groups list (%s)", reason
+    )
     context.set_ecdh_curve("prime256v1")
     return False
 

@@ -20,6 +20,7 @@ from .certificate import LoadedCertificate
 from .context import build_context, rotate_ticket_keys
 from .default_cert import ensure_default_certificate
 from .sni import SniIndex
+from .status import CertificateStatus, certificate_status, expiry_warnings
 
 
 class _Snapshot:
@@ -42,8 +43,15 @@ class _Snapshot:
 class TlsServer:
     """All certificates of one TLS bind, with SNI dispatch; built once, reloaded in place."""
 
-    def __init__(self, certs: Sequence[LoadedCertificate], settings: TlsSettings) -> None:
+    def __init__(
+        self,
+        certs: Sequence[LoadedCertificate],
+        settings: TlsSettings,
+        *,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.settings = settings
+        self._log = log
         self.handshake_timeout = settings.handshake_timeout
         self._snapshot = _Snapshot(certs, settings)
         default = self._snapshot.index.default
@@ -57,14 +65,23 @@ class TlsServer:
     def certificates(self) -> tuple[LoadedCertificate, ...]:
         return self._snapshot.index.certs
 
-    def reload(self, certs: Sequence[LoadedCertificate]) -> None:
+    def certificate_statuses(self) -> list[CertificateStatus]:
+        """What new handshakes are served now, for the stats page, metrics and warnings."""
+        return [certificate_status(cert) for cert in self._snapshot.index.certs]
+
+    def reload(
+        self, certs: Sequence[LoadedCertificate], *, now: datetime.datetime | None = None
+    ) -> None:
         """Serve ``certs`` to new handshakes; ValueError leaves the current ones in place.
 
         Session tickets issued before are refused from now on (new ticket keys), so a client
-        comes back through a full handshake and sees the new certificate.
+        comes back through a full handshake and sees the new certificate. Expired or expiring
+        certificates are served and logged as warnings through the logger given at start.
         """
         self._snapshot = _Snapshot(certs, self.settings)
         rotate_ticket_keys(self.context)
+        if self._log is not None:
+            log_expiry_warnings(self._log, self.certificate_statuses(), now)
 
     def _on_server_name(
         self, ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
@@ -86,13 +103,28 @@ def load_tls_server(
 ) -> TlsServer:
     """Load the bind's certificates (or the self-signed default) and build its TlsServer.
 
-    Raises ``tls.store.CertificateError`` for a bad certificate file, ValueError for settings
-    OpenSSL refuses and OSError when the state directory cannot be written.
+    Expired and soon expiring certificates are served and logged as warnings on ``log``, which
+    the TlsServer keeps for its reloads. Raises ``tls.store.CertificateError`` for a bad
+    certificate file, ValueError for settings OpenSSL refuses and OSError when the state
+    directory cannot be written.
     """
     if settings.certificates:
         from .store import load_certificates
 
-        certs = load_certificates(settings.certificates, now=now)
+        certs = load_certificates(settings.certificates)
     else:
         certs = [ensure_default_certificate(state_dir, now=now, log=log)]
-    return TlsServer(certs, settings)
+    server = TlsServer(certs, settings, log=log)
+    log_expiry_warnings(log, server.certificate_statuses(), now)
+    return server
+
+
+def log_expiry_warnings(
+    log: logging.Logger,
+    statuses: Sequence[CertificateStatus],
+    now: datetime.datetime | None = None,
+) -> None:
+    """Each expired, not yet valid or soon expiring certificate as one warning line."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    for warning in expiry_warnings(statuses, now):
+        log.warning("%s", warning)

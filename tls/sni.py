@@ -69,13 +69,3 @@ class SniIndex:
         if self._strict:
             return None
         return self._default
-
-
-def pick_certificate(
-    server_name: str | None,
-    certs: Sequence[LoadedCertificate],
-    *,
-    strict: bool = False,
-) -> LoadedCertificate | None:
-    """One-off lookup; build an SniIndex when picking repeatedly from the same certificates."""
-    return SniIndex(certs, strict=strict).pick(server_name)

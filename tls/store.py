@@ -22,6 +22,7 @@ from config.model import CertificateSpec
 
 from .certificate import LoadedCertificate
 from .keys import PrivateKey, key_pem
+from .status import as_utc
 
 # HAProxy `crt <dir>` skips these sidecar files (and dot-files) when it loads a directory.
 SIDECAR_SUFFIXES = (".key", ".issuer", ".ocsp", ".sctl")
@@ -47,14 +48,38 @@ class CertificateError(Exception):
         self.cause = cause
 
 
-def _load_key_block(block: bytes, label: bytes, source: str) -> PrivateKey:
+class EncryptedKeyError(CertificateError):
+    """The key is encrypted and no password was given: the caller may ask for one and retry."""
+
+
+ENCRYPTED_KEY = (
+    "the private key is encrypted; lbproxy needs it unencrypted "
+    "(`lbproxy install-cert --key-password-file FILE` writes it so)"
+)
+
+
+def is_encrypted_key_block(label: bytes, block: bytes) -> bool:
+    """PKCS#8 ``ENCRYPTED PRIVATE KEY``, or a legacy PEM key with ``Proc-Type: 4,ENCRYPTED``."""
+    return label == b"ENCRYPTED PRIVATE KEY" or (
+        label in _KEY_LABELS and b"Proc-Type: 4,ENCRYPTED" in block
+    )
+
+
+def _load_key_block(
+    block: bytes, label: bytes, source: str, password: bytes | None = None
+) -> PrivateKey:
+    encrypted = is_encrypted_key_block(label, block)
+    if encrypted and password is None:
+        raise EncryptedKeyError(source, ENCRYPTED_KEY)
     try:
-        key = serialization.load_pem_private_key(block, password=None)
+        key = serialization.load_pem_private_key(block, password if encrypted else None)
     except TypeError:  # cryptography's way of saying "encrypted, no password given"
-        raise CertificateError(
-            source, "the private key is encrypted; lbproxy needs it unencrypted"
-        ) from None
+        raise EncryptedKeyError(source, ENCRYPTED_KEY) from None
     except (ValueError, UnsupportedAlgorithm):
+        if encrypted:
+            raise CertificateError(
+                source, "cannot decrypt the private key: wrong password, or the key is damaged"
+            ) from None
         raise CertificateError(source, f"the {label.decode()} block is damaged") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
@@ -67,12 +92,15 @@ def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     return [(match.group(1), match.group(0)) for match in _PEM_BLOCK.finditer(data)]
 
 
-def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[x509.Certificate]]:
+def parse_pem_bundle(
+    data: bytes, source: str, *, key_password: bytes | None = None
+) -> tuple[PrivateKey | None, list[x509.Certificate]]:
     """The key (if any) and the certificates of a PEM file, in file order.
 
     Blocks may come in any order; text between them (``Bag Attributes`` from ``openssl pkcs12``,
-    comments) is ignored. Keys must be unencrypted PKCS#8, PKCS#1 or SEC1; more than one key,
-    an encrypted key, a damaged block or a file with no PEM block at all raise CertificateError.
+    comments) is ignored. Keys are PKCS#8, PKCS#1 or SEC1; an encrypted one needs
+    ``key_password`` (else EncryptedKeyError). More than one key, a wrong password, a damaged
+    block or a file with no PEM block at all raise CertificateError.
     """
     key: PrivateKey | None = None
     certs: list[x509.Certificate] = []
@@ -92,13 +120,9 @@ def parse_pem_bundle(data: bytes, source: str) -> tuple[PrivateKey | None, list[
                     source, f"certificate {len(certs) + 1} in the file is damaged"
                 ) from None
         elif label in _KEY_LABELS or label == b"ENCRYPTED PRIVATE KEY":
-            if label == b"ENCRYPTED PRIVATE KEY":
-                raise CertificateError(
-                    source, "the private key is encrypted; lbproxy needs it unencrypted"
-                )
             if key is not None:
                 raise CertificateError(source, "more than one private key in the file")
-            key = _load_key_block(block, label, source)
+            key = _load_key_block(block, label, source, key_password)
         elif label in _IGNORED_LABELS:
             continue
         elif label == b"CERTIFICATE REQUEST":
@@ -256,15 +280,9 @@ def _find_sidecar_key(path: str) -> PrivateKey:
     raise CertificateError(path, f"no private key in the file and no {wanted} beside it")
 
 
-def _utc(moment: datetime.datetime) -> datetime.datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=datetime.UTC)
-    return moment.astimezone(datetime.UTC)
-
-
 def check_validity(cert: x509.Certificate, source: str, now: datetime.datetime) -> None:
     """CertificateError when ``cert`` is expired or not yet valid at ``now``."""
-    now = _utc(now)
+    now = as_utc(now)
     if now < cert.not_valid_before_utc:
         raise CertificateError(
             source,
@@ -283,13 +301,12 @@ def chain_pem(chain: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
 
 
-def load_certificate_file(
-    path: str, *, default: bool = False, now: datetime.datetime
-) -> LoadedCertificate:
+def load_certificate_file(path: str, *, default: bool = False) -> LoadedCertificate:
     """One servable certificate from ``path``: PEM bundle, or leaf(+chain) with a sidecar key.
 
-    The key must match the leaf and the leaf must be valid at ``now``; the chain is reordered
-    leaf → root and certificates that are not part of it are dropped. Raises CertificateError.
+    The key must match the leaf; the chain is reordered leaf → root and certificates that are
+    not part of it are dropped. Raises CertificateError. An expired or not yet valid leaf is
+    loaded all the same; ``tls.status.expiry_warnings`` is what tells the operator.
     """
     key, certs = parse_pem_bundle(_read(path), path)
     if not certs:
@@ -301,7 +318,6 @@ def load_certificate_file(
         raise CertificateError(
             path, f"the private key does not match the certificate {describe_subject(chain[0])}"
         )
-    check_validity(chain[0], path, now)
     names = certificate_names(chain[0])
     if not names:
         raise CertificateError(path, "the certificate names no host (no SAN DNS name and no CN)")
@@ -313,6 +329,7 @@ def load_certificate_file(
         not_before=chain[0].not_valid_before_utc,
         not_after=chain[0].not_valid_after_utc,
         default=default,
+        subject=describe_subject(chain[0]),
     )
 
 
@@ -339,9 +356,12 @@ def directory_files(path: str) -> list[str]:
 
 
 def load_certificates(
-    specs: Sequence[CertificateSpec], *, now: datetime.datetime
+    specs: Sequence[CertificateSpec], *, now: datetime.datetime | None = None
 ) -> list[LoadedCertificate]:
     """Every certificate of a TLS bind, in configuration order (directories expanded).
+
+    Dates never stop loading, so ``now`` is not consulted; it is accepted because callers that
+    predate that pass it.
 
     A directory marked ``default`` makes its first file the default. The first bad file stops
     loading with its CertificateError: a bind never starts with part of its certificates.
@@ -350,9 +370,7 @@ def load_certificates(
     for spec in specs:
         if os.path.isdir(spec.path):
             for index, file in enumerate(directory_files(spec.path)):
-                loaded.append(
-                    load_certificate_file(file, default=spec.default and index == 0, now=now)
-                )
+                loaded.append(load_certificate_file(file, default=spec.default and index == 0))
         else:
-            loaded.append(load_certificate_file(spec.path, default=spec.default, now=now))
+            loaded.append(load_certificate_file(spec.path, default=spec.default))
     return loaded

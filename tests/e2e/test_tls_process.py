@@ -3,6 +3,7 @@ s_client, certificate reload on SIGHUP, and clear errors for bad certificate fil
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 import shutil
 import signal
@@ -164,3 +165,68 @@ def test_bad_certificate_is_named_by_check_and_run(tmp_path: pathlib.Path) -> No
         assert result.returncode == 1, (command, result.stderr)
         assert str(bad) in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@needs_openssl
+def test_expired_certificate_is_served_with_a_warning(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    # One stale certificate must not take the process down: HAProxy, Pound and nginx serve it.
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = tmp_path / "old.pem"
+    leaf = ca.issue_cert(
+        "old.example.com",
+        not_before=now - datetime.timedelta(days=400),
+        not_after=now - datetime.timedelta(days=3),
+    )
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(bundle))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls_port, http_port, bport = free_port(), free_port(), free_port()
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "virtual_servers:\n"
+        "  - label: secure\n"
+        f"    bind: [{{address: 127.0.0.1:{tls_port}, tls: {{certificate: {bundle}}}}}]\n"
+        f"    real_servers: [{{label: web1, address: 127.0.0.1:{bport}}}]\n"
+        "  - label: plain\n"
+        f"    bind: 127.0.0.1:{http_port}\n"
+        f"    real_servers: [{{label: web1, address: 127.0.0.1:{bport}}}]\n"
+    )
+    check = subprocess.run(
+        [*lbproxy_command(), "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    assert f"warning: virtual server secure, bind 127.0.0.1:{tls_port}: {bundle}: " in check.stderr
+    assert "EXPIRED on" in check.stderr
+    with backend("web1", bport), lbproxy(config, ("127.0.0.1", http_port)) as proxy:
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as plain:
+            plain.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := plain.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"web1 GET /plain" in reply
+        shown = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{tls_port}",
+                "-servername",
+                "old.example.com",
+                "-CAfile",
+                str(ca_file),
+                "-showcerts",
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        served = shown.stdout.split("-----BEGIN CERTIFICATE-----", 1)[1].split("-----END", 1)[0]
+        assert served.split() == leaf.cert_chain_pems[0].bytes().decode().split("\n")[1:-2]
+        assert "certificate has expired" in shown.stdout, shown.stdout
+        assert f"{bundle}: certificate old.example.com EXPIRED on" in proxy.stderr()

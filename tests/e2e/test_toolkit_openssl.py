@@ -143,7 +143,7 @@ def test_convert_pfx_matches_openssl_nodes(
         x509.load_pem_x509_certificate(ROOT.cert_pem.bytes()).subject,
     ]
     if private_der(ours) is not None:
-        assert load_certificate_file(str(out), now=NOW).names == ("www.example.com",)
+        assert load_certificate_file(str(out)).names == ("www.example.com",)
 
 
 def test_convert_cer_der_and_p7b_match_openssl(
@@ -261,7 +261,7 @@ async def test_install_cert_bundle_serves_tls(
     bundle = tmp_path / "bundle.pem"
     argv = ["install-cert", "--key", pki["key"], "--cert", str(signed), "--chain", str(chain)]
     assert main([*argv, "--out", str(bundle)]) == 0
-    loaded = load_certificate_file(str(bundle), now=NOW)
+    loaded = load_certificate_file(str(bundle))
     assert loaded.names == ("www.example.com",)
     assert await _serve_and_connect(bundle, pki["root"], tls_version) == ("hello from the bundle\n")
 
@@ -396,3 +396,64 @@ def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str
     assert wrong.returncode == 1
     assert wrong.stderr.count(b"\n") == 1 and b"wrong password, or" in wrong.stderr
     assert b"Traceback" not in wrong.stderr
+
+
+def shown_line(out: str, label: str) -> str:
+    [line] = [line for line in out.splitlines() if line.startswith(f"  {label}:")]
+    return line.split(":", 1)[1].strip()
+
+
+@pytest.mark.parametrize(
+    ("subject", "extra"),
+    [
+        (
+            '/C=US/ST=Delaware/L=Wilmington/O=Example, Inc./OU=Say "hi"; a+b'
+            "/CN=www.example.com/emailAddress=ops@example.com",
+            [],
+        ),
+        ("/DC=com/DC=example/O=O1+OU=U1/CN= padded #1 /serialNumber=42", ["-multivalue-rdn"]),
+    ],
+    ids=["typical", "multi-valued-and-quoted"],
+)
+def test_show_cert_names_match_openssl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], subject: str, extra: list[str]
+) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    openssl(
+        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+        *("-days", "30", "-subj", subject, *extra, "-keyout", str(key), "-out", str(cert)),
+    )
+    assert main(["show-cert", str(cert)]) == 0
+    out = capsys.readouterr().out
+    for label in ("subject", "issuer"):
+        printed = openssl("x509", "-in", str(cert), "-noout", f"-{label}").decode().strip()
+        assert printed.startswith(f"{label}=")
+        assert shown_line(out, label) == printed.removeprefix(f"{label}=")
+
+
+def test_selfsigned_international_cn_as_openssl_sees_it(tmp_path: Path) -> None:
+    out = tmp_path / "idn.pem"
+    assert main(["selfsigned", "--cn", "bücher.example", "--out", str(out)]) == 0
+    shown = openssl("x509", "-in", str(out), "-noout", "-subject", "-ext", "subjectAltName")
+    assert shown.decode().split() == [
+        *("subject=CN", "=", "xn--bcher-kva.example"),
+        *("X509v3", "Subject", "Alternative", "Name:", "DNS:xn--bcher-kva.example"),
+    ]
+
+
+def test_install_cert_takes_a_key_openssl_encrypted(
+    tmp_path: Path, pki: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    encrypted = tmp_path / "enc.key"
+    openssl(
+        *("pkey", "-in", pki["key"], "-aes256", "-passout", f"file:{pki['pw']}"),
+        *("-out", str(encrypted)),
+    )
+    assert b"ENCRYPTED PRIVATE KEY" in encrypted.read_bytes()
+    out = tmp_path / "bundle.pem"
+    argv = ["install-cert", "--key", str(encrypted), "--cert", pki["leaf"], "--chain", pki["inter"]]
+    assert main([*argv, "--out", str(out), "--key-password-file", pki["pw"]]) == 0
+    assert SENTINEL not in "".join(capsys.readouterr())
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    assert private_der(out.read_bytes()) == private_der(LEAF.private_key_pem.bytes())
+    assert load_certificate_file(str(out)).names == ("www.example.com",)

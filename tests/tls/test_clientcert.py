@@ -12,11 +12,11 @@ import pytest
 import trio
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from config.model import TlsSettings, Verify
+from tests.tls.certs import self_signed
 from tests.tls.test_context import IO_TIMEOUT, client_context, connect, loaded, tls_server
 from tls.clientcert import (
     CLIENT_HEADER_NAMES,
@@ -167,17 +167,7 @@ NAMES = {
 
 
 def _self_signed(name: x509.Name, serial: int, not_before: datetime.datetime) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed(name, not_before=not_before, serial=serial)[0]
 
 
 FIELDS = ("-subject", "-issuer", "-startdate", "-enddate", "-serial")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import platform
 import re
 import shutil
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,7 +23,10 @@ from tls.certificate import LoadedCertificate
 from tls.context import (
     GROUPS,
     MOZILLA_INTERMEDIATE_CIPHERS,
+    _LibSsl,
+    _openssl,
     build_context,
+    ctypes_refusal,
     private_files,
     restrict_groups,
     temporary_private_files,
@@ -307,6 +312,109 @@ def test_restrict_groups_reaches_openssl(ca: trustme.CA) -> None:
     assert restrict_groups(ctx, GROUPS) is True
     with pytest.raises(ValueError, match="groups"):
         restrict_groups(ctx, "X25519:no-such-group")
+
+
+@pytest.mark.parametrize(
+    ("implementation", "version", "allowed"),
+    [
+        ("CPython", (3, 11), True),
+        ("CPython", (3, 12), True),
+        ("CPython", (3, 13), True),
+        ("CPython", (3, 10), False),
+        ("CPython", (3, 14), False),
+        ("PyPy", (3, 11), False),
+        ("GraalVM", (3, 11), False),
+    ],
+)
+def test_ctypes_only_on_known_cpython_layouts(
+    implementation: str, version: tuple[int, int], allowed: bool
+) -> None:
+    assert (ctypes_refusal(implementation, version) is None) is allowed
+
+
+needs_known_layout = pytest.mark.skipif(
+    ctypes_refusal(platform.python_implementation(), sys.version_info[:2]) is not None,
+    reason="an interpreter whose ssl layout is unknown (the fallback is tested instead)",
+)
+
+
+class _GroupsContext(ssl.SSLContext):
+    """A context as Python 3.15 makes it: with ``set_groups``."""
+
+    groups: list[str]
+
+    def set_groups(self, groups: str) -> None:
+        if "no-such" in groups:
+            raise ssl.SSLError("unknown group")
+        self.groups.append(groups)
+
+
+def test_set_groups_preferred_where_python_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tls.context as context_module
+
+    def no_ctypes() -> None:
+        raise AssertionError("ctypes used although ssl can set the groups")
+
+    monkeypatch.setattr(context_module, "_openssl", no_ctypes)
+    ctx = _GroupsContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.groups = []
+    assert restrict_groups(ctx, GROUPS) is True
+    assert ctx.groups == [GROUPS]
+    with pytest.raises(ValueError, match="groups"):
+        restrict_groups(ctx, "X25519:no-such-group")
+
+
+def test_other_interpreters_fall_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tls.context as context_module
+
+    monkeypatch.setattr(context_module, "_libssl", None)
+    monkeypatch.setattr(context_module, "_libssl_error", None)
+    monkeypatch.setattr(platform, "python_implementation", lambda: "PyPy")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with caplog.at_level("WARNING", logger="lbproxy.tls"):
+        assert restrict_groups(ctx, GROUPS) is False
+    assert "P-256 only" in caplog.text and "not CPython" in caplog.text
+
+
+@needs_known_layout
+def test_ssl_ctx_proof_leaves_the_context_as_it_was() -> None:
+    lib = context_module_openssl()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    options = ctx.options
+    assert lib.ssl_ctx(ctx) == lib.ssl_ctx(ctx) != 0
+    assert ctx.sni_callback is None and ctx.options == options
+
+    def callback(*_args: object) -> None:
+        return None
+
+    ctx.sni_callback = callback
+    lib.ssl_ctx(ctx)
+    assert ctx.sni_callback is callback
+
+
+@needs_known_layout
+def test_a_wrong_layout_is_refused_before_any_pointer_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shifted by one pointer, the fields read are not the ones the proof expects: refused from
+    # the object's own bytes, never by handing a stray value to libssl.
+    lib = context_module_openssl()
+    monkeypatch.setattr(lib, "_offset", lib._offset + 8)
+
+    def never(_pointer: int) -> int:
+        raise AssertionError("libssl called with an unproven pointer")
+
+    monkeypatch.setattr(lib, "get_options", never)
+    with pytest.raises(RuntimeError, match="layout"):
+        lib.ssl_ctx(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+
+
+def context_module_openssl() -> _LibSsl:
+    lib = _openssl()
+    assert lib is not None, "libssl unreachable on a Python whose layout is known"
+    return lib
 
 
 async def openssl_session(port: int, *args: str, line: bytes, until: bytes) -> bytes:

@@ -28,7 +28,7 @@ from tests.tls.test_context import (
 from tls.certificate import LoadedCertificate
 from tls.keys import write_secret_file
 from tls.server_tls import TlsServer, load_tls_server
-from tls.sni import SniIndex, normalize_name, pick_certificate
+from tls.sni import SniIndex, normalize_name
 from tls.store import CertificateError
 
 _EPOCH = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
@@ -75,7 +75,7 @@ DEEP = fake("deep", "*.api.example.com")
 def test_lookup_any_order(server_name: str | None, expected: str) -> None:
     for order in itertools.permutations([EXACT, WILD, DEEP]):
         certs = [OTHER, *order]
-        picked = pick_certificate(server_name, certs)
+        picked = SniIndex(certs).pick(server_name)
         assert picked is not None
         assert picked.source == expected, (server_name, [c.source for c in certs])
 
@@ -93,7 +93,7 @@ def test_lookup_any_order(server_name: str | None, expected: str) -> None:
     ],
 )
 def test_default_is_marked_else_first(certs: list[LoadedCertificate], expected: str) -> None:
-    picked = pick_certificate("nothing.matches", certs)
+    picked = SniIndex(certs).pick("nothing.matches")
     assert picked is not None and picked.source == expected
     assert SniIndex(certs).default is picked
 
@@ -109,12 +109,12 @@ def test_strict(server_name: str | None, expected: str | None) -> None:
 
 def test_first_certificate_keeps_a_shared_name() -> None:
     one, two = fake("one", "same.org"), fake("two", "same.org")
-    assert pick_certificate("same.org", [one, two]) is one
-    assert pick_certificate("same.org", [two, one]) is two
+    assert SniIndex([one, two]).pick("same.org") is one
+    assert SniIndex([two, one]).pick("same.org") is two
 
 
 def test_no_certificates() -> None:
-    assert pick_certificate("a.org", []) is None
+    assert SniIndex([]).pick("a.org") is None
 
 
 @pytest.mark.parametrize(

@@ -5,19 +5,22 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from config.model import CertificateSpec
+from tests.tls.certs import self_signed
 from tls.keys import generate_key, key_pem
 from tls.store import (
     CertificateError,
+    EncryptedKeyError,
     certificate_names,
     directory_files,
     key_matches,
@@ -39,13 +42,6 @@ ROOT_PEM = ROOT.cert_pem.bytes()
 KEY_PEM = LEAF.private_key_pem.bytes()
 OTHER_PEM = OTHER.cert_chain_pems[0].bytes()
 OTHER_KEY_PEM = OTHER.private_key_pem.bytes()
-# trustme's defaults span centuries; this one has real dates for the expiry checks.
-SHORT = INTERMEDIATE.issue_cert(
-    "short.example.com",
-    not_before=NOW - datetime.timedelta(days=1),
-    not_after=NOW + datetime.timedelta(days=10),
-)
-SHORT_PEM = SHORT.cert_chain_pems[0].bytes() + SHORT.private_key_pem.bytes()
 
 
 def cert(pem: bytes) -> x509.Certificate:
@@ -64,18 +60,8 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 def cn_only_cert(cn: str) -> tuple[bytes, bytes]:
     """A self-signed certificate without subjectAltName (trustme always adds one)."""
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    built = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    built, key = self_signed(name, not_before=NOW - datetime.timedelta(days=1), days=31)
     return built.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
@@ -147,6 +133,22 @@ def _ed25519_key() -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+@pytest.mark.parametrize("encrypted", [_encrypted_pkcs8, _encrypted_pkcs1], ids=["pkcs8", "pkcs1"])
+def test_encrypted_key_with_its_password(encrypted: Callable[[], bytes]) -> None:
+    pem = encrypted()
+    with pytest.raises(EncryptedKeyError, match=r"k\.pem: the private key is encrypted"):
+        parse_pem_bundle(pem, "k.pem")
+    key, _ = parse_pem_bundle(pem, "k.pem", key_password=b"pw")
+    assert key is not None
+    with pytest.raises(CertificateError) as caught:
+        parse_pem_bundle(pem, "k.pem", key_password=b"wrong")
+    assert str(caught.value) == (
+        "k.pem: cannot decrypt the private key: wrong password, or the key is damaged"
+    )
+    # A password for a key that needs none changes nothing.
+    assert parse_pem_bundle(KEY_PEM, "k.pem", key_password=b"pw")[0] is not None
 
 
 DAMAGED_CERT = LEAF_PEM.replace(LEAF_PEM[40:60], b"A" * 20)
@@ -261,7 +263,7 @@ def test_certificate_names_san_lowercased_and_cn_fallback() -> None:
 
 def test_load_bundle_orders_chain_and_normalises_key(tmp_path: Path) -> None:
     path = write(tmp_path, "site.pem", ROOT_PEM + KEY_PEM + INTER_PEM + LEAF_PEM)
-    loaded = load_certificate_file(path, default=True, now=NOW)
+    loaded = load_certificate_file(path, default=True)
     assert loaded.source == path and loaded.default is True
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM + ROOT_PEM
     assert loaded.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -276,7 +278,7 @@ def test_load_bundle_orders_chain_and_normalises_key(tmp_path: Path) -> None:
 def test_load_with_sidecar_key(tmp_path: Path, cert_name: str, key_name: str) -> None:
     path = write(tmp_path, cert_name, LEAF_PEM + INTER_PEM)
     write(tmp_path, key_name, KEY_PEM)
-    loaded = load_certificate_file(path, now=NOW)
+    loaded = load_certificate_file(path)
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM
     assert parse_pem_bundle(loaded.key_pem, "k")[0] is not None
 
@@ -305,7 +307,7 @@ def test_loaded_certificate_serves_a_verified_handshake(tmp_path: Path) -> None:
     """ssl takes chain and key as they are, and a client trusting only the root verifies it:
     the reordered chain carries the intermediate."""
     path = write(tmp_path, "site.pem", KEY_PEM + INTER_PEM + LEAF_PEM)
-    loaded = load_certificate_file(path, now=NOW)
+    loaded = load_certificate_file(path)
     write(tmp_path, "chain.pem", loaded.chain_pem)
     write(tmp_path, "key.pem", loaded.key_pem)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -317,9 +319,9 @@ def test_loaded_certificate_serves_a_verified_handshake(tmp_path: Path) -> None:
     )
 
 
-def _load_error(path: str, now: datetime.datetime = NOW) -> str:
+def _load_error(path: str) -> str:
     with pytest.raises(CertificateError) as caught:
-        load_certificate_file(path, now=now)
+        load_certificate_file(path)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(path + ": ") or message.startswith(path + ".key: ")
@@ -330,34 +332,42 @@ DAY = datetime.timedelta(days=1)
 
 
 @pytest.mark.parametrize(
-    ("files", "now", "cause"),
+    ("files", "cause"),
     [
-        ({"site.pem": LEAF_PEM + INTER_PEM}, NOW, "no private key in the file and no site.pem.key"),
-        ({"site.pem": OTHER_KEY_PEM + LEAF_PEM}, NOW, "does not match the certificate"),
-        ({"site.pem": LEAF_PEM, "site.pem.key": OTHER_KEY_PEM}, NOW, "does not match"),
-        ({"site.pem": LEAF_PEM, "site.pem.key": INTER_PEM}, NOW, "holds no private key"),
-        ({"site.pem": KEY_PEM}, NOW, "no certificate in the file"),
-        ({"site.pem": SHORT_PEM}, NOW + 11 * DAY, "short.example.com expired on"),
-        ({"site.pem": SHORT_PEM}, NOW - 2 * DAY, "short.example.com is not valid before"),
-        ({"site.pem": b"garbage"}, NOW, "no PEM block found"),
+        ({"site.pem": LEAF_PEM + INTER_PEM}, "no private key in the file and no site.pem.key"),
+        ({"site.pem": OTHER_KEY_PEM + LEAF_PEM}, "does not match the certificate"),
+        ({"site.pem": LEAF_PEM, "site.pem.key": OTHER_KEY_PEM}, "does not match"),
+        ({"site.pem": LEAF_PEM, "site.pem.key": INTER_PEM}, "holds no private key"),
+        ({"site.pem": KEY_PEM}, "no certificate in the file"),
+        ({"site.pem": b"garbage"}, "no PEM block found"),
     ],
-    ids=[
-        "no-key",
-        "wrong-key",
-        "wrong-sidecar",
-        "sidecar-without-key",
-        "key-only",
-        "expired",
-        "not-yet-valid",
-        "garbage",
-    ],
+    ids=["no-key", "wrong-key", "wrong-sidecar", "sidecar-without-key", "key-only", "garbage"],
 )
-def test_load_certificate_file_errors(
-    tmp_path: Path, files: dict[str, bytes], now: datetime.datetime, cause: str
-) -> None:
+def test_load_certificate_file_errors(tmp_path: Path, files: dict[str, bytes], cause: str) -> None:
     for name, data in files.items():
         write(tmp_path, name, data)
-    assert cause in _load_error(str(tmp_path / "site.pem"), now)
+    assert cause in _load_error(str(tmp_path / "site.pem"))
+
+
+def test_dates_never_stop_loading(tmp_path: Path) -> None:
+    # HAProxy, Pound and nginx serve an expired certificate; refusing it would take every
+    # virtual server of the process down with one stale file. tls.status warns instead.
+    expired = INTERMEDIATE.issue_cert(
+        "expired.example.com", not_before=NOW - 30 * DAY, not_after=NOW - 2 * DAY
+    )
+    future = INTERMEDIATE.issue_cert(
+        "future.example.com", not_before=NOW + 2 * DAY, not_after=NOW + 90 * DAY
+    )
+    for name, issued in (("expired", expired), ("future", future)):
+        path = write(tmp_path, f"{name}.pem", issued.private_key_and_cert_chain_pem.bytes())
+        loaded = load_certificate_file(path)
+        assert loaded.names == (f"{name}.example.com",)
+        assert loaded.subject == f"{name}.example.com"
+        assert loaded.not_after == issued_not_after(issued)
+
+
+def issued_not_after(issued: trustme.LeafCert) -> datetime.datetime:
+    return cert(issued.cert_chain_pems[0].bytes()).not_valid_after_utc
 
 
 def test_load_missing_and_unreadable_files(tmp_path: Path) -> None:
@@ -369,15 +379,9 @@ def test_load_missing_and_unreadable_files(tmp_path: Path) -> None:
         assert "cannot read: Permission denied" in _load_error(path)
 
 
-def test_load_naive_now_is_utc(tmp_path: Path) -> None:
-    path = write(tmp_path, "site.pem", KEY_PEM + LEAF_PEM)
-    naive = NOW.replace(tzinfo=None)
-    assert load_certificate_file(path, now=naive).names[0] == "www.example.com"
-
-
 def test_load_cn_only_certificate(tmp_path: Path) -> None:
     pem, key = cn_only_cert("Old.Example.com")
-    loaded = load_certificate_file(write(tmp_path, "old.pem", pem + key), now=NOW)
+    loaded = load_certificate_file(write(tmp_path, "old.pem", pem + key))
     assert loaded.names == ("old.example.com",)
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from l7proxy.cli import main
+from tests.tls.certs import self_signed
 from tls.store import key_matches, load_certificate_file, parse_pem_bundle
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -180,7 +181,7 @@ def test_convert_pfx_bundle_loads_and_is_private(
     key, certs = parse_pem_bundle(out.read_bytes(), str(out))
     assert certs == [LEAF_CERT, INTER_CERT, ROOT_CERT]
     assert key is not None and key_matches(key, LEAF_CERT)
-    assert load_certificate_file(str(out), now=NOW).names == ("www.example.com",)
+    assert load_certificate_file(str(out)).names == ("www.example.com",)
     assert "3 certificate(s)" in capsys.readouterr().out
 
 
@@ -374,7 +375,7 @@ def test_install_cert_assembles_a_loadable_bundle(
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert mode(out) == 0o600
-    loaded = load_certificate_file(str(out), now=NOW)
+    loaded = load_certificate_file(str(out))
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM + ROOT.cert_pem.bytes()
     assert "warning: " in captured.err and "root certificate" in captured.err
     assert "www.example.com" in captured.out
@@ -400,6 +401,111 @@ def test_install_cert_wrong_key(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not out.exists()
 
 
+def encrypted_key(password: str, *, legacy: bool = False) -> bytes:
+    """The leaf's key encrypted: PKCS#8 (``ENCRYPTED PRIVATE KEY``) or the legacy PKCS#1 form."""
+    assert LEAF_KEY is not None
+    form = (
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if legacy
+        else (serialization.PrivateFormat.PKCS8)
+    )
+    return LEAF_KEY.private_bytes(
+        serialization.Encoding.PEM, form, serialization.BestAvailableEncryption(password.encode())
+    )
+
+
+class Terminal(io.TextIOWrapper):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["pkcs8", "pkcs1"])
+def test_install_cert_decrypts_an_encrypted_key(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    legacy: bool,
+) -> None:
+    key = write(tmp_path / "pending.key", encrypted_key(SENTINEL, legacy=legacy))
+    cert = write(tmp_path / "signed.pem", LEAF_PEM + INTER_PEM)
+    password = write(tmp_path / "pw", SENTINEL.encode() + b"\n")
+    monkeypatch.setenv("KEY_PASSWORD", SENTINEL)
+    base = ["install-cert", "--key", key, "--cert", cert, "--out"]
+    for index, options in enumerate(
+        (["--key-password-file", password], ["--key-password-env", "KEY_PASSWORD"])
+    ):
+        out = tmp_path / f"bundle{index}.pem"
+        assert main([*base, str(out), *options]) == 0, capsys.readouterr().err
+        assert mode(out) == 0o600
+        assert b"ENCRYPTED" not in out.read_bytes()
+        assert load_certificate_file(str(out)).chain_pem == LEAF_PEM + INTER_PEM
+
+    prompts: list[str] = []
+
+    def typed(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return SENTINEL
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"")))
+    monkeypatch.setattr(getpass, "getpass", typed)
+    assert main([*base, str(tmp_path / "prompted.pem")]) == 0
+    assert prompts == [f"Password for {key}: "]
+    out, err = capsys.readouterr()
+    assert SENTINEL not in out + err
+
+
+@pytest.mark.parametrize(
+    ("options", "cause"),
+    [
+        (
+            [],
+            "the private key is encrypted: give --key-password-file FILE or "
+            "--key-password-env VAR (no terminal to ask on)",
+        ),
+        (
+            ["--key-password-env", "KEY_WRONG"],
+            "cannot decrypt the private key: wrong password, or the key is damaged",
+        ),
+        (["--key-password-env", "UNSET_VARIABLE_X"], None),
+    ],
+    ids=["no-password-no-terminal", "wrong-password", "unset-variable"],
+)
+def test_install_cert_encrypted_key_failures(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    cause: str | None,
+) -> None:
+    monkeypatch.setenv("KEY_WRONG", WRONG)
+    key = write(tmp_path / "pending.key", encrypted_key(SENTINEL))
+    cert = write(tmp_path / "signed.pem", LEAF_PEM + INTER_PEM)
+    out = tmp_path / "bundle.pem"
+    assert main(["install-cert", "--key", key, "--cert", cert, "--out", str(out), *options]) == 1
+    err = capsys.readouterr().err
+    if cause is None:
+        assert err == "error: --key-password-env: the variable UNSET_VARIABLE_X is not set\n"
+    else:
+        assert one_error_line(err, key) == f"error: {key}: {cause}"
+    assert WRONG not in err and SENTINEL not in err
+    assert not out.exists()
+
+
+def test_selfsigned_and_csr_put_an_international_cn_as_its_a_label(tmp_path: Path) -> None:
+    out = tmp_path / "self.pem"
+    assert main(["selfsigned", "--cn", "bücher.example", "--out", str(out)]) == 0
+    self_signed = x509.load_pem_x509_certificate(out.read_bytes())
+    request_path = tmp_path / "r.csr"
+    argv = ["csr", "--cn", "bücher.example", "--key-type", "ec:p256"]
+    assert main([*argv, "--key-out", str(tmp_path / "k"), "--csr-out", str(request_path)]) == 0
+    request = x509.load_pem_x509_csr(request_path.read_bytes())
+    for made in (self_signed, request):
+        [cn] = made.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        assert cn.value == "xn--bcher-kva.example"
+        san = made.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["xn--bcher-kva.example"]
+
+
 # --- selfsigned and show-cert -----------------------------------------------------------------
 
 
@@ -408,7 +514,7 @@ def test_selfsigned_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     argv = ["selfsigned", "--cn", "lb.example.com", "--san", "10.0.0.5", "--out", str(out)]
     assert main([*argv, "--days", "30", "--key-type", "ec:p256"]) == 0
     assert mode(out) == 0o600
-    loaded = load_certificate_file(str(out), now=NOW)
+    loaded = load_certificate_file(str(out))
     assert loaded.names == ("lb.example.com",)
     assert 29 <= (loaded.not_after - NOW).days <= 30
     assert "sha256" in capsys.readouterr().out
@@ -434,6 +540,39 @@ def test_show_cert_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "needs a password" in one_error_line(capsys.readouterr().err, pfx)
 
 
+def test_show_cert_with_an_encrypted_key_shows_the_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = write(tmp_path / "site.pem", encrypted_key(SENTINEL) + LEAF_PEM + INTER_PEM)
+    assert main(["show-cert", bundle]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{bundle}: 2 certificate(s), PEM\n")
+    assert "certificate 1 (leaf):" in out and "certificate 2 (chain):" in out
+    assert "DNS:www.example.com" in out
+    assert out.endswith("private key: encrypted (not read; a TLS bind needs it unencrypted)\n")
+
+
+def test_show_cert_subject_in_certificate_order_with_short_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = x509.Name(
+        [
+            x509.NameAttribute(x509.NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "Example, Inc."),
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, "www.example.com"),
+            x509.NameAttribute(x509.NameOID.EMAIL_ADDRESS, "ops@example.com"),
+        ]
+    )
+    cert, _ = self_signed(name, not_before=NOW - datetime.timedelta(days=1))
+    path = write(tmp_path / "c.pem", cert.public_bytes(serialization.Encoding.PEM))
+    assert main(["show-cert", path]) == 0
+    out = capsys.readouterr().out
+    expected = 'C = US, O = "Example, Inc.", CN = www.example.com, emailAddress = ops@example.com'
+    assert f"  subject:     {expected}\n" in out
+    assert f"  issuer:      {expected}\n" in out
+    assert "1.2.840.113549.1.9.1" not in out
+
+
 # --- secrets ----------------------------------------------------------------------------------
 
 
@@ -455,6 +594,7 @@ def test_secrets_never_reach_output_or_logs(
     password = write(tmp_path / "pw", SENTINEL.encode())
     bundle = write(tmp_path / "bundle.pem", KEY_PEM + LEAF_PEM + INTER_PEM)
     key = write(tmp_path / "pending.key", KEY_PEM)
+    encrypted = write(tmp_path / "encrypted.key", encrypted_key(SENTINEL))
     d = tmp_path
     runs = [
         ["convert-pfx", pfx, "--out", f"{d}/1.pem", "--password-file", password],
@@ -469,6 +609,14 @@ def test_secrets_never_reach_output_or_logs(
         ["convert-cer", bundle, "--out", f"{d}/5.pem"],
         ["install-cert", "--key", key, "--cert", bundle, "--out", f"{d}/6.pem"],
         ["install-cert", "--key", key, "--cert", bundle, "--out", f"{d}/6.pem"],  # exists
+        [
+            *("install-cert", "--key", encrypted, "--cert", bundle, "--out", f"{d}/9.pem"),
+            *("--key-password-env", "PFX_PASSWORD"),
+        ],
+        [
+            *("install-cert", "--key", encrypted, "--cert", bundle, "--out", f"{d}/10.pem"),
+            *("--key-password-env", "PFX_WRONG"),
+        ],
         ["selfsigned", "--cn", "s.example.com", "--out", f"{d}/7.pem", "--key-type", "ec:p256"],
         [
             *("csr", "--cn", "c.example.com", "--key-out", f"{d}/8.key"),
@@ -476,7 +624,7 @@ def test_secrets_never_reach_output_or_logs(
         ],
     ]
     codes = [main(argv) for argv in runs]
-    assert codes == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0]
+    assert codes == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 0]
     out, err = capsys.readouterr()
     shown = out + err + caplog.text
     generated = [(d / name).read_bytes() for name in ("7.pem", "8.key")]
@@ -487,7 +635,7 @@ def test_secrets_never_reach_output_or_logs(
     assert all(line not in shown for line in secret_lines)
     assert "PRIVATE KEY-----" not in shown
     outputs = [path for path in d.iterdir() if path.name[0].isdigit()]
-    assert len(outputs) == 8
+    assert len(outputs) == 9
     for path in outputs:
         if b"PRIVATE KEY" in path.read_bytes():
             assert mode(path) & 0o077 == 0, path

@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tls.certinfo import describe_file, fingerprint, key_description, validity
-from tls.csr import SubjectFields, build_csr, normalise_host, validate_subject
-from tls.der import looks_like_pkcs12, read_certificate_file
-from tls.install import EXPIRY_WARNING_DAYS, assemble_bundle
 from tls.keys import PrivateKey, generate_key
-from tls.pfx import OPEN_FAILED, read_pfx
 from tls.store import CertificateError, key_matches, parse_pem_bundle
+from tls.toolkit.certinfo import describe_file, fingerprint, key_description, validity
+from tls.toolkit.csr import SubjectFields, build_csr, normalise_host, validate_subject
+from tls.toolkit.der import looks_like_pkcs12, read_certificate_file
+from tls.toolkit.install import EXPIRY_WARNING_DAYS, assemble_bundle
+from tls.toolkit.pfx import OPEN_FAILED, read_pfx
 
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
@@ -107,6 +107,7 @@ def test_build_csr_cn_only_still_has_san() -> None:
     [
         ({"common_name": ""}, "--cn: the common name is required"),
         ({"common_name": "a" * 65 + ".com"}, "--cn: longer than 64 characters"),
+        ({"common_name": "ü" * 55 + ".example"}, "--cn: its A-label xn--"),
         ({"common_name": "bad_name.example.com"}, "--cn: 'bad_name.example.com' is not a valid"),
         ({"common_name": "www.example.com\n"}, "--cn: control characters"),
         ({"country": "USA"}, "--country: must be two letters"),

@@ -1,9 +1,9 @@
 """The certificate toolkit subcommands: csr, convert-pfx, convert-cer, install-cert, selfsigned,
-show-cert. Registered into the ``lbproxy`` parser by ``cli.build_parser``.
+show-cert. ``register`` adds them to the ``lbproxy`` parser (``l7proxy.cli`` only dispatches).
 
-Handlers are thin: read files and the password, call ``tls.*``, write with ``tls.keys``
-helpers, print. Bad input ends as one line on stderr naming the file and the cause, exit 1;
-usage errors exit 2. Passwords come from a prompt, a file or an environment variable, never
+Handlers are thin: read files and the password, call the toolkit's pure modules, write with
+``tls.keys`` helpers, print. Bad input ends as one line on stderr naming the file and the cause,
+exit 1; usage errors exit 2. Passwords come from a prompt, a file or an environment variable, never
 the command line (``/proc/PID/cmdline`` is world-readable), and never reach any output.
 """
 
@@ -19,10 +19,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from tls.certinfo import describe_file, fingerprint
-from tls.csr import SubjectFields, build_csr, request_names, validate_subject
-from tls.der import CertificateFile, looks_like_pkcs12, read_certificate_file
-from tls.install import assemble_bundle, days_left
 from tls.keys import (
     DEFAULT_KEY_TYPE,
     KEY_TYPES,
@@ -32,9 +28,21 @@ from tls.keys import (
     write_public_file,
     write_secret_file,
 )
-from tls.pfx import PfxContents, PfxOpenError, read_pfx
 from tls.selfsigned import DEFAULT_DAYS, make_self_signed
-from tls.store import CertificateError, chain_pem, describe_subject, order_chain, parse_pem_bundle
+from tls.store import (
+    CertificateError,
+    EncryptedKeyError,
+    chain_pem,
+    describe_subject,
+    order_chain,
+    parse_pem_bundle,
+)
+
+from .certinfo import describe_file, fingerprint
+from .csr import SubjectFields, build_csr, request_names, validate_subject
+from .der import CertificateFile, looks_like_pkcs12, read_certificate_file
+from .install import assemble_bundle, days_left
+from .pfx import PfxContents, PfxOpenError, read_pfx
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -138,23 +146,27 @@ def _first_line(data: bytes) -> bytes:
     return data.split(b"\n", 1)[0].removesuffix(b"\r")
 
 
-def _password_from_options(args: argparse.Namespace) -> bytes | None:
-    """The password from ``--password-file`` or ``--password-env``; None when neither is given."""
-    if args.password_file is not None:
-        if args.password_file == "-":
+def _password_from_options(args: argparse.Namespace, prefix: str = "") -> bytes | None:
+    """The password from ``--<prefix>password-file`` or ``--<prefix>password-env``; None when
+    neither is given. ``prefix`` is "" for a PKCS#12 file's password, "key-" for a key's."""
+    attribute, option = prefix.replace("-", "_"), f"--{prefix}password"
+    path = getattr(args, f"{attribute}password_file")
+    variable = getattr(args, f"{attribute}password_env")
+    if path is not None:
+        if path == "-":
             data = sys.stdin.buffer.read(MAX_PASSWORD_BYTES + 1)
-            where = "--password-file -"
+            where = f"{option}-file -"
         else:
-            data = _read_password_file(args.password_file)
-            where = args.password_file
+            data = _read_password_file(path)
+            where = path
         if len(data) > MAX_PASSWORD_BYTES:
             raise BadInput(f"{where}: longer than {MAX_PASSWORD_BYTES} bytes; not a password")
         return _first_line(data)
-    if args.password_env is not None:
+    if variable is not None:
         # The raw bytes: decoding and re-encoding could fail with an error that quotes them.
-        value = os.environb.get(os.fsencode(args.password_env))
+        value = os.environb.get(os.fsencode(variable))
         if value is None:
-            raise BadInput(f"--password-env: the variable {args.password_env} is not set")
+            raise BadInput(f"{option}-env: the variable {variable} is not set")
         return value
     return None
 
@@ -177,6 +189,17 @@ def _prompt(text: str) -> bytes | None:
         raise BadInput("no password given") from None
 
 
+def _ask_password(path: str, why: str, prefix: str = "") -> bytes:
+    """The password typed at the terminal; BadInput naming the options when there is none."""
+    prompted = _prompt(f"Password for {path}: ")
+    if prompted is None:
+        raise BadInput(
+            f"{path}: {why}: give --{prefix}password-file FILE or --{prefix}password-env VAR "
+            "(no terminal to ask on)"
+        )
+    return prompted
+
+
 def _open_pfx(path: str, data: bytes, args: argparse.Namespace) -> tuple[PfxContents, bytes]:
     """Open with the given password; without one, try the empty password, then prompt."""
     password = _password_from_options(args)
@@ -185,24 +208,21 @@ def _open_pfx(path: str, data: bytes, args: argparse.Namespace) -> tuple[PfxCont
     try:
         return read_pfx(data, None, path), b""
     except PfxOpenError:
-        prompted = _prompt(f"Password for {path}: ")
-        if prompted is None:
-            raise BadInput(
-                f"{path}: needs a password: give --password-file FILE or --password-env VAR "
-                "(no terminal to ask on)"
-            ) from None
-        return read_pfx(data, prompted, path), prompted
+        prompted = _ask_password(path, "needs a password")
+    return read_pfx(data, prompted, path), prompted
 
 
-def _add_password_options(parser: argparse.ArgumentParser) -> None:
+def _add_password_options(
+    parser: argparse.ArgumentParser, prefix: str = "", what: str = "the password"
+) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--password-file",
+        f"--{prefix}password-file",
         metavar="FILE",
-        help="read the password from FILE (first line; '-' reads standard input)",
+        help=f"read {what} from FILE (first line; '-' reads standard input)",
     )
     group.add_argument(
-        "--password-env", metavar="VAR", help="read the password from environment variable VAR"
+        f"--{prefix}password-env", metavar="VAR", help=f"read {what} from environment variable VAR"
     )
 
 
@@ -303,8 +323,15 @@ def _cmd_convert_cer(args: argparse.Namespace) -> None:
 # --- install-cert -----------------------------------------------------------------------------
 
 
-def _load_key(path: str) -> PrivateKey:
-    key, _ = parse_pem_bundle(_read_input(path), path)
+def _load_key(path: str, args: argparse.Namespace) -> PrivateKey:
+    """The pending key, decrypted with the given password, else one asked for on a terminal."""
+    data = _read_input(path)
+    password = _password_from_options(args, "key-")
+    try:
+        key, _ = parse_pem_bundle(data, path, key_password=password)
+    except EncryptedKeyError:
+        prompted = _ask_password(path, "the private key is encrypted", "key-")
+        key, _ = parse_pem_bundle(data, path, key_password=prompted)
     if key is None:
         raise BadInput(f"{path}: holds no private key")
     return key
@@ -312,7 +339,7 @@ def _load_key(path: str) -> PrivateKey:
 
 def _cmd_install_cert(args: argparse.Namespace) -> None:
     _refuse_existing([args.out], args.force)
-    key = _load_key(args.key)
+    key = _load_key(args.key, args)
     certs = read_certificate_file(_read_input(args.cert), args.cert).certificates
     for chain_file in args.chain or []:
         certs += read_certificate_file(_read_input(chain_file), chain_file).certificates
@@ -322,7 +349,7 @@ def _cmd_install_cert(args: argparse.Namespace) -> None:
     _write(args.out, bundle.pem, secret=True, force=args.force)
     leaf = bundle.chain[0]
     order = " -> ".join(describe_subject(cert) for cert in bundle.chain)
-    print(f"wrote {args.out} (mode 0600): {order}")
+    print(f"wrote {args.out} (mode 0600, the key unencrypted as a TLS bind needs it): {order}")
     print(f"expires {leaf.not_valid_after_utc:%Y-%m-%d} ({days_left(leaf, _now())} day(s) left)")
 
 
@@ -333,10 +360,11 @@ def _cmd_selfsigned(args: argparse.Namespace) -> None:
     if not 1 <= args.days <= MAX_SELFSIGNED_DAYS:
         raise BadInput(f"--days: must be between 1 and {MAX_SELFSIGNED_DAYS}, got {args.days}")
     # The same checks as a request: a self-signed certificate names hosts the same way.
-    request_names(validate_subject(SubjectFields(common_name=args.cn)).common_name, args.san)
+    common_name = validate_subject(SubjectFields(common_name=args.cn)).common_name
+    others = request_names(common_name, args.san)[1:]
     _refuse_existing([args.out], args.force)
     key = generate_key(args.key_type)
-    cert = make_self_signed(key, args.cn, args.san, days=args.days, now=_now())
+    cert = make_self_signed(key, common_name, others, days=args.days, now=_now())
     _write(args.out, chain_pem([cert]) + key_pem(key), secret=True, force=args.force)
     print(f"wrote {args.out} (mode 0600): self-signed {describe_subject(cert)}")
     print(f"expires {cert.not_valid_after_utc:%Y-%m-%d}; sha256 {fingerprint(cert)}")
@@ -352,7 +380,15 @@ def _cmd_show_cert(args: argparse.Namespace) -> None:
         found = CertificateFile(contents.chain + contents.others, contents.key, "PKCS#12")
     else:
         found = read_certificate_file(data, args.file)
-    for line in describe_file(args.file, found.encoding, found.certificates, found.key, _now()):
+    lines = describe_file(
+        args.file,
+        found.encoding,
+        found.certificates,
+        found.key,
+        _now(),
+        key_encrypted=found.key_encrypted,
+    )
+    for line in lines:
         print(line)
 
 
@@ -427,6 +463,7 @@ def _register_install(sub: argparse._SubParsersAction[Any]) -> None:
     install.add_argument(
         "--out", required=True, metavar="BUNDLE.pem", help="leaf, chain and key (0600)"
     )
+    _add_password_options(install, "key-", "the password of an encrypted --key")
     _add_force(install)
     install.set_defaults(func=_command(_cmd_install_cert))
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .keys import PrivateKey, key_pem
-from .store import (
+from tls.keys import PrivateKey, key_pem
+from tls.status import EXPIRY_WARNING_DAYS
+from tls.store import (
     CertificateError,
     chain_pem,
     check_validity,
@@ -22,9 +23,6 @@ from .store import (
     order_chain,
     parse_pem_bundle,
 )
-
-# HAProxy's and most monitoring's renewal reminder; Let's Encrypt renews at 30 days left too.
-EXPIRY_WARNING_DAYS = 30
 
 
 @dataclass(frozen=True, slots=True)

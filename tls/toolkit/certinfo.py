@@ -3,17 +3,90 @@
 from __future__ import annotations
 
 import datetime
+import unicodedata
 from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from tls.keys import PrivateKey
+from tls.store import describe_subject, key_matches, order_chain
 
 from .install import days_left
-from .keys import PrivateKey
-from .store import describe_subject, key_matches, order_chain
 
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+# OpenSSL's short names (``objects.txt``), as ``openssl x509 -noout -subject`` prints them.
+_SHORT_NAMES = {
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.COMMON_NAME: "CN",
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.DOMAIN_COMPONENT: "DC",
+    NameOID.USER_ID: "UID",
+    NameOID.STREET_ADDRESS: "street",
+    NameOID.TITLE: "title",
+    NameOID.SURNAME: "SN",
+    NameOID.GIVEN_NAME: "GN",
+    NameOID.INITIALS: "initials",
+    NameOID.PSEUDONYM: "pseudonym",
+    NameOID.GENERATION_QUALIFIER: "generationQualifier",
+    NameOID.DN_QUALIFIER: "dnQualifier",
+    NameOID.X500_UNIQUE_IDENTIFIER: "x500UniqueIdentifier",
+    NameOID.BUSINESS_CATEGORY: "businessCategory",
+    NameOID.JURISDICTION_COUNTRY_NAME: "jurisdictionC",
+    NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME: "jurisdictionST",
+    NameOID.JURISDICTION_LOCALITY_NAME: "jurisdictionL",
+    NameOID.POSTAL_ADDRESS: "postalAddress",
+    NameOID.POSTAL_CODE: "postalCode",
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
+    NameOID.UNSTRUCTURED_NAME: "unstructuredName",
+    NameOID.INN: "INN",
+    NameOID.OGRN: "OGRN",
+    NameOID.SNILS: "SNILS",
+}
+# RFC 2253 specials: a value holding one is quoted, as OpenSSL's default name format does.
+_SPECIALS = frozenset(',+"\\<>;')
+
+
+def _name_value(value: str | bytes) -> str:
+    if isinstance(value, bytes):  # a BIT STRING (x500UniqueIdentifier): OpenSSL dumps it too
+        return "#" + value.hex().upper()
+    quoted = (
+        any(char in _SPECIALS for char in value) or value[:1] in ("#", " ") or value[-1:] == " "
+    )
+    if quoted:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    # Control characters as \XX, like OpenSSL: a name must not move the terminal's cursor.
+    value = "".join(
+        f"\\{ord(char):02X}" if unicodedata.category(char) == "Cc" else char for char in value
+    )
+    return f'"{value}"' if quoted else value
+
+
+def openssl_name(name: x509.Name) -> str:
+    """A distinguished name as ``openssl x509 -noout -subject`` prints it (after ``subject=``):
+    the order of the certificate, OpenSSL's short names (``emailAddress``, dotted numbers for
+    unknown attributes), ``+`` inside a multi-valued RDN, values with specials quoted.
+
+    One deliberate difference: non-ASCII text is shown as it is, where OpenSSL writes UTF-8
+    bytes as ``\\XX``.
+    """
+    rdns = [
+        " + ".join(
+            f"{_SHORT_NAMES.get(attribute.oid, attribute.oid.dotted_string)} = "
+            f"{_name_value(attribute.value)}"
+            for attribute in rdn
+        )
+        for rdn in name.rdns
+    ]
+    return ", ".join(rdns) or "(empty)"
 
 
 def key_description(public_key: object) -> str:
@@ -62,9 +135,9 @@ def validity(cert: x509.Certificate, now: datetime.datetime) -> str:
 def describe_certificate(cert: x509.Certificate, now: datetime.datetime) -> list[str]:
     names = subject_alt_names(cert)
     return [
-        f"  subject:     {cert.subject.rfc4514_string() or '(empty)'}",
+        f"  subject:     {openssl_name(cert.subject)}",
         f"  names:       {', '.join(names) if names else '(no subjectAltName)'}",
-        f"  issuer:      {cert.issuer.rfc4514_string() or '(empty)'}",
+        f"  issuer:      {openssl_name(cert.issuer)}",
         f"  valid:       {validity(cert, now)}",
         f"  key:         {key_description(cert.public_key())}",
         f"  serial:      {cert.serial_number:X}",
@@ -78,10 +151,13 @@ def describe_file(
     certs: Sequence[x509.Certificate],
     key: PrivateKey | None,
     now: datetime.datetime,
+    *,
+    key_encrypted: bool = False,
 ) -> list[str]:
     """The report: each certificate in chain order, then the ones off the chain, then the key.
 
-    The key is described (type, whether it matches), never shown.
+    The key is described (type, whether it matches), never shown; an encrypted one is only
+    said to be there (describing the certificates needs no password).
     """
     chain = order_chain(list(certs), key)
     others = [cert for cert in dict.fromkeys(certs) if cert not in chain]
@@ -100,4 +176,6 @@ def describe_file(
     if key is not None:
         matches = "matches the leaf" if chain and key_matches(key, chain[0]) else "DOES NOT MATCH"
         lines.append(f"private key: {key_description(key.public_key())}, {matches}")
+    elif key_encrypted:
+        lines.append("private key: encrypted (not read; a TLS bind needs it unencrypted)")
     return lines

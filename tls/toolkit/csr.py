@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from .keys import PrivateKey
-from .selfsigned import san_entry
+from tls.keys import PrivateKey
+from tls.selfsigned import san_entry
 
 MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
 MAX_ORGANIZATION = 64  # ub-organization-name
@@ -80,11 +80,17 @@ def normalise_host(option: str, name: str) -> str:
 
 
 def validate_subject(fields: SubjectFields) -> SubjectFields:
-    """The fields checked and normalised (country upper-cased); ValueError names the option."""
+    """The fields checked and normalised (country upper-cased, an international CN as its
+    A-label); ValueError names the option."""
     if not fields.common_name:
         raise ValueError("--cn: the common name is required")
+    # The CN goes into the SAN, so it must fit there. An international name goes into both as
+    # its A-label (xn--...): the name clients compare, and the same bytes in both places.
     _check_text("--cn", fields.common_name, MAX_COMMON_NAME)
-    normalise_host("--cn", fields.common_name)  # the CN goes into the SAN, so it must fit there
+    host = normalise_host("--cn", fields.common_name)
+    common_name = fields.common_name if fields.common_name.isascii() else host
+    if len(common_name) > MAX_COMMON_NAME:
+        raise ValueError(f"--cn: its A-label {common_name} is longer than {MAX_COMMON_NAME}")
     for option, value, limit in (
         ("--state", fields.state, MAX_STATE),
         ("--locality", fields.locality, MAX_LOCALITY),
@@ -100,7 +106,7 @@ def validate_subject(fields: SubjectFields) -> SubjectFields:
     if fields.email and not (fields.email.isascii() and _EMAIL.match(fields.email)):
         raise ValueError(f"--email: {fields.email!r} is not an e-mail address")
     return SubjectFields(
-        common_name=fields.common_name,
+        common_name=common_name,
         country=country,
         state=fields.state,
         locality=fields.locality,

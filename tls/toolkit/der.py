@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from .keys import PrivateKey
-from .store import CertificateError, parse_pem_bundle, pem_blocks
+from tls.keys import PrivateKey
+from tls.store import CertificateError, is_encrypted_key_block, parse_pem_bundle, pem_blocks
 
 _PKCS7_LABELS = (b"PKCS7", b"CERTIFICATE CHAIN")  # the second is an old Netscape spelling
 _DER_SEQUENCE = 0x30
@@ -28,6 +28,7 @@ class CertificateFile:
     certificates: list[x509.Certificate]
     key: PrivateKey | None
     encoding: str  # "PEM" | "DER" | "PKCS#7 (DER)"
+    key_encrypted: bool = False  # an encrypted PEM key was there; left unread (``key`` is None)
 
 
 def _load_pkcs7(
@@ -63,7 +64,14 @@ def looks_like_pkcs12(data: bytes) -> bool:
 def _read_pem(data: bytes, source: str) -> CertificateFile:
     certs: list[x509.Certificate] = []
     key: PrivateKey | None = None
+    key_encrypted = False
     for label, block in pem_blocks(data):
+        if is_encrypted_key_block(label, block):
+            # Describing or converting certificates needs no password; only the key would.
+            if key is not None or key_encrypted:
+                raise CertificateError(source, "more than one private key in the file")
+            key_encrypted = True
+            continue
         if label in _PKCS7_LABELS:
             try:
                 certs.extend(_load_pkcs7(pkcs7.load_pem_pkcs7_certificates, block))
@@ -72,18 +80,18 @@ def _read_pem(data: bytes, source: str) -> CertificateFile:
             continue
         block_key, block_certs = parse_pem_bundle(block, source)
         if block_key is not None:
-            if key is not None:
+            if key is not None or key_encrypted:
                 raise CertificateError(source, "more than one private key in the file")
             key = block_key
         certs.extend(block_certs)
-    return CertificateFile(certs, key, "PEM")
+    return CertificateFile(certs, key, "PEM", key_encrypted)
 
 
 def read_certificate_file(data: bytes, source: str) -> CertificateFile:
     """Certificates (and a PEM key, if any) from PEM, DER or PKCS#7 bytes.
 
-    PKCS#12 needs a password and is refused here with a pointer to ``tls.pfx``; anything else
-    unrecognised, or a file without any certificate, raises CertificateError.
+    PKCS#12 needs a password and is refused here with a pointer to ``tls.toolkit.pfx``; anything
+    else unrecognised, or a file without any certificate, raises CertificateError.
     """
     if pem_blocks(data):
         result = _read_pem(data, source)

@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from tls.keys import PrivateKey
+from tls.store import CertificateError, key_matches, order_chain
+
 from .der import looks_like_pkcs12
-from .keys import PrivateKey
-from .store import CertificateError, key_matches, order_chain
 
 # cryptography raises the same ValueError for both, so the message has to name both.
 OPEN_FAILED = (
