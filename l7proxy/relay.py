@@ -309,6 +309,11 @@ class Relay:
         ex.status = event.status_code
         server.counters.record_response(event.status_code)
         semantic, rest = client_response_headers(list(event.headers), self.rewrite)
+        if not ex.body_done:
+            # An answer before the whole request body (an early error, a final status to
+            # Expect: 100-continue): the rest of the body will not be read, so this client
+            # connection ends after the response, and the client is told so.
+            semantic.append((b"connection", b"close"))
         ex.response_started = True
         response = h11.Response(
             status_code=event.status_code, reason=event.reason, headers=semantic
