@@ -74,6 +74,7 @@ ERRORS = (
     "Unknown command",
     "Require ",
     "No such ",
+    "Can't find backend",
     "usage: ",
     "'set server <srv> ",
     "Empty weight string",
@@ -149,7 +150,7 @@ def split_line(line: str) -> list[list[str]]:
         if ch == "\\":
             word.append(next(chars, ""))
             has_word = True
-        elif ch in " \t":
+        elif ch in " \t\r\n":
             if has_word:
                 words.append("".join(word))
                 word, has_word = [], False
