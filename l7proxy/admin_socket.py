@@ -58,8 +58,9 @@ def _in_use(path: str) -> bool:
     return True
 
 
-def open_admin_socket(settings: AdminSocketSettings) -> socket.socket:
-    """Bind and listen at ``settings.path`` with ``settings.mode``.
+def open_admin_socket(settings: AdminSocketSettings, *, replace: bool = False) -> socket.socket:
+    """Bind and listen at ``settings.path`` with ``settings.mode``; ``replace``: the socket
+    there is this process's own (a reload changed its mode), not another proxy's.
 
     The socket is bound under a temporary name, given its mode, then renamed into place (as
     HAProxy does), so it is never reachable with looser permissions. A stale socket file is
@@ -75,7 +76,7 @@ def open_admin_socket(settings: AdminSocketSettings) -> socket.socket:
     if existing is not None:
         if not stat.S_ISSOCK(existing.st_mode):
             raise AdminSocketError(f"admin socket {path}: exists and is not a socket")
-        if _in_use(path):
+        if not replace and _in_use(path):
             raise AdminSocketError(f"admin socket {path}: another process is listening on it")
     temporary = f"{path}.{os.getpid()}.tmp"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

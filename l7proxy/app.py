@@ -171,7 +171,8 @@ class ProxyHandle:
         """Open the admin socket when configured; a reload keeps it when its settings are
         unchanged. Raises StartupError when it cannot be opened."""
         settings = self.runtime.config.global_.admin_socket
-        if settings == self._admin_settings:
+        previous = self._admin_settings
+        if settings == previous:
             return
         if self._admin_scope is not None:
             self._admin_scope.cancel()
@@ -181,7 +182,8 @@ class ProxyHandle:
             return
         assert self._checks is not None
         try:
-            sock = admin_socket.open_admin_socket(settings)
+            same_path = previous is not None and previous.path == settings.path
+            sock = admin_socket.open_admin_socket(settings, replace=same_path)
         except admin_socket.AdminSocketError as error:
             raise StartupError(str(error)) from error
         self._admin_settings = settings

@@ -169,6 +169,17 @@ def test_drain_applies_at_once_and_survives_reload_and_restart(tmp_path: pathlib
         assert get(setup.port, "127.0.0.1").server == "web2"
         assert ask(setup.sock, "show health").startswith("ok")  # the same socket, kept
 
+        # A reload that changes the mode replaces the socket at the same path.
+        text = setup.config.read_text()
+        setup.config.write_text(text.replace(f"mode: {MODE:04o}", "mode: 0600"))
+        setup.proxy.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: setup.proxy.stderr().count("SIGHUP: configuration reloaded") == 2,
+            "the second reload is done",
+        )
+        wait_for(lambda: stat.S_IMODE(os.stat(setup.sock).st_mode) == 0o600, "the new mode")
+        assert setup.status("web1") == "DRAIN"
+
         assert setup.proxy.terminate() == 0
         assert not setup.sock.exists()
         missing = ctl("-s", str(setup.sock), "health")
