@@ -223,26 +223,23 @@ def test_socat_and_prompt_mode(tmp_path: pathlib.Path) -> None:
     socat = shutil.which("socat")
     if socat is None:
         pytest.skip("socat is missing")
-    with running(tmp_path) as setup:
-        answer = subprocess.run(
-            [socat, "stdio", f"UNIX-CONNECT:{setup.sock}"],
-            input="set server www/web1 state drain; show servers state www\n",
+
+    def talk(sock: pathlib.Path, text: str) -> str:
+        return subprocess.run(
+            [socat, "stdio", f"UNIX-CONNECT:{sock}"],
+            input=text,
             capture_output=True,
             text=True,
             timeout=ANSWER_TIMEOUT,
             check=True,
         ).stdout
-        lines = answer.splitlines()
+
+    with running(tmp_path) as setup:
+        lines = talk(setup.sock, "set server www/web1 state drain; show servers state www\n")
+        lines = lines.splitlines()
         assert lines[:3] == ["", "1", lines[2]] and lines[2].startswith("# be_id be_name srv_id")
         assert lines[3].split()[1:7] == ["www", "1", "web1", "127.0.0.1", "2", "8"]
         assert {get(setup.port, "127.0.0.1").server for _ in range(NEW_CLIENTS)} == {"web2"}
-        interactive = subprocess.run(
-            [socat, "stdio", f"UNIX-CONNECT:{setup.sock}"],
-            input="prompt\nenable server www/web1\nshow health\nquit\n",
-            capture_output=True,
-            text=True,
-            timeout=ANSWER_TIMEOUT,
-            check=True,
-        ).stdout
+        interactive = talk(setup.sock, "prompt\nenable server www/web1\nshow health\nquit\n")
         assert interactive == "\n> \n> ok: 1 bind(s) open\n\n> "
         assert setup.status("web1") == "UP"
