@@ -26,6 +26,8 @@ EDGE_MODULES = {
     "l7proxy/demo.py",
     "l7proxy/stats.py",
     "l7proxy/logsink.py",
+    "l7proxy/admin_socket.py",
+    "l7proxy/ctl.py",
     "balancing/checker.py",
 }
 
