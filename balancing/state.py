@@ -79,6 +79,8 @@ class ServerState:
         self.consecutive_ok = 0
         self.consecutive_fail = 0
         self.pool: PoolState | None = None  # set by PoolState; used for "N active left"
+        # A drain with a deadline (runtime API): maint when the last client left or then.
+        self.drain_deadline: float | None = None
 
     @property
     def label(self) -> str:
@@ -107,6 +109,7 @@ class ServerState:
         return "UP"
 
     def set_admin(self, admin: AdminState, now: float) -> None:
+        self.drain_deadline = None  # any new admin state ends a timed drain
         if admin is not self.admin:
             self.admin = admin
             self.counters.last_change = now
@@ -197,6 +200,27 @@ class PoolState:
         return [s.row() for s in self.all_states()]
 
 
+class DrainEnd(enum.Enum):
+    """Why a timed drain ended (it goes to maint)."""
+
+    LAST_CLIENT_LEFT = "its last persistent client left"
+    DEADLINE = "the drain deadline passed"
+
+
+def drain_end(
+    admin: AdminState, deadline: float | None, now: float, active: int, entries: int
+) -> DrainEnd | None:
+    """Whether a drain with a deadline is over: no connection on the server and no unexpired
+    source-persistence entry naming it, or the deadline passed; whichever comes first."""
+    if admin is not AdminState.DRAIN or deadline is None:
+        return None
+    if active == 0 and entries == 0:
+        return DrainEnd.LAST_CLIENT_LEFT
+    if now >= deadline:
+        return DrainEnd.DEADLINE
+    return None
+
+
 def new_states(pools: Iterable[Pool]) -> dict[str, PoolState]:
     """Fresh runtime state for every pool, keyed by pool name."""
     return {pool.name: PoolState(pool) for pool in pools}
@@ -206,6 +230,7 @@ def _carry_server(old: ServerState, new: ServerState, notes: list[str]) -> None:
     # The operator's new config wins over a runtime change only where the config changed.
     if old.server.state is new.server.state:
         new.admin = old.admin
+        new.drain_deadline = old.drain_deadline
     if old.server.weight == new.server.weight:
         new.weight = old.weight
     same_target = (

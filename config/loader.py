@@ -16,6 +16,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .listener_reader import ListenerReader
 from .model import (
+    DEFAULT_ADMIN_SOCKET_MODE,
+    AdminSocketSettings,
     GlobalSettings,
     HeaderMatch,
     Mode,
@@ -39,11 +41,22 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _RULE_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
+_FILE_MODE_RE = re.compile(r"[0-7]{1,4}")
+
 _UNQUOTED_IPV6_RE = re.compile(r"(^|[\s,{\[])\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\]")
 
 TOP_KEYS = ("global", "virtual_servers", "pools")
-GLOBAL_KEYS = ("state_dir", "grace", "log_level", "access_log", "stats")
+GLOBAL_KEYS = (
+    "state_dir",
+    "grace",
+    "log_level",
+    "access_log",
+    "stats",
+    "admin_socket",
+    "state_file",
+)
 STATS_KEYS = ("bind", "path")
+ADMIN_SOCKET_KEYS = ("path", "mode")
 VS_KEYS = (
     "label",
     "bind",
@@ -233,7 +246,15 @@ class _Builder(PoolReader, ListenerReader):
         stats_entry = m.get("stats")
         if stats_entry is not None:
             stats = self.stats(stats_entry)
+        admin_entry = m.get("admin_socket")
+        admin_socket = self.admin_socket(admin_entry) if admin_entry is not None else None
+        state_entry = m.get("state_file")
+        state_file = self.path_value(state_entry, None)
         if None in (state_dir, grace, log_level, access_log):
+            return None
+        if (admin_entry is not None and admin_socket is None) or (
+            state_entry is not None and state_file is None
+        ):
             return None
         assert state_dir is not None and grace is not None
         assert log_level is not None and access_log is not None
@@ -243,7 +264,34 @@ class _Builder(PoolReader, ListenerReader):
             log_level=log_level,
             access_log=access_log,
             stats=stats,
+            admin_socket=admin_socket,
+            state_file=state_file,
         )
+
+    def admin_socket(self, entry: Entry) -> AdminSocketSettings | None:
+        """``admin_socket: PATH`` or ``{path: PATH, mode: 0600}``."""
+        if isinstance(entry.value, ScalarNode):
+            path = self.path_value(entry, None)
+            return AdminSocketSettings(path) if path is not None else None
+        m = self.mapping(entry.value, entry.path, ADMIN_SOCKET_KEYS, required=("path",))
+        if m is None:
+            return None
+        path = self.path_value(m.get("path"), None)
+        mode_entry = m.get("mode")
+        mode = DEFAULT_ADMIN_SOCKET_MODE if mode_entry is None else self.file_mode(mode_entry)
+        if path is None or mode is None:
+            return None
+        return AdminSocketSettings(path, mode)
+
+    def file_mode(self, entry: Entry) -> int | None:
+        """Octal as HAProxy's ``mode 600`` means it, with or without a leading 0 or ``0o``."""
+        node = entry.value
+        text = node.value if isinstance(node, ScalarNode) else ""
+        digits = text[2:] if text.lower().startswith("0o") else text
+        if not _FILE_MODE_RE.fullmatch(digits):
+            self.problem(node, entry.path, f"expected an octal file mode like 0600, got {text!r}")
+            return None
+        return int(digits, 8)
 
     def stats(self, entry: Entry) -> StatsSettings | None:
         m = self.mapping(entry.value, entry.path, STATS_KEYS, required=("bind",))

@@ -211,6 +211,17 @@ class StatsSettings:
     path: str = "/"
 
 
+DEFAULT_ADMIN_SOCKET_MODE = 0o600  # HAProxy `stats socket ... mode 600` in its examples
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSocketSettings:
+    """The runtime API's unix socket (HAProxy ``stats socket PATH mode M level admin``)."""
+
+    path: str
+    mode: int = DEFAULT_ADMIN_SOCKET_MODE
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalSettings:
     state_dir: str = DEFAULT_STATE_DIR
@@ -218,6 +229,8 @@ class GlobalSettings:
     log_level: str = "info"
     access_log: bool = True
     stats: StatsSettings | None = None
+    admin_socket: AdminSocketSettings | None = None  # off unless configured
+    state_file: str | None = None  # HAProxy server-state-file: runtime changes survive a restart
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from balancing.state import carry_over, new_states
-from config.model import Address, ProxyConfig
+from config.model import Address, AdminSocketSettings, ProxyConfig
 
-from . import stats
+from . import admin, admin_socket, stats
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
@@ -69,6 +69,8 @@ class ProxyHandle:
     _connections: trio.Nursery | None = None
     _checks: trio.Nursery | None = None
     _checks_scope: trio.CancelScope | None = None
+    _admin_scope: trio.CancelScope | None = None
+    _admin_settings: AdminSocketSettings | None = None
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
@@ -127,6 +129,10 @@ class ProxyHandle:
         for b in bound:
             self._start_accepting(b)
         self._start_checks()
+        try:
+            self._start_admin()
+        except StartupError as error:
+            notes.append(f"{error}; the runtime API is off until the next reload")
         notes.append(
             f"configuration reloaded: {len(config.virtual_servers)} virtual server(s), "
             f"{len(bound)} listener(s)"
@@ -150,6 +156,45 @@ class ProxyHandle:
                 await accept_loop(b.sock, handler, connections)
 
         self._accepts.start_soon(accepting)
+
+    def bind_facts(self) -> tuple[admin.BindFact, ...]:
+        """Every bind, open or not, for the runtime API's ``show health``."""
+        facts = []
+        for b in self.bound:
+            kind = "stats" if b.served is None else b.served.vs.label
+            host, port = b.address if b.sock.fileno() >= 0 else ("-", 0)
+            accepting = b.scope is not None and not b.scope.cancel_called
+            facts.append(admin.BindFact(f"{kind} {host}:{port}", accepting))
+        return tuple(facts)
+
+    def _start_admin(self) -> None:
+        """Open the admin socket when configured; a reload keeps it when its settings are
+        unchanged. Raises StartupError when it cannot be opened."""
+        settings = self.runtime.config.global_.admin_socket
+        previous = self._admin_settings
+        if settings == previous:
+            return
+        if self._admin_scope is not None:
+            self._admin_scope.cancel()
+            self._admin_scope = None
+        self._admin_settings = None
+        if settings is None:
+            return
+        assert self._checks is not None
+        try:
+            same_path = previous is not None and previous.path == settings.path
+            sock = admin_socket.open_admin_socket(settings, replace=same_path)
+        except admin_socket.AdminSocketError as error:
+            raise StartupError(str(error)) from error
+        self._admin_settings = settings
+        scope = self._admin_scope = trio.CancelScope()
+        runtime = self.runtime
+
+        async def serving() -> None:
+            with scope:
+                await admin_socket.serve_admin(sock, settings, runtime, self.bind_facts)
+
+        self._checks.start_soon(serving)
 
     def _start_checks(self) -> None:
         assert self._checks is not None
@@ -242,9 +287,11 @@ async def serve(
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
     try:
+        admin_socket.load_state(runtime)
         async with trio.open_nursery() as root:
             root.start_soon(sink.run)
             handle._checks = root
+            handle._start_admin()
             handle._start_checks()
             with trio.CancelScope() as grace_scope:
                 async with trio.open_nursery() as connections:
@@ -270,6 +317,7 @@ async def serve(
     finally:
         for b in handle.bound:
             b.sock.close()
+        admin_socket.save_state(runtime)
         runtime.upstream.close_all()
         sink.flush()
 

@@ -1,4 +1,4 @@
-"""The ``lbproxy`` command: run, check, demo, and the certificate toolkit.
+"""The ``lbproxy`` command: run, check, demo, ctl, and the certificate toolkit.
 
 Exit status: 0 success, 1 bad input (a clear one-line cause on stderr), 2 usage error.
 """
@@ -12,6 +12,8 @@ from importlib import metadata
 
 from config.model import ProxyConfig
 from tls.toolkit import commands as toolkit
+
+from . import ctl
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     toolkit.register(sub)
+    ctl.register(sub)
     return parser
 
 

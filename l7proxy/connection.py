@@ -207,6 +207,18 @@ class ClientConnection:
             self.stopping = True
             self.scope.cancel()
 
+    def served_by(self) -> tuple[str, str] | None:
+        """(pool, server) while a request is with a server (the runtime API's ``show sess``)."""
+        ex = self.current
+        if self.phase not in (Phase.SERVER, Phase.UPLOAD) or ex is None or ex.server == "-":
+            return None
+        return ex.pool, ex.server
+
+    def shut(self) -> None:
+        """``shutdown sessions``: close now, without an answer."""
+        self.stopping = True
+        self.scope.cancel()
+
     async def _timed_out(self) -> None:
         """The deadline fired in ``self.phase``; the scope is closed, so an answer can go out."""
         ex = self.current

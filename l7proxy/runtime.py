@@ -7,6 +7,7 @@ imports nothing of ``connection.py`` (docs/architecture.md, "Import directions")
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -86,6 +87,35 @@ class AwaitedResponse(Protocol):
     def cut(self) -> None: ...
 
 
+class ClientSession(Protocol):
+    """One client connection as the runtime API sees it (``show sess``, ``shutdown
+    sessions``)."""
+
+    def served_by(self) -> tuple[str, str] | None:
+        """(pool, server) while a request is being served, else None."""
+        ...
+
+    def shut(self) -> None:
+        """Close the connection now, as a shutdown does (no answer, no timeout handling)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A client connection registered while it runs (server.py), for the runtime API."""
+
+    client: ClientInfo
+    frontend: str  # the virtual server's label
+    started: float  # trio clock
+    connection: ClientSession
+
+    def served_by(self) -> tuple[str, str] | None:
+        return self.connection.served_by()
+
+    def shut(self) -> None:
+        self.connection.shut()
+
+
 @dataclass
 class Runtime:
     """What every connection shares. Owned by the trio thread."""
@@ -100,6 +130,9 @@ class Runtime:
     frontends: dict[str, FrontendCounters] = field(default_factory=dict)  # per virtual server
     # Requests waiting for a response head, per server: cut when it goes DOWN.
     awaiting: dict[ServerState, set[AwaitedResponse]] = field(default_factory=dict)
+    # Client connections open now, by id: the runtime API's ``show sess`` and ``shutdown``.
+    sessions: dict[int, SessionInfo] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)  # wall clock, for ``show info``
 
     def server_changed(self, server: ServerState) -> None:
         """A health transition: when ``server`` went DOWN, the requests still waiting for its

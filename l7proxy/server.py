@@ -16,7 +16,7 @@ from config.model import Address
 from tls.clientcert import client_headers
 
 from .connection import ClientConnection
-from .runtime import ClientInfo, Runtime, ServedBind
+from .runtime import ClientInfo, Runtime, ServedBind, SessionInfo
 from .stream import SockStream, TlsSockStream
 
 if TYPE_CHECKING:
@@ -151,12 +151,15 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
                 tls_headers = client_headers(
                     stream.getpeercert(), stream.cipher(), version=stream.version()
                 )
-            await ClientConnection(runtime, served, stream, client, tls_headers).run(accepted_at)
+            connection = ClientConnection(runtime, served, stream, client, tls_headers)
+            runtime.sessions[id(stream)] = SessionInfo(client, label, accepted_at, connection)
+            await connection.run(accepted_at)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             log.exception("connection from %s:%s failed", client.ip, client.port)
         finally:
+            runtime.sessions.pop(id(stream), None)
             runtime.connections -= 1
             frontend.current -= 1
             await close_stream(stream)

@@ -70,3 +70,11 @@ def _page(runtime: Runtime, base: str, target: bytes) -> tuple[int, bytes, bytes
         return 200, b"application/json", statspage.render_json(rows)
     page = statspage.render_html(rows, now=trio.current_time())
     return 200, b"text/html; charset=utf-8", page
+
+
+def csv_text(runtime: Runtime) -> bytes:
+    """The stats CSV of every pool, as ``show stat`` on the admin socket answers it."""
+    rows: list[dict[str, object]] = []
+    for pool in runtime.pools.values():
+        rows.extend(pool.statistics())
+    return statspage.render_csv(rows)
