@@ -36,6 +36,7 @@ from .exchange import (
     forward_request_split,
     forwarded_tail,
     https_redirect_target,
+    local_authority,
     response_rewrite,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
@@ -392,6 +393,7 @@ class ClientConnection:
             forwardfor=self.vs.forwardfor,
             tail=self.forward_tail,
             drop=CLIENT_HEADER_NAMES,
+            default_host=local_authority(self.client),
         )
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         ex.upgrade_requested = scan.upgrade is not None

@@ -7,6 +7,7 @@ framing on each side.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by lbproxy from the listener, never trusted from the client.
-PROXY_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-port"})
+PROXY_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-port", b"x-forwarded-host"})
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -66,13 +67,24 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 class RequestScan:
     """What one pass over a request's headers learns, for the checks and the forwarding."""
 
-    __slots__ = ("has_body", "has_cl", "has_te", "host", "hosts", "size", "tokens", "upgrade")
+    __slots__ = (
+        "content_length",
+        "has_body",
+        "has_cl",
+        "has_te",
+        "host",
+        "hosts",
+        "size",
+        "tokens",
+        "upgrade",
+    )
 
     def __init__(self, headers: Headers) -> None:
         size = hosts = 0
         has_te = has_cl = has_body = False
         host: bytes | None = None
         upgrade: bytes | None = None
+        content_length: bytes | None = None
         tokens: set[bytes] = set()
         for name, value in headers:
             size += len(name) + len(value) + 4
@@ -82,6 +94,7 @@ class RequestScan:
                     host = value
             elif name == b"content-length":
                 has_cl = True
+                content_length = value
                 if value.strip() not in (b"0", b""):
                     has_body = True
             elif name == b"transfer-encoding":
@@ -99,12 +112,22 @@ class RequestScan:
         self.has_te = has_te
         self.has_cl = has_cl
         self.has_body = has_body
+        self.content_length = content_length  # the (last) value as h11 kept it
         self.tokens = tokens  # Connection options, lower case
         # The protocol asked for when lbproxy may tunnel it (WebSocket and the like); never h2c,
         # which h11 cannot speak on the other side (RELIABILITY.md §7).
         if b"upgrade" not in tokens or upgrade is None or b"h2c" in upgrade.lower():
             upgrade = None
         self.upgrade = upgrade
+
+
+# RFC 3986 host: an IP-literal in brackets, or a reg-name (IPv4 addresses are reg-names here);
+# then an optional port. Anything else in Host is refused (RFC 9112 §3.2: 400).
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?\Z"
+)
+# A Content-Length longer than this is no body anybody sends (h11 would wait for it).
+MAX_CONTENT_LENGTH_DIGITS = 15
 
 
 def check_request(
@@ -115,6 +138,9 @@ def check_request(
     scan: RequestScan | None = None,
 ) -> RequestProblem | None:
     """What h11 accepts but a proxy must refuse (RELIABILITY.md, requests §1-5)."""
+    if http_version not in (b"1.1", b"1.0"):
+        # HTTP/2's preface (PRI * HTTP/2.0) and any other major version: never forwarded.
+        return RequestProblem(505, f"HTTP/{http_version.decode('ascii', 'replace')}")
     if len(target) > MAX_REQUEST_TARGET:
         return RequestProblem(414, "request target too long")
     if len(headers) > MAX_HEADER_COUNT:
@@ -131,11 +157,29 @@ def check_request(
         return RequestProblem(400, "Transfer-Encoding in an HTTP/1.0 request")
     if scan.hosts > 1:
         return RequestProblem(400, "more than one Host header")
-    if b"#" in target:
-        return RequestProblem(400, "fragment in the request target")
+    if scan.host is not None and _HOST.match(scan.host) is None:
+        return RequestProblem(400, "invalid Host header")
+    if scan.content_length is not None and (
+        len(scan.content_length) > MAX_CONTENT_LENGTH_DIGITS or not scan.content_length.isdigit()
+    ):
+        return RequestProblem(400, "invalid Content-Length")
     if method == b"CONNECT":
         return RequestProblem(405, "CONNECT is not served by a reverse proxy")
+    if target[:1] != b"/" and target != b"*" and not _absolute_form_agrees(target, scan.host):
+        return RequestProblem(400, "the request target names another host than Host")
+    if b"#" in target:
+        return RequestProblem(400, "fragment in the request target")
     return None
+
+
+def _absolute_form_agrees(target: bytes, host: bytes | None) -> bool:
+    """An absolute-form target (``http://host/path``) must name the host Host names: a proxy
+    routing on one and a server reading the other is a smuggling shape (RFC 9112 §3.2.2)."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return False
+    authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
+    return host is not None and authority.lower() == host.lower()
 
 
 # Names a Connection header may not remove: the framing, and in a request Host.
@@ -152,6 +196,7 @@ def forward_request_split(
     forwardfor: bool,
     tail: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
+    default_host: bytes = b"",
 ) -> tuple[Headers, Headers]:
     """Headers for the real server, split for h11 (the headers h11 must see, then the rest):
     hop-by-hop removed,
@@ -159,6 +204,9 @@ def forward_request_split(
 
     X-Forwarded-For is HAProxy's ``option forwardfor``: the client address appended as the last
     hop, after whatever the client sent (joined into one field so the last hop is always last).
+    X-Forwarded-Host is the Host the client asked for. An HTTP/1.0 request may come without
+    Host; it goes on as HTTP/1.1, which needs one: ``default_host``, the address the client
+    connected to.
     """
     listed = scan.tokens - _NOT_LISTABLE if scan.tokens else scan.tokens
     semantic: Headers = []
@@ -179,11 +227,22 @@ def forward_request_split(
     if forwardfor:
         forwarded_for.append(client_ip)
         rest.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    host = scan.host
+    if host is None:
+        semantic.append((b"host", default_host))
+    else:
+        rest.append((b"x-forwarded-host", host))
     if scan.upgrade is not None:
         semantic.append((b"connection", b"upgrade"))
         semantic.append((b"upgrade", scan.upgrade))
     rest.extend(tail)
     return semantic, rest
+
+
+def local_authority(client: ClientInfo) -> bytes:
+    """The address the client connected to, as a Host value."""
+    host = f"[{client.local_ip}]" if ":" in client.local_ip else client.local_ip
+    return f"{host}:{client.local_port}".encode("ascii")
 
 
 def forwarded_tail(client: ClientInfo, listener_port: int) -> Headers:

@@ -14,6 +14,7 @@ from l7proxy.exchange import (
     forward_response_split,
     forwarded_tail,
     https_redirect_target,
+    local_authority,
     rewrite_location,
     splice_head,
 )
@@ -59,7 +60,26 @@ def test_forward_request_headers(
     )
     wanted_semantic, wanted_rest = split_for_h11(expected)
     assert semantic == wanted_semantic
-    assert rest == [*wanted_rest, (b"x-forwarded-proto", b"http"), (b"x-forwarded-port", b"80")]
+    assert rest == [
+        *wanted_rest,
+        (b"x-forwarded-host", b"a"),  # the Host the client asked for, never the client's copy
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-port", b"80"),
+    ]
+
+
+def test_a_request_without_host_gets_the_address_it_reached() -> None:
+    """HTTP/1.0 allows no Host; it goes on as HTTP/1.1, which needs one."""
+    headers = [(b"x-forwarded-host", b"evil"), (b"accept", b"*/*")]
+    semantic, rest = forward_request_split(
+        headers,
+        RequestScan(headers),
+        client_ip=b"192.0.2.10",
+        forwardfor=True,
+        default_host=local_authority(CLIENT),
+    )
+    assert semantic == [(b"host", b"127.0.0.1:80")]
+    assert rest == [(b"accept", b"*/*"), (b"x-forwarded-for", b"192.0.2.10")]
 
 
 @pytest.mark.parametrize(
