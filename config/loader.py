@@ -214,7 +214,11 @@ class _Builder(PoolReader, ListenerReader):
         if settings is None or self.problems.items:
             return None
         return ProxyConfig(
-            virtual_servers=tuple(services), pools=pools, global_=settings, source=self.source
+            virtual_servers=tuple(services),
+            pools=pools,
+            global_=settings,
+            source=self.source,
+            warnings=tuple(self.problems.sorted_warnings()),
         )
 
     def default_global(self) -> GlobalSettings:
@@ -281,7 +285,12 @@ class _Builder(PoolReader, ListenerReader):
         timeouts = self.timeouts(m.get("timeouts"))
         redirect = self.opt_bool(m.get("redirect_to_https"), False)
         rewrite_location = self.opt_bool(m.get("rewrite_location"), True)
-        hsts = self.hsts(m.get("hsts"))
+        hsts_entry = m.get("hsts")
+        hsts = self.hsts(hsts_entry)
+        plain_only = binds is not None and all(bind.tls is None for bind in binds)
+        if hsts is not None and hsts_entry is not None and plain_only:
+            # Browsers ignore Strict-Transport-Security over plain HTTP (RFC 6797 8.1).
+            self.warning(hsts_entry.key, hsts_entry.path, "hsts has no effect: no TLS bind")
         rules = self.rules(m.get("rules"), pool_names)
         pool = self.pool(m, label or path, "virtual server")
         if (

@@ -226,6 +226,9 @@ class ProxyConfig:
     pools: dict[str, Pool] = field(default_factory=dict)  # named pools referenced by rules
     global_: GlobalSettings = field(default_factory=GlobalSettings)
     source: str = "<embedded>"  # the file it came from, for messages
+    # Settings that are valid but have no effect, formatted like ConfigError's problems
+    # ("FILE:LINE:COL: key.path: message"); `check` prints them, `run` logs them.
+    warnings: tuple[str, ...] = ()
 
     def all_pools(self) -> list[Pool]:
         """Every pool once: each virtual server's own, then the named ones."""

@@ -47,8 +47,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD_INPUT
+    # Warnings do not fail the check, as with `haproxy -c` (exit 0 with [WARNING] lines).
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     count = len(config.virtual_servers)
-    print(f"{args.config}: configuration is valid ({count} virtual server(s))")
+    warnings = len(config.warnings)
+    print(
+        f"{args.config}: configuration is valid ({count} virtual server(s), {warnings} warning(s))"
+    )
     return EXIT_OK
 
 

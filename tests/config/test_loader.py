@@ -705,3 +705,20 @@ def test_bad_config_is_reported_at_its_position(text: str, where: str, fragment:
     assert matching, f"no problem at {where}; got {problems}"
     assert any(fragment in p for p in matching), f"{fragment!r} not in {matching}"
     assert str(caught.value) == "\n".join(problems)
+
+
+def test_hsts_without_a_tls_bind_is_a_warning() -> None:
+    config = load_text(GOOD_VS + "    hsts: 1y\n", "lb.yaml")
+    assert config.virtual_servers[0].hsts == 365 * 86400.0
+    assert config.warnings == (
+        "lb.yaml:6:5: virtual_servers[0].hsts: hsts has no effect: no TLS bind",
+    )
+
+
+def test_hsts_with_a_tls_bind_and_no_hsts_give_no_warning() -> None:
+    with_tls = GOOD_VS.replace(
+        "bind: 127.0.0.1:8080", "bind: [127.0.0.1:8080, {address: 127.0.0.1:8443, tls: true}]"
+    )
+    assert load_text(with_tls + "    hsts: 1y\n", "lb.yaml").warnings == ()
+    assert load_text(GOOD_VS + "    hsts: false\n", "lb.yaml").warnings == ()
+    assert load_text(GOOD_VS, "lb.yaml").warnings == ()
