@@ -213,18 +213,19 @@ async def run_checks(
     on_change: OnChange | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Check every server (and fallback) of every pool with checks enabled, until cancelled.
+    """Check every server (and fallback) whose check is enabled, until cancelled.
 
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
     ``on_change`` is called after each health transition (the proxy cuts short the requests
     still waiting on a server that went DOWN). Reports started once every check task is
     scheduled.
     """
+    # Each server's own check: the pool's for its real servers, the fallback's for the fallback.
     targets = [
-        (state, pool.pool.health_check)
+        (state, state.check)
         for pool in states.values()
-        if pool.pool.health_check.enabled
         for state in pool.all_states()
+        if state.check.enabled
     ]
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):

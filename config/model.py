@@ -164,6 +164,10 @@ class Pool:
     fallback: RealServer | None = None  # label "fallback"; used only when no real server can
     persistence: Persistence | None = None
     health_check: HealthCheck = field(default_factory=HealthCheck)
+    # The fallback is usually a "sorry" server without the pool's health URL, so it has its own
+    # check: by default a TCP connect with the default timing (HAProxy `backup` server with a
+    # bare `check`), never the pool's HTTP check.
+    fallback_check: HealthCheck = field(default_factory=HealthCheck)
 
     def server(self, label: str) -> RealServer | None:
         for server in self.real_servers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .fields import PATH_RE, FieldReader
 from .model import (
@@ -36,6 +36,7 @@ SAMESITE_VALUES = ("Strict", "Lax", "None")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "real_servers")
+FALLBACK_KEYS = ("address", "health_check")
 SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
@@ -58,13 +59,12 @@ class PoolReader(FieldReader):
         if health_entry is not None:
             health = self.health_check(health_entry)
         fallback: RealServer | None = None
+        fallback_check: HealthCheck | None = HealthCheck()
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
-            address = self.address(fallback_entry.value, fallback_entry.path)
-            if address is not None:
-                fallback = RealServer(label=FALLBACK_LABEL, address=address, backup=True)
+            fallback, fallback_check = self.fallback(fallback_entry)
         servers = self.real_servers(m, what)
-        if balance is None or health is None or servers is None:
+        if balance is None or health is None or servers is None or fallback_check is None:
             return None
         return Pool(
             name=name,
@@ -73,7 +73,28 @@ class PoolReader(FieldReader):
             fallback=fallback,
             persistence=persistence,
             health_check=health,
+            fallback_check=fallback_check,
         )
+
+    def fallback(self, entry: Entry) -> tuple[RealServer | None, HealthCheck | None]:
+        """``ADDRESS`` or ``{address: ADDRESS, health_check: {...}}``; the check defaults to a
+        TCP connect, whatever the pool's own check is."""
+        address_entry: Entry | None = entry
+        check: HealthCheck | None = HealthCheck()
+        if isinstance(entry.value, MappingNode):
+            m = self.mapping(entry.value, entry.path, FALLBACK_KEYS, required=("address",))
+            if m is None:
+                return None, None
+            address_entry = m.get("address")
+            check_entry = m.get("health_check")
+            if check_entry is not None:
+                check = self.health_check(check_entry)
+        if address_entry is None:
+            return None, None
+        address = self.address(address_entry.value, address_entry.path)
+        if address is None:
+            return None, None
+        return RealServer(label=FALLBACK_LABEL, address=address, backup=True), check
 
     def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")

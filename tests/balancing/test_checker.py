@@ -60,6 +60,8 @@ def http_handler(
                 if event is h11.NEED_DATA:
                     conn.receive_data(await stream.receive_some(4096))
                     continue
+                if isinstance(event, h11.ConnectionClosed):
+                    return  # a TCP check: connected and closed without a request
                 if isinstance(event, h11.Request) and requests is not None:
                     requests.append(event)
                 if isinstance(event, h11.EndOfMessage):
@@ -342,6 +344,7 @@ async def test_checks_are_spread_and_skip_maint(autojump_clock: trio.testing.Moc
                 ),
                 fallback=RealServer("fallback", Address("127.0.0.1", pf), backup=True),
                 health_check=check,
+                fallback_check=check,
             )
             states = new_states([pool])
             start = trio.current_time()
@@ -371,3 +374,52 @@ async def test_run_checks_with_checks_disabled_idles(
             nursery.cancel_scope.cancel()
     assert states["www"].servers[0].health is Health.UP
     assert records.messages == []
+
+
+async def test_fallback_has_its_own_check(autojump_clock: trio.testing.MockClock) -> None:
+    """A "sorry" server with no /health stays UP under its default TCP check while the pool's
+    HTTP check takes a real server answering 404 DOWN."""
+    log, records = make_logger()
+    pool_check = HealthCheck(fall=1, timeout=1.0, http=HttpCheck(path="/health"))
+    with trio.fail_after(60):
+        async with serving(http_handler(404)) as web_port, serving(http_handler(404)) as sorry:
+            pool = Pool(
+                name="www",
+                real_servers=(RealServer("web1", Address("127.0.0.1", web_port)),),
+                fallback=RealServer("fallback", Address("127.0.0.1", sorry), backup=True),
+                health_check=pool_check,
+            )
+            states = new_states([pool])
+            web1, fallback = states["www"].all_states()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(run_checks, states, log=log))
+                await trio.sleep(10 * pool_check.interval)
+                nursery.cancel_scope.cancel()
+    assert web1.health is Health.DOWN
+    assert web1.counters.check_status == "L7STS"
+    assert fallback.health is Health.UP
+    assert fallback.counters.check_status == "L4OK"
+    assert [m for _, m in records.messages if "fallback" in m] == []
+
+
+async def test_fallback_check_can_be_disabled_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log, _ = make_logger()
+    pool = Pool(
+        name="www",
+        real_servers=(RealServer("a", Address("127.0.0.1", closed_port())),),
+        fallback=RealServer("fallback", Address("127.0.0.1", closed_port()), backup=True),
+        health_check=HealthCheck(fall=1, timeout=1.0),
+        fallback_check=HealthCheck(enabled=False),
+    )
+    states = new_states([pool])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(run_checks, states, log=log))
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel()
+    assert states["www"].servers[0].health is Health.DOWN
+    fallback = states["www"].fallback
+    assert fallback is not None and fallback.health is Health.UP
+    assert fallback.counters.check_status == ""

@@ -316,6 +316,30 @@ BAD: list[tuple[str, str, str, str]] = [
         "duplicate real server label 'web1' (first at line 5)",
     ),
     (
+        "fallback mapping without an address",
+        GOOD_VS + "    fallback: {health_check: {}}\n",
+        "6:15: virtual_servers[0].fallback.address:",
+        "required key is missing",
+    ),
+    (
+        "fallback mapping with an unknown key",
+        GOOD_VS + "    fallback: {address: 127.0.0.1:9000, weight: 2}\n",
+        "6:41: virtual_servers[0].fallback.weight:",
+        "unknown key",
+    ),
+    (
+        "fallback check with a bad value",
+        GOOD_VS + "    fallback: {address: 127.0.0.1:9000, health_check: {rise: 0}}\n",
+        "6:62: virtual_servers[0].fallback.health_check.rise:",
+        "0 is out of range: must be at least 1",
+    ),
+    (
+        "fallback bad address in the mapping",
+        GOOD_VS + "    fallback: {address: 127.0.0.1}\n",
+        "6:25: virtual_servers[0].fallback.address:",
+        "missing ':PORT'",
+    ),
+    (
         "reserved fallback label",
         GOOD_VS.replace("label: web1", "label: fallback"),
         "5:17: virtual_servers[0].real_servers[0].label:",
@@ -722,3 +746,55 @@ def test_hsts_with_a_tls_bind_and_no_hsts_give_no_warning() -> None:
     assert load_text(with_tls + "    hsts: 1y\n", "lb.yaml").warnings == ()
     assert load_text(GOOD_VS + "    hsts: false\n", "lb.yaml").warnings == ()
     assert load_text(GOOD_VS, "lb.yaml").warnings == ()
+
+
+HTTP_POOL_CHECK = "    health_check: {http: {path: /health}}\n"
+
+
+def test_fallback_address_gets_a_tcp_check_whatever_the_pool_checks() -> None:
+    pool = (
+        load_text(GOOD_VS + HTTP_POOL_CHECK + "    fallback: 127.0.0.1:9000\n", "lb.yaml")
+        .virtual_servers[0]
+        .pool
+    )
+    assert pool.health_check.http == HttpCheck(path="/health")
+    assert pool.fallback == RealServer("fallback", Address("127.0.0.1", 9000), backup=True)
+    assert pool.fallback_check == HealthCheck()
+    assert pool.fallback_check.http is None
+
+
+def test_fallback_mapping_with_its_own_check() -> None:
+    pool = (
+        load_text(
+            GOOD_VS
+            + HTTP_POOL_CHECK
+            + "    fallback:\n"
+            + "      address: 127.0.0.1:9000\n"
+            + "      health_check: {interval: 5s, fall: 1, http: {path: /sorry.html}}\n",
+            "lb.yaml",
+        )
+        .virtual_servers[0]
+        .pool
+    )
+    assert pool.fallback == RealServer("fallback", Address("127.0.0.1", 9000), backup=True)
+    assert pool.fallback_check == HealthCheck(
+        interval=5.0, fall=1, http=HttpCheck(path="/sorry.html")
+    )
+    bare = (
+        load_text(GOOD_VS + "    fallback: {address: 127.0.0.1:9000}\n", "lb.yaml")
+        .virtual_servers[0]
+        .pool
+    )
+    assert bare.fallback_check == HealthCheck()
+
+
+def test_named_pool_fallback_mapping() -> None:
+    config = load_text(
+        GOOD_VS
+        + "pools:\n"
+        + "  api:\n"
+        + "    fallback: {address: 127.0.0.1:9000, health_check: {enabled: false}}\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9001}]\n",
+        "lb.yaml",
+    )
+    assert config.pools["api"].fallback_check == HealthCheck(enabled=False)
