@@ -110,6 +110,7 @@ async def _http_exchange(
     body = bytearray()
     eof = False
     got_response = False
+    status = 0
     while True:
         try:
             event = conn.next_event()
@@ -126,15 +127,16 @@ async def _http_exchange(
             continue
         if isinstance(event, h11.Response):
             got_response = True
-            if event.status_code != http.expect:
-                return _fail(L7STS, f"status {event.status_code} (expected {http.expect})")
+            status = event.status_code
+            if not http.expects(status):
+                return _fail(L7STS, f"status {status} (expected {http.expect_text()})")
             if needle is None:
-                return CheckResult(True, L7OK, f"status {event.status_code}", None)
+                return CheckResult(True, L7OK, f"status {status}", None)
         elif isinstance(event, h11.Data):
             assert needle is not None
             body += event.data
             if needle in body:
-                return CheckResult(True, L7OK, f"status {http.expect}, body matched", None)
+                return CheckResult(True, L7OK, f"status {status}, body matched", None)
             if len(body) >= CHECK_BODY_LIMIT:
                 return _fail(
                     L7RSP,

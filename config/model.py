@@ -135,13 +135,25 @@ class SourcePersistence:
 Persistence = CookiePersistence | SourcePersistence
 
 
+# HAProxy `option httpchk` without `http-check expect` counts any 2xx or 3xx as healthy.
+DEFAULT_CHECK_EXPECT: tuple[tuple[int, int], ...] = ((200, 399),)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpCheck:
     path: str = "/"
     method: str = "GET"
-    expect: int = 200
+    # Healthy statuses as inclusive ranges; a single status is (s, s).
+    expect: tuple[tuple[int, int], ...] = DEFAULT_CHECK_EXPECT
     body: str | None = None  # substring the response body must contain
     host: str | None = None  # Host header; default: the server address
+
+    def expects(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.expect)
+
+    def expect_text(self) -> str:
+        """``"200-399"``, ``"200, 204"``: the expectation as the operator would write it."""
+        return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.expect)
 
 
 @dataclass(frozen=True, slots=True)

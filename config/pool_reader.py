@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .fields import PATH_RE, FieldReader
 from .model import (
@@ -33,6 +33,7 @@ MAX_STATUS = 599
 
 FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats and cookies
 SAMESITE_VALUES = ("Strict", "Lax", "None")
+_STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "real_servers")
@@ -281,7 +282,8 @@ class PoolReader(FieldReader):
         defaults = HttpCheck()
         path = self.url_path(m.get("path"), defaults.path)
         method = self.token(m.get("method"), defaults.method)
-        expect = self.opt_int(m.get("expect"), defaults.expect, MIN_STATUS, MAX_STATUS)
+        expect_entry = m.get("expect")
+        expect = self.expect(expect_entry) if expect_entry is not None else defaults.expect
         body: str | None = None
         body_entry = m.get("body")
         if body_entry is not None:
@@ -296,3 +298,45 @@ class PoolReader(FieldReader):
         if path is None or method is None or expect is None or self.failed_since(m):
             return None
         return HttpCheck(path=path, method=method, expect=expect, body=body, host=host)
+
+    def expect(self, entry: Entry) -> tuple[tuple[int, int], ...] | None:
+        """``200``, ``"200-399"``, or a non-empty list of them (HAProxy ``http-check expect
+        status`` / ``rstatus``): the statuses a healthy server may answer."""
+        node = entry.value
+        if isinstance(node, SequenceNode):
+            items = self.sequence(node, entry.path, allow_empty=False)
+            if items is None:
+                return None
+            parts = [(item, f"{entry.path}[{i}]") for i, item in enumerate(items)]
+        else:
+            parts = [(node, entry.path)]
+        ranges: list[tuple[int, int]] = []
+        for item, path in parts:
+            status_range = self.status_range(item, path)
+            if status_range is not None:
+                ranges.append(status_range)
+        return tuple(ranges) if len(ranges) == len(parts) else None
+
+    def status_range(self, node: Node, path: str) -> tuple[int, int] | None:
+        if isinstance(node, ScalarNode) and node.tag != STR_TAG:
+            status = self.integer(node, path, MIN_STATUS, MAX_STATUS)
+            return None if status is None else (status, status)
+        text = self.string(node, path)
+        if text is None:
+            return None
+        match = _STATUS_RANGE_RE.fullmatch(text.strip())
+        if match is None:
+            self.problem(
+                node, path, f"{text!r} is not a status or a range of statuses like 200-399"
+            )
+            return None
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not (MIN_STATUS <= low <= high <= MAX_STATUS):
+            self.problem(
+                node,
+                path,
+                f"{text!r} must be statuses in {MIN_STATUS}..{MAX_STATUS}, the lower first",
+            )
+            return None
+        return (low, high)

@@ -172,9 +172,25 @@ async def test_check_address_overrides_server_address() -> None:
         (
             http_handler(500),
             http_check(),
-            (False, "L7STS", "status 500 (expected 200)"),
+            (False, "L7STS", "status 500 (expected 200-399)"),
         ),
-        (http_handler(204), http_check(expect=204), (True, "L7OK", "status 204")),
+        (http_handler(302), http_check(), (True, "L7OK", "status 302")),
+        (
+            http_handler(400),
+            http_check(),
+            (False, "L7STS", "status 400 (expected 200-399)"),
+        ),
+        (http_handler(204), http_check(expect=((204, 204),)), (True, "L7OK", "status 204")),
+        (
+            http_handler(200),
+            http_check(expect=((204, 204), (300, 302))),
+            (False, "L7STS", "status 200 (expected 204, 300-302)"),
+        ),
+        (
+            http_handler(301, b"moved here"),
+            http_check(expect=((204, 204), (300, 302)), body="here"),
+            (True, "L7OK", "status 301, body matched"),
+        ),
         (
             http_handler(200, b"status: healthy\n"),
             http_check(body="healthy"),

@@ -168,7 +168,11 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
             fall=5,
             timeout=2.0,
             http=HttpCheck(
-                path="/health", method="HEAD", expect=204, body="OK", host="example.com"
+                path="/health",
+                method="HEAD",
+                expect=((204, 204),),
+                body="OK",
+                host="example.com",
             ),
         ),
     )
@@ -478,6 +482,42 @@ BAD: list[tuple[str, str, str, str]] = [
         GOOD_VS + "    health_check: {http: {expect: 600}}\n",
         "6:35: virtual_servers[0].health_check.http.expect:",
         "must be in 100..599",
+    ),
+    (
+        "expect range reversed",
+        GOOD_VS + "    health_check: {http: {expect: 399-200}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "'399-200' must be statuses in 100..599, the lower first",
+    ),
+    (
+        "expect range out of bounds",
+        GOOD_VS + "    health_check: {http: {expect: 200-600}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "must be statuses in 100..599",
+    ),
+    (
+        "expect not a status",
+        GOOD_VS + "    health_check: {http: {expect: 2xx}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "'2xx' is not a status or a range of statuses like 200-399",
+    ),
+    (
+        "expect list item out of range",
+        GOOD_VS + "    health_check: {http: {expect: [200, 600]}}\n",
+        "6:41: virtual_servers[0].health_check.http.expect[1]:",
+        "600 is out of range: must be in 100..599",
+    ),
+    (
+        "expect empty list",
+        GOOD_VS + "    health_check: {http: {expect: []}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "must not be empty",
+    ),
+    (
+        "expect boolean",
+        GOOD_VS + "    health_check: {http: {expect: true}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "expected a whole number",
     ),
     (
         "check path without slash",
@@ -798,3 +838,27 @@ def test_named_pool_fallback_mapping() -> None:
         "lb.yaml",
     )
     assert config.pools["api"].fallback_check == HealthCheck(enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("written", "expect"),
+    [
+        ("200", ((200, 200),)),
+        ("200-399", ((200, 399),)),
+        ('"204"', ((204, 204),)),
+        ("[200, 204]", ((200, 200), (204, 204))),
+        ('[200, "300-302"]', ((200, 200), (300, 302))),
+        ("[200 - 204, 404]", ((200, 204), (404, 404))),
+    ],
+)
+def test_health_check_expect_forms(written: str, expect: tuple[tuple[int, int], ...]) -> None:
+    config = load_text(GOOD_VS + f"    health_check: {{http: {{expect: {written}}}}}\n", "lb.yaml")
+    http = config.virtual_servers[0].pool.health_check.http
+    assert http is not None and http.expect == expect
+
+
+def test_health_check_expect_defaults_to_2xx_and_3xx() -> None:
+    config = load_text(GOOD_VS + "    health_check: {http: {path: /health}}\n", "lb.yaml")
+    http = config.virtual_servers[0].pool.health_check.http
+    assert http == HttpCheck(path="/health", expect=((200, 399),))
+    assert [s for s in (199, 200, 302, 399, 400) if http.expects(s)] == [200, 302, 399]
