@@ -27,6 +27,7 @@ DEFAULT_SOURCE_MASK4 = 24  # the appliance's "source IP /24"
 DEFAULT_SOURCE_MASK6 = 64
 DEFAULT_SOURCE_TABLE_SIZE = 100_000  # bounded like a stick-table `size 100k`
 DEFAULT_STATE_DIR = "./lbproxy-state"
+DEFAULT_RETRIES = 3  # HAProxy `retries` default (DEF_RETRIES)
 
 
 class Mode(enum.Enum):
@@ -180,6 +181,9 @@ class Pool:
     # check: by default a TCP connect with the default timing (HAProxy `backup` server with a
     # bare `check`), never the pool's HTTP check.
     fallback_check: HealthCheck = field(default_factory=HealthCheck)
+    # Further connect attempts after a failed one, before the request gets a 503 (HAProxy
+    # `retries`): the request path decides which server each attempt goes to.
+    retries: int = DEFAULT_RETRIES
 
     def server(self, label: str) -> RealServer | None:
         for server in self.real_servers:

@@ -8,6 +8,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .fields import PATH_RE, FieldReader
 from .model import (
+    DEFAULT_RETRIES,
     Address,
     AdminState,
     Balance,
@@ -30,13 +31,15 @@ MAX_SOURCE_TABLE_SIZE = 10_000_000
 # RFC 9110 status codes are three digits; 1xx..5xx are the defined classes.
 MIN_STATUS = 100
 MAX_STATUS = 599
+# More attempts than this only delay the 503 of a dead pool (HAProxy's default is 3).
+MAX_RETRIES = 100
 
 FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats and cookies
 SAMESITE_VALUES = ("Strict", "Lax", "None")
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
-POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "real_servers")
+POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "retries", "real_servers")
 FALLBACK_KEYS = ("address", "health_check")
 SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
@@ -64,8 +67,15 @@ class PoolReader(FieldReader):
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
             fallback, fallback_check = self.fallback(fallback_entry)
+        retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
         servers = self.real_servers(m, what)
-        if balance is None or health is None or servers is None or fallback_check is None:
+        if (
+            balance is None
+            or health is None
+            or servers is None
+            or fallback_check is None
+            or retries is None
+        ):
             return None
         return Pool(
             name=name,
@@ -75,6 +85,7 @@ class PoolReader(FieldReader):
             persistence=persistence,
             health_check=health,
             fallback_check=fallback_check,
+            retries=retries,
         )
 
     def fallback(self, entry: Entry) -> tuple[RealServer | None, HealthCheck | None]:

@@ -520,6 +520,25 @@ BAD: list[tuple[str, str, str, str]] = [
         "expected a whole number",
     ),
     (
+        "retries out of range",
+        GOOD_VS + "    retries: 101\n",
+        "6:14: virtual_servers[0].retries:",
+        "101 is out of range: must be in 0..100",
+    ),
+    (
+        "retries not a number",
+        GOOD_VS + "    retries: many\n",
+        "6:14: virtual_servers[0].retries:",
+        "expected a whole number",
+    ),
+    (
+        "named pool retries negative",
+        GOOD_VS
+        + "pools:\n  api:\n    retries: -1\n    real_servers: [{label: a, address: 127.0.0.1:1}]\n",
+        "8:14: pools.api.retries:",
+        "-1 is out of range: must be in 0..100",
+    ),
+    (
         "check path without slash",
         GOOD_VS + "    health_check: {http: {path: health}}\n",
         "6:33: virtual_servers[0].health_check.http.path:",
@@ -862,3 +881,20 @@ def test_health_check_expect_defaults_to_2xx_and_3xx() -> None:
     http = config.virtual_servers[0].pool.health_check.http
     assert http == HttpCheck(path="/health", expect=((200, 399),))
     assert [s for s in (199, 200, 302, 399, 400) if http.expects(s)] == [200, 302, 399]
+
+
+def test_retries_default_and_per_pool() -> None:
+    config = load_text(
+        GOOD_VS
+        + "    retries: 0\n"
+        + "  - label: two\n"
+        + "    bind: 127.0.0.1:8081\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9001}]\n"
+        + "pools:\n"
+        + "  api:\n"
+        + "    retries: 100\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9002}]\n",
+        "lb.yaml",
+    )
+    assert [vs.pool.retries for vs in config.virtual_servers] == [0, 3]
+    assert config.pools["api"].retries == 100
