@@ -19,6 +19,7 @@ from .model import (
     GlobalSettings,
     HeaderMatch,
     Mode,
+    Network,
     Pool,
     ProxyConfig,
     Rule,
@@ -28,7 +29,7 @@ from .model import (
 )
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
-from .scalars import parse_address, parse_duration
+from .scalars import parse_address, parse_duration, parse_network
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
 
@@ -56,6 +57,7 @@ VS_KEYS = (
     "rules",
     *POOL_KEYS,
 )
+FORWARDFOR_KEYS = ("trusted",)
 TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel")
 RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
 RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
@@ -281,7 +283,7 @@ class _Builder(PoolReader, ListenerReader):
         bind_entry = m.get("bind")
         binds = self.binds_of(bind_entry, owner) if bind_entry else None
         mode = self.opt_enum(m.get("mode"), Mode, Mode.HTTP)
-        forwardfor = self.opt_bool(m.get("forwardfor"), True)
+        forwardfor, trusted = self.forwardfor(m.get("forwardfor"))
         timeouts = self.timeouts(m.get("timeouts"))
         redirect = self.opt_bool(m.get("redirect_to_https"), False)
         rewrite_location = self.opt_bool(m.get("rewrite_location"), True)
@@ -312,6 +314,7 @@ class _Builder(PoolReader, ListenerReader):
             pool=pool,
             mode=mode,
             forwardfor=forwardfor,
+            forwardfor_trusted=trusted,
             timeouts=timeouts,
             rules=rules,
             redirect_to_https=redirect,
@@ -332,6 +335,30 @@ class _Builder(PoolReader, ListenerReader):
             if value is not None:
                 values[key] = value
         return Timeouts(**values) if len(values) == len(TIMEOUT_KEYS) else None
+
+    def forwardfor(self, entry: Entry | None) -> tuple[bool | None, tuple[Network, ...] | None]:
+        """``true``, ``false`` or ``{trusted: [CIDR, ...]}``: (forwardfor, trusted networks)."""
+        if entry is None:
+            return True, None
+        if not isinstance(entry.value, MappingNode):
+            return self.boolean(entry.value, entry.path), None
+        m = self.mapping(entry.value, entry.path, FORWARDFOR_KEYS, required=("trusted",))
+        trusted_entry = m.get("trusted") if m is not None else None
+        if trusted_entry is None:
+            return None, None
+        items = self.sequence(trusted_entry.value, trusted_entry.path)
+        if items is None:
+            return None, None
+        networks: list[Network] = []
+        for index, item in enumerate(items):
+            path = f"{trusted_entry.path}[{index}]"
+            text = self.string(item, path)
+            network = self.parsed(item, path, parse_network, text) if text is not None else None
+            if network is not None:
+                networks.append(network)
+        if len(networks) != len(items):
+            return None, None
+        return True, tuple(networks)
 
     def hsts(self, entry: Entry | None) -> float | None:
         if entry is None or self.is_false(entry.value):

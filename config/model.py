@@ -7,6 +7,7 @@ Runtime state (health, counters, admin changes at run time) lives elsewhere
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
     REQUIRED = "required"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +221,11 @@ class VirtualService:
     binds: tuple[Bind, ...]
     pool: Pool  # the default pool, named after the virtual service
     mode: Mode = Mode.HTTP
-    forwardfor: bool = True
+    forwardfor: bool = True  # X-Forwarded-For only; X-Forwarded-Proto/-Port/-Host are always set
+    # None: append the peer to the client's X-Forwarded-For (HAProxy `option forwardfor`).
+    # A tuple: append only when the peer is in one of these networks, else replace the header
+    # (the client's own value would be a spoofing vector).
+    forwardfor_trusted: tuple[Network, ...] | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     rules: tuple[Rule, ...] = ()
     redirect_to_https: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -539,6 +540,42 @@ BAD: list[tuple[str, str, str, str]] = [
         "-1 is out of range: must be in 0..100",
     ),
     (
+        "forwardfor trusted host bits set",
+        GOOD_VS + "    forwardfor: {trusted: [10.0.0.0/8, 10.0.0.1/8]}\n",
+        "6:40: virtual_servers[0].forwardfor.trusted[1]:",
+        "invalid network '10.0.0.1/8': host bits are set; did you mean 10.0.0.0/8?",
+    ),
+    (
+        "forwardfor trusted not a network",
+        GOOD_VS + "    forwardfor:\n      trusted:\n        - 192.0.2.0/33\n",
+        "8:11: virtual_servers[0].forwardfor.trusted[0]:",
+        "invalid network '192.0.2.0/33': expected an address or ADDRESS/PREFIX",
+    ),
+    (
+        "forwardfor trusted not a list",
+        GOOD_VS + "    forwardfor: {trusted: 10.0.0.0/8}\n",
+        "6:27: virtual_servers[0].forwardfor.trusted:",
+        "expected a list, got a string",
+    ),
+    (
+        "forwardfor mapping without trusted",
+        GOOD_VS + "    forwardfor: {}\n",
+        "6:17: virtual_servers[0].forwardfor.trusted:",
+        "required key is missing",
+    ),
+    (
+        "forwardfor mapping with an unknown key",
+        GOOD_VS + "    forwardfor: {trusted: [], except: [10.0.0.0/8]}\n",
+        "6:31: virtual_servers[0].forwardfor.except:",
+        "unknown key",
+    ),
+    (
+        "forwardfor a string",
+        GOOD_VS + "    forwardfor: always\n",
+        "6:17: virtual_servers[0].forwardfor:",
+        "expected true or false",
+    ),
+    (
         "check path without slash",
         GOOD_VS + "    health_check: {http: {path: health}}\n",
         "6:33: virtual_servers[0].health_check.http.path:",
@@ -898,3 +935,26 @@ def test_retries_default_and_per_pool() -> None:
     )
     assert [vs.pool.retries for vs in config.virtual_servers] == [0, 3]
     assert config.pools["api"].retries == 100
+
+
+def test_forwardfor_forms() -> None:
+    def vs_of(text: str) -> VirtualService:
+        return load_text(GOOD_VS + text, "lb.yaml").virtual_servers[0]
+
+    assert (vs_of("").forwardfor, vs_of("").forwardfor_trusted) == (True, None)
+    off = vs_of("    forwardfor: false\n")
+    assert (off.forwardfor, off.forwardfor_trusted) == (False, None)
+    on = vs_of("    forwardfor: true\n")
+    assert (on.forwardfor, on.forwardfor_trusted) == (True, None)
+    trusted = vs_of(
+        '    forwardfor:\n      trusted: [10.0.0.0/8, 192.0.2.7, "2001:db8::/32", "::1"]\n'
+    )
+    assert trusted.forwardfor is True
+    assert trusted.forwardfor_trusted == (
+        ipaddress.IPv4Network("10.0.0.0/8"),
+        ipaddress.IPv4Network("192.0.2.7/32"),
+        ipaddress.IPv6Network("2001:db8::/32"),
+        ipaddress.IPv6Network("::1/128"),
+    )
+    nobody = vs_of("    forwardfor: {trusted: []}\n")
+    assert (nobody.forwardfor, nobody.forwardfor_trusted) == (True, ())
