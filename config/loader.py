@@ -16,8 +16,10 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .listener_reader import ListenerReader
 from .model import (
+    REDIRECT_CODES,
     GlobalSettings,
     HeaderMatch,
+    HttpsRedirect,
     Mode,
     Network,
     Pool,
@@ -29,7 +31,7 @@ from .model import (
 )
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
-from .scalars import parse_address, parse_duration, parse_network
+from .scalars import MAX_PORT, parse_address, parse_duration, parse_network
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
 
@@ -58,6 +60,7 @@ VS_KEYS = (
     *POOL_KEYS,
 )
 FORWARDFOR_KEYS = ("trusted",)
+REDIRECT_KEYS = ("code", "port")
 TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel")
 RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
 RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
@@ -285,7 +288,8 @@ class _Builder(PoolReader, ListenerReader):
         mode = self.opt_enum(m.get("mode"), Mode, Mode.HTTP)
         forwardfor, trusted = self.forwardfor(m.get("forwardfor"))
         timeouts = self.timeouts(m.get("timeouts"))
-        redirect = self.opt_bool(m.get("redirect_to_https"), False)
+        redirect_entry = m.get("redirect_to_https")
+        redirect = self.https_redirect(redirect_entry) if redirect_entry is not None else None
         rewrite_location = self.opt_bool(m.get("rewrite_location"), True)
         hsts_entry = m.get("hsts")
         hsts = self.hsts(hsts_entry)
@@ -301,7 +305,6 @@ class _Builder(PoolReader, ListenerReader):
             or mode is None
             or forwardfor is None
             or timeouts is None
-            or redirect is None
             or rewrite_location is None
             or rules is None
             or pool is None
@@ -359,6 +362,26 @@ class _Builder(PoolReader, ListenerReader):
         if len(networks) != len(items):
             return None, None
         return True, tuple(networks)
+
+    def https_redirect(self, entry: Entry) -> HttpsRedirect | None:
+        """``false``, ``true`` or ``{code: 301|302|303|307|308, port: N}``."""
+        if not isinstance(entry.value, MappingNode):
+            return HttpsRedirect() if self.boolean(entry.value, entry.path) else None
+        m = self.mapping(entry.value, entry.path, REDIRECT_KEYS)
+        if m is None:
+            return None
+        code: int | None = None
+        code_entry = m.get("code")
+        if code_entry is not None:
+            code = self.integer(code_entry.value, code_entry.path, 0)
+            if code is not None and code not in REDIRECT_CODES:
+                codes = ", ".join(map(str, REDIRECT_CODES))
+                self.problem(code_entry.value, code_entry.path, f"{code} is not one of: {codes}")
+        port_entry = m.get("port")
+        port = self.integer(port_entry.value, port_entry.path, 1, MAX_PORT) if port_entry else None
+        if self.failed_since(m):
+            return None
+        return HttpsRedirect(code=code, port=port)
 
     def hsts(self, entry: Entry | None) -> float | None:
         if entry is None or self.is_false(entry.value):

@@ -213,6 +213,27 @@ class Rule:
     header: HeaderMatch | None = None
 
 
+# Redirect statuses that keep the method and body (307, 308) or turn it into GET (301, 302, 303).
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+DEFAULT_HTTPS_PORT = 443
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsRedirect:
+    """Plain-HTTP requests are answered with a redirect to https:// (HAProxy ``http-request
+    redirect scheme https [code N]``, Pound ``Redirect``)."""
+
+    # None: 301 for GET and HEAD (what HAProxy and Pound send), 308 for other methods so that a
+    # POST stays a POST with its body instead of becoming a GET.
+    code: int | None = None
+    port: int | None = None  # None: the first TLS bind's port, or 443 without one
+
+    def status_for(self, method: bytes) -> int:
+        if self.code is not None:
+            return self.code
+        return 301 if method in (b"GET", b"HEAD") else 308
+
+
 @dataclass(frozen=True, slots=True)
 class VirtualService:
     """One virtual server: where it listens, how it routes, its own pool (HAProxy frontend)."""
@@ -228,9 +249,16 @@ class VirtualService:
     forwardfor_trusted: tuple[Network, ...] | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     rules: tuple[Rule, ...] = ()
-    redirect_to_https: bool = False
+    redirect_to_https: HttpsRedirect | None = None
     hsts: float | None = None  # max-age in seconds, sent on TLS responses only
     rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+
+    def https_port(self) -> int:
+        """The port ``redirect_to_https`` sends clients to."""
+        if self.redirect_to_https is not None and self.redirect_to_https.port is not None:
+            return self.redirect_to_https.port
+        tls_ports = [bind.address.port for bind in self.binds if bind.tls is not None]
+        return tls_ports[0] if tls_ports else DEFAULT_HTTPS_PORT
 
 
 @dataclass(frozen=True, slots=True)

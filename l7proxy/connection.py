@@ -442,7 +442,7 @@ class ClientConnection:
         self, request: h11.Request, headers: Headers, scan: RequestScan, ex: Exchange
     ) -> bool:
         self.request_host = scan.host or b""
-        if self.vs.redirect_to_https and not self.client.tls:
+        if self.vs.redirect_to_https is not None and not self.client.tls:
             return await self._redirect_to_https(request, ex)
         pool_name = route(self.vs, request.target, headers)
         pool = self.runtime.pools.get(pool_name)
@@ -547,7 +547,7 @@ class ClientConnection:
             return ex.client_keepalive and self._client_can_continue()
 
     async def _redirect_to_https(self, request: h11.Request, ex: Exchange) -> bool:
-        tls_ports = [b.address.port for b in self.vs.binds if b.tls is not None]
+        tls_ports = [self.vs.https_port()]
         location = https_redirect_target(self.request_host, request.target, tls_ports[0])
         ex.status = 301
         ex.termination = "LR"

@@ -21,6 +21,7 @@ from config.model import (
     HeaderMatch,
     HealthCheck,
     HttpCheck,
+    HttpsRedirect,
     Pool,
     RealServer,
     Rule,
@@ -181,7 +182,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
     assert www.timeouts == Timeouts(
         connect=0.5, header=3.0, client_idle=60.0, server=120.0, tunnel=3600.0
     )
-    assert www.redirect_to_https is True
+    assert www.redirect_to_https == HttpsRedirect()
     assert www.hsts == 365 * 86400.0
     assert www.rewrite_location is False
     assert www.rules == (
@@ -576,6 +577,30 @@ BAD: list[tuple[str, str, str, str]] = [
         "expected true or false",
     ),
     (
+        "redirect code not a redirect",
+        GOOD_VS + "    redirect_to_https: {code: 200}\n",
+        "6:31: virtual_servers[0].redirect_to_https.code:",
+        "200 is not one of: 301, 302, 303, 307, 308",
+    ),
+    (
+        "redirect port out of range",
+        GOOD_VS + "    redirect_to_https: {port: 70000}\n",
+        "6:31: virtual_servers[0].redirect_to_https.port:",
+        "70000 is out of range: must be in 1..65535",
+    ),
+    (
+        "redirect unknown key",
+        GOOD_VS + "    redirect_to_https: {scheme: https}\n",
+        "6:25: virtual_servers[0].redirect_to_https.scheme:",
+        "unknown key",
+    ),
+    (
+        "redirect a string",
+        GOOD_VS + "    redirect_to_https: yes please\n",
+        "6:24: virtual_servers[0].redirect_to_https:",
+        "expected true or false",
+    ),
+    (
         "check path without slash",
         GOOD_VS + "    health_check: {http: {path: health}}\n",
         "6:33: virtual_servers[0].health_check.http.path:",
@@ -958,3 +983,42 @@ def test_forwardfor_forms() -> None:
     )
     nobody = vs_of("    forwardfor: {trusted: []}\n")
     assert (nobody.forwardfor, nobody.forwardfor_trusted) == (True, ())
+
+
+TLS_VS = GOOD_VS.replace(
+    "bind: 127.0.0.1:8080", "bind: [127.0.0.1:8080, {address: 127.0.0.1:8443, tls: true}]"
+)
+
+
+@pytest.mark.parametrize(
+    ("base", "written", "redirect", "port"),
+    [
+        (TLS_VS, "false", None, 8443),
+        (TLS_VS, "true", HttpsRedirect(), 8443),
+        (TLS_VS, "{}", HttpsRedirect(), 8443),
+        (TLS_VS, "{code: 302}", HttpsRedirect(code=302), 8443),
+        (TLS_VS, "{code: 308, port: 443}", HttpsRedirect(code=308, port=443), 443),
+        # No TLS bind here: TLS is served elsewhere (another box, a port forward).
+        (GOOD_VS, "true", HttpsRedirect(), 443),
+        (GOOD_VS, "{port: 8443}", HttpsRedirect(port=8443), 8443),
+    ],
+)
+def test_redirect_to_https_forms(
+    base: str, written: str, redirect: HttpsRedirect | None, port: int
+) -> None:
+    config = load_text(base + f"    redirect_to_https: {written}\n", "lb.yaml")
+    vs = config.virtual_servers[0]
+    assert vs.redirect_to_https == redirect
+    assert vs.https_port() == port
+    assert config.warnings == ()
+
+
+def test_redirect_status_keeps_the_method_unless_told() -> None:
+    default = HttpsRedirect()
+    assert [default.status_for(m) for m in (b"GET", b"HEAD", b"POST", b"PUT")] == [
+        301,
+        301,
+        308,
+        308,
+    ]
+    assert HttpsRedirect(code=302).status_for(b"POST") == 302
