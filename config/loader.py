@@ -20,7 +20,6 @@ from .model import (
     GlobalSettings,
     HeaderMatch,
     HttpsRedirect,
-    Mode,
     Network,
     Pool,
     ProxyConfig,
@@ -39,6 +38,7 @@ __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_dura
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("http",)
 
 _RULE_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
@@ -285,7 +285,7 @@ class _Builder(PoolReader, ListenerReader):
         owner = f"virtual server {label!r}" if label else path
         bind_entry = m.get("bind")
         binds = self.binds_of(bind_entry, owner) if bind_entry else None
-        mode = self.opt_enum(m.get("mode"), Mode, Mode.HTTP)
+        self.mode(m.get("mode"))
         forwardfor, trusted = self.forwardfor(m.get("forwardfor"))
         timeouts = self.timeouts(m.get("timeouts"))
         redirect_entry = m.get("redirect_to_https")
@@ -302,7 +302,6 @@ class _Builder(PoolReader, ListenerReader):
         if (
             label is None
             or binds is None
-            or mode is None
             or forwardfor is None
             or timeouts is None
             or rewrite_location is None
@@ -315,7 +314,6 @@ class _Builder(PoolReader, ListenerReader):
             label=label,
             binds=binds,
             pool=pool,
-            mode=mode,
             forwardfor=forwardfor,
             forwardfor_trusted=trusted,
             timeouts=timeouts,
@@ -324,6 +322,12 @@ class _Builder(PoolReader, ListenerReader):
             hsts=hsts,
             rewrite_location=rewrite_location,
         )
+
+    def mode(self, entry: Entry | None) -> None:
+        """``mode: http`` is accepted from older files: lbproxy speaks HTTP only (HAProxy ``mode
+        http``), so the key changes nothing and only draws a warning."""
+        if entry is not None and self.choice(entry.value, entry.path, MODES) is not None:
+            self.warning(entry.key, entry.path, "mode has no effect: lbproxy is HTTP only")
 
     def timeouts(self, entry: Entry | None) -> Timeouts | None:
         if entry is None:

@@ -31,10 +31,6 @@ DEFAULT_STATE_DIR = "./lbproxy-state"
 DEFAULT_RETRIES = 3  # HAProxy `retries` default (DEF_RETRIES)
 
 
-class Mode(enum.Enum):
-    HTTP = "http"
-
-
 class Balance(enum.Enum):
     ROUNDROBIN = "roundrobin"
     LEASTCONN = "leastconn"
@@ -241,7 +237,6 @@ class VirtualService:
     label: str
     binds: tuple[Bind, ...]
     pool: Pool  # the default pool, named after the virtual service
-    mode: Mode = Mode.HTTP
     forwardfor: bool = True  # X-Forwarded-For only; X-Forwarded-Proto/-Port/-Host are always set
     # None: append the peer to the client's X-Forwarded-For (HAProxy `option forwardfor`).
     # A tuple: append only when the peer is in one of these networks, else replace the header

@@ -54,7 +54,6 @@ virtual_servers:
           verify: optional
           strict_sni: true
           handshake_timeout: 5s
-    mode: http
     balance: leastconn
     forwardfor: false
     fallback: 127.0.0.1:9000
@@ -1022,3 +1021,10 @@ def test_redirect_status_keeps_the_method_unless_told() -> None:
         308,
     ]
     assert HttpsRedirect(code=302).status_for(b"POST") == 302
+
+
+def test_mode_http_is_accepted_with_a_warning() -> None:
+    config = load_text(GOOD_VS + "    mode: http\n", "lb.yaml")
+    assert config.warnings == (
+        "lb.yaml:6:5: virtual_servers[0].mode: mode has no effect: lbproxy is HTTP only",
+    )
