@@ -373,6 +373,14 @@ async def test_checks_are_spread_and_skip_maint(autojump_clock: trio.testing.Moc
     assert offsets == {"a": [0.0, 4.0, 8.0], "b": [1.0, 5.0], "fb": [3.0, 7.0]}
 
 
+async def check_for(states: dict[str, PoolState], log: logging.Logger, seconds: float) -> None:
+    """Run every check of ``states`` for ``seconds`` (of mock time), then stop them."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_checks, states, log=log))
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+
+
 async def test_run_checks_with_checks_disabled_idles(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -384,10 +392,7 @@ async def test_run_checks_with_checks_disabled_idles(
     )
     states = new_states([pool])
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_checks, states, log=log))
-            await trio.sleep(30)
-            nursery.cancel_scope.cancel()
+        await check_for(states, log, 30)
     assert states["www"].servers[0].health is Health.UP
     assert records.messages == []
 
@@ -407,10 +412,7 @@ async def test_fallback_has_its_own_check(autojump_clock: trio.testing.MockClock
             )
             states = new_states([pool])
             web1, fallback = states["www"].all_states()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(partial(run_checks, states, log=log))
-                await trio.sleep(10 * pool_check.interval)
-                nursery.cancel_scope.cancel()
+            await check_for(states, log, 10 * pool_check.interval)
     assert web1.health is Health.DOWN
     assert web1.counters.check_status == "L7STS"
     assert fallback.health is Health.UP
@@ -431,10 +433,7 @@ async def test_fallback_check_can_be_disabled_alone(
     )
     states = new_states([pool])
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_checks, states, log=log))
-            await trio.sleep(30)
-            nursery.cancel_scope.cancel()
+        await check_for(states, log, 30)
     assert states["www"].servers[0].health is Health.DOWN
     fallback = states["www"].fallback
     assert fallback is not None and fallback.health is Health.UP
