@@ -110,6 +110,7 @@ async def _http_exchange(
     body = bytearray()
     eof = False
     got_response = False
+    status = 0
     while True:
         try:
             event = conn.next_event()
@@ -126,15 +127,16 @@ async def _http_exchange(
             continue
         if isinstance(event, h11.Response):
             got_response = True
-            if event.status_code != http.expect:
-                return _fail(L7STS, f"status {event.status_code} (expected {http.expect})")
+            status = event.status_code
+            if not http.expects(status):
+                return _fail(L7STS, f"status {status} (expected {http.expect_text()})")
             if needle is None:
-                return CheckResult(True, L7OK, f"status {event.status_code}", None)
+                return CheckResult(True, L7OK, f"status {status}", None)
         elif isinstance(event, h11.Data):
             assert needle is not None
             body += event.data
             if needle in body:
-                return CheckResult(True, L7OK, f"status {http.expect}, body matched", None)
+                return CheckResult(True, L7OK, f"status {status}, body matched", None)
             if len(body) >= CHECK_BODY_LIMIT:
                 return _fail(
                     L7RSP,
@@ -213,18 +215,19 @@ async def run_checks(
     on_change: OnChange | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Check every server (and fallback) of every pool with checks enabled, until cancelled.
+    """Check every server (and fallback) whose check is enabled, until cancelled.
 
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
     ``on_change`` is called after each health transition (the proxy cuts short the requests
     still waiting on a server that went DOWN). Reports started once every check task is
     scheduled.
     """
+    # Each server's own check: the pool's for its real servers, the fallback's for the fallback.
     targets = [
-        (state, pool.pool.health_check)
+        (state, state.check)
         for pool in states.values()
-        if pool.pool.health_check.enabled
         for state in pool.all_states()
+        if state.check.enabled
     ]
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):

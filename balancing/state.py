@@ -153,7 +153,9 @@ class PoolState:
         check = pool.health_check
         self.servers = [ServerState(s, pool.name, check) for s in pool.real_servers]
         self.fallback = (
-            ServerState(pool.fallback, pool.name, check, fallback=True) if pool.fallback else None
+            ServerState(pool.fallback, pool.name, pool.fallback_check, fallback=True)
+            if pool.fallback
+            else None
         )
         for state in self.all_states():
             state.pool = self

@@ -16,8 +16,8 @@ from .nodes import Entry, Mapping, Problems, Reader
 
 E = TypeVar("E", bound=enum.Enum)
 
-# Labels end up in cookie values, log fields and "pool/label" admin commands: no spaces,
-# quotes, ';', ',', '/' or '=' that would need escaping anywhere.
+# Labels end up in cookie values, log fields and stats rows (and "pool/label" names in the
+# planned runtime API): no spaces, quotes, ';', ',', '/' or '=' that would need escaping.
 LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 # RFC 9110 token: header names, cookie names, methods.
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -97,7 +97,7 @@ class FieldReader(Reader):
             node,
             path,
             f"{what} {text!r} may use only letters, digits and _ . : - "
-            "(it appears in cookies, logs and admin commands)",
+            "(it appears in cookie values and log lines)",
         )
         return False
 

@@ -17,10 +17,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from .listener_reader import ListenerReader
 from .model import (
     DEFAULT_ADMIN_SOCKET_MODE,
+    REDIRECT_CODES,
     AdminSocketSettings,
     GlobalSettings,
     HeaderMatch,
-    Mode,
+    HttpsRedirect,
+    Network,
     Pool,
     ProxyConfig,
     Rule,
@@ -30,7 +32,7 @@ from .model import (
 )
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
-from .scalars import parse_address, parse_duration
+from .scalars import MAX_PORT, parse_address, parse_duration, parse_network
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
 
@@ -38,6 +40,7 @@ __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_dura
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("http",)
 
 _RULE_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
@@ -69,6 +72,8 @@ VS_KEYS = (
     "rules",
     *POOL_KEYS,
 )
+FORWARDFOR_KEYS = ("trusted",)
+REDIRECT_KEYS = ("code", "port")
 TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel")
 RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
 RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
@@ -227,7 +232,11 @@ class _Builder(PoolReader, ListenerReader):
         if settings is None or self.problems.items:
             return None
         return ProxyConfig(
-            virtual_servers=tuple(services), pools=pools, global_=settings, source=self.source
+            virtual_servers=tuple(services),
+            pools=pools,
+            global_=settings,
+            source=self.source,
+            warnings=tuple(self.problems.sorted_warnings()),
         )
 
     def default_global(self) -> GlobalSettings:
@@ -324,21 +333,25 @@ class _Builder(PoolReader, ListenerReader):
         owner = f"virtual server {label!r}" if label else path
         bind_entry = m.get("bind")
         binds = self.binds_of(bind_entry, owner) if bind_entry else None
-        mode = self.opt_enum(m.get("mode"), Mode, Mode.HTTP)
-        forwardfor = self.opt_bool(m.get("forwardfor"), True)
+        self.mode(m.get("mode"))
+        forwardfor, trusted = self.forwardfor(m.get("forwardfor"))
         timeouts = self.timeouts(m.get("timeouts"))
-        redirect = self.opt_bool(m.get("redirect_to_https"), False)
+        redirect_entry = m.get("redirect_to_https")
+        redirect = self.https_redirect(redirect_entry) if redirect_entry is not None else None
         rewrite_location = self.opt_bool(m.get("rewrite_location"), True)
-        hsts = self.hsts(m.get("hsts"))
+        hsts_entry = m.get("hsts")
+        hsts = self.hsts(hsts_entry)
+        plain_only = binds is not None and all(bind.tls is None for bind in binds)
+        if hsts is not None and hsts_entry is not None and plain_only:
+            # Browsers ignore Strict-Transport-Security over plain HTTP (RFC 6797 8.1).
+            self.warning(hsts_entry.key, hsts_entry.path, "hsts has no effect: no TLS bind")
         rules = self.rules(m.get("rules"), pool_names)
         pool = self.pool(m, label or path, "virtual server")
         if (
             label is None
             or binds is None
-            or mode is None
             or forwardfor is None
             or timeouts is None
-            or redirect is None
             or rewrite_location is None
             or rules is None
             or pool is None
@@ -349,14 +362,20 @@ class _Builder(PoolReader, ListenerReader):
             label=label,
             binds=binds,
             pool=pool,
-            mode=mode,
             forwardfor=forwardfor,
+            forwardfor_trusted=trusted,
             timeouts=timeouts,
             rules=rules,
             redirect_to_https=redirect,
             hsts=hsts,
             rewrite_location=rewrite_location,
         )
+
+    def mode(self, entry: Entry | None) -> None:
+        """``mode: http`` is accepted from older files: lbproxy speaks HTTP only (HAProxy ``mode
+        http``), so the key changes nothing and only draws a warning."""
+        if entry is not None and self.choice(entry.value, entry.path, MODES) is not None:
+            self.warning(entry.key, entry.path, "mode has no effect: lbproxy is HTTP only")
 
     def timeouts(self, entry: Entry | None) -> Timeouts | None:
         if entry is None:
@@ -371,6 +390,50 @@ class _Builder(PoolReader, ListenerReader):
             if value is not None:
                 values[key] = value
         return Timeouts(**values) if len(values) == len(TIMEOUT_KEYS) else None
+
+    def forwardfor(self, entry: Entry | None) -> tuple[bool | None, tuple[Network, ...] | None]:
+        """``true``, ``false`` or ``{trusted: [CIDR, ...]}``: (forwardfor, trusted networks)."""
+        if entry is None:
+            return True, None
+        if not isinstance(entry.value, MappingNode):
+            return self.boolean(entry.value, entry.path), None
+        m = self.mapping(entry.value, entry.path, FORWARDFOR_KEYS, required=("trusted",))
+        trusted_entry = m.get("trusted") if m is not None else None
+        if trusted_entry is None:
+            return None, None
+        items = self.sequence(trusted_entry.value, trusted_entry.path)
+        if items is None:
+            return None, None
+        networks: list[Network] = []
+        for index, item in enumerate(items):
+            path = f"{trusted_entry.path}[{index}]"
+            text = self.string(item, path)
+            network = self.parsed(item, path, parse_network, text) if text is not None else None
+            if network is not None:
+                networks.append(network)
+        if len(networks) != len(items):
+            return None, None
+        return True, tuple(networks)
+
+    def https_redirect(self, entry: Entry) -> HttpsRedirect | None:
+        """``false``, ``true`` or ``{code: 301|302|303|307|308, port: N}``."""
+        if not isinstance(entry.value, MappingNode):
+            return HttpsRedirect() if self.boolean(entry.value, entry.path) else None
+        m = self.mapping(entry.value, entry.path, REDIRECT_KEYS)
+        if m is None:
+            return None
+        code: int | None = None
+        code_entry = m.get("code")
+        if code_entry is not None:
+            code = self.integer(code_entry.value, code_entry.path, 0)
+            if code is not None and code not in REDIRECT_CODES:
+                codes = ", ".join(map(str, REDIRECT_CODES))
+                self.problem(code_entry.value, code_entry.path, f"{code} is not one of: {codes}")
+        port_entry = m.get("port")
+        port = self.integer(port_entry.value, port_entry.path, 1, MAX_PORT) if port_entry else None
+        if self.failed_since(m):
+            return None
+        return HttpsRedirect(code=code, port=port)
 
     def hsts(self, entry: Entry | None) -> float | None:
         if entry is None or self.is_false(entry.value):

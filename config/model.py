@@ -7,6 +7,7 @@ Runtime state (health, counters, admin changes at run time) lives elsewhere
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -27,10 +28,7 @@ DEFAULT_SOURCE_MASK4 = 24  # the appliance's "source IP /24"
 DEFAULT_SOURCE_MASK6 = 64
 DEFAULT_SOURCE_TABLE_SIZE = 100_000  # bounded like a stick-table `size 100k`
 DEFAULT_STATE_DIR = "./lbproxy-state"
-
-
-class Mode(enum.Enum):
-    HTTP = "http"
+DEFAULT_RETRIES = 3  # HAProxy `retries` default (DEF_RETRIES)
 
 
 class Balance(enum.Enum):
@@ -51,6 +49,9 @@ class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
     REQUIRED = "required"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +136,25 @@ class SourcePersistence:
 Persistence = CookiePersistence | SourcePersistence
 
 
+# HAProxy `option httpchk` without `http-check expect` counts any 2xx or 3xx as healthy.
+DEFAULT_CHECK_EXPECT: tuple[tuple[int, int], ...] = ((200, 399),)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpCheck:
     path: str = "/"
     method: str = "GET"
-    expect: int = 200
+    # Healthy statuses as inclusive ranges; a single status is (s, s).
+    expect: tuple[tuple[int, int], ...] = DEFAULT_CHECK_EXPECT
     body: str | None = None  # substring the response body must contain
     host: str | None = None  # Host header; default: the server address
+
+    def expects(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.expect)
+
+    def expect_text(self) -> str:
+        """``"200-399"``, ``"200, 204"``: the expectation as the operator would write it."""
+        return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.expect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +177,13 @@ class Pool:
     fallback: RealServer | None = None  # label "fallback"; used only when no real server can
     persistence: Persistence | None = None
     health_check: HealthCheck = field(default_factory=HealthCheck)
+    # The fallback is usually a "sorry" server without the pool's health URL, so it has its own
+    # check: by default a TCP connect with the default timing (HAProxy `backup` server with a
+    # bare `check`), never the pool's HTTP check.
+    fallback_check: HealthCheck = field(default_factory=HealthCheck)
+    # Further connect attempts after a failed one, before the request gets a 503 (HAProxy
+    # `retries`): the request path decides which server each attempt goes to.
+    retries: int = DEFAULT_RETRIES
 
     def server(self, label: str) -> RealServer | None:
         for server in self.real_servers:
@@ -189,6 +209,27 @@ class Rule:
     header: HeaderMatch | None = None
 
 
+# Redirect statuses that keep the method and body (307, 308) or turn it into GET (301, 302, 303).
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+DEFAULT_HTTPS_PORT = 443
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsRedirect:
+    """Plain-HTTP requests are answered with a redirect to https:// (HAProxy ``http-request
+    redirect scheme https [code N]``, Pound ``Redirect``)."""
+
+    # None: 301 for GET and HEAD (what HAProxy and Pound send), 308 for other methods so that a
+    # POST stays a POST with its body instead of becoming a GET.
+    code: int | None = None
+    port: int | None = None  # None: the first TLS bind's port, or 443 without one
+
+    def status_for(self, method: bytes) -> int:
+        if self.code is not None:
+            return self.code
+        return 301 if method in (b"GET", b"HEAD") else 308
+
+
 @dataclass(frozen=True, slots=True)
 class VirtualService:
     """One virtual server: where it listens, how it routes, its own pool (HAProxy frontend)."""
@@ -196,13 +237,23 @@ class VirtualService:
     label: str
     binds: tuple[Bind, ...]
     pool: Pool  # the default pool, named after the virtual service
-    mode: Mode = Mode.HTTP
-    forwardfor: bool = True
+    forwardfor: bool = True  # X-Forwarded-For only; X-Forwarded-Proto/-Port/-Host are always set
+    # None: append the peer to the client's X-Forwarded-For (HAProxy `option forwardfor`).
+    # A tuple: append only when the peer is in one of these networks, else replace the header
+    # (the client's own value would be a spoofing vector).
+    forwardfor_trusted: tuple[Network, ...] | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     rules: tuple[Rule, ...] = ()
-    redirect_to_https: bool = False
+    redirect_to_https: HttpsRedirect | None = None
     hsts: float | None = None  # max-age in seconds, sent on TLS responses only
     rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+
+    def https_port(self) -> int:
+        """The port ``redirect_to_https`` sends clients to."""
+        if self.redirect_to_https is not None and self.redirect_to_https.port is not None:
+            return self.redirect_to_https.port
+        tls_ports = [bind.address.port for bind in self.binds if bind.tls is not None]
+        return tls_ports[0] if tls_ports else DEFAULT_HTTPS_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +290,9 @@ class ProxyConfig:
     pools: dict[str, Pool] = field(default_factory=dict)  # named pools referenced by rules
     global_: GlobalSettings = field(default_factory=GlobalSettings)
     source: str = "<embedded>"  # the file it came from, for messages
+    # Settings that are valid but have no effect, formatted like ConfigError's problems
+    # ("FILE:LINE:COL: key.path: message"); `check` prints them, `run` logs them.
+    warnings: tuple[str, ...] = ()
 
     def all_pools(self) -> list[Pool]:
         """Every pool once: each virtual server's own, then the named ones."""

@@ -64,23 +64,38 @@ class Problem:
 
 
 class Problems:
-    """Every problem found in one file, in the order of their position once sorted."""
+    """Every problem found in one file, and every warning (a setting that is valid but has no
+    effect), each in the order of their position once sorted."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def _problem(self, line: int, column: int, path: str, message: str) -> Problem:
+        text = f"{self.source}:{line}:{column}: {path or '(top level)'}: {message}"
+        return Problem(line, column, text)
 
     def at(self, line: int, column: int, path: str, message: str) -> None:
-        text = f"{self.source}:{line}:{column}: {path or '(top level)'}: {message}"
-        self.items.append(Problem(line, column, text))
+        self.items.append(self._problem(line, column, path, message))
 
     def add(self, node: Node, path: str, message: str) -> None:
         mark = node.start_mark
         self.at(mark.line + 1, mark.column + 1, path, message)
 
+    def warn(self, node: Node, path: str, message: str) -> None:
+        mark = node.start_mark
+        self.warnings.append(self._problem(mark.line + 1, mark.column + 1, path, message))
+
     def sorted_texts(self) -> list[str]:
-        ordered = sorted(self.items, key=lambda p: (p.line, p.column))
-        return [p.text for p in ordered]
+        return _sorted(self.items)
+
+    def sorted_warnings(self) -> list[str]:
+        return _sorted(self.warnings)
+
+
+def _sorted(items: list[Problem]) -> list[str]:
+    return [p.text for p in sorted(items, key=lambda p: (p.line, p.column))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +131,10 @@ class Reader:
 
     def problem(self, node: Node, path: str, message: str) -> None:
         self.problems.add(node, path, message)
+
+    def warning(self, node: Node, path: str, message: str) -> None:
+        """A valid setting that will not do what it says; the config still loads."""
+        self.problems.warn(node, path, message)
 
     # -- containers ---------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .fields import PATH_RE, FieldReader
 from .model import (
+    DEFAULT_RETRIES,
     Address,
     AdminState,
     Balance,
@@ -30,12 +31,16 @@ MAX_SOURCE_TABLE_SIZE = 10_000_000
 # RFC 9110 status codes are three digits; 1xx..5xx are the defined classes.
 MIN_STATUS = 100
 MAX_STATUS = 599
+# More attempts than this only delay the 503 of a dead pool (HAProxy's default is 3).
+MAX_RETRIES = 100
 
 FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats and cookies
 SAMESITE_VALUES = ("Strict", "Lax", "None")
+_STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
-POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "real_servers")
+POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "retries", "real_servers")
+FALLBACK_KEYS = ("address", "health_check")
 SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
@@ -58,13 +63,19 @@ class PoolReader(FieldReader):
         if health_entry is not None:
             health = self.health_check(health_entry)
         fallback: RealServer | None = None
+        fallback_check: HealthCheck | None = HealthCheck()
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
-            address = self.address(fallback_entry.value, fallback_entry.path)
-            if address is not None:
-                fallback = RealServer(label=FALLBACK_LABEL, address=address, backup=True)
+            fallback, fallback_check = self.fallback(fallback_entry)
+        retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
         servers = self.real_servers(m, what)
-        if balance is None or health is None or servers is None:
+        if (
+            balance is None
+            or health is None
+            or servers is None
+            or fallback_check is None
+            or retries is None
+        ):
             return None
         return Pool(
             name=name,
@@ -73,7 +84,29 @@ class PoolReader(FieldReader):
             fallback=fallback,
             persistence=persistence,
             health_check=health,
+            fallback_check=fallback_check,
+            retries=retries,
         )
+
+    def fallback(self, entry: Entry) -> tuple[RealServer | None, HealthCheck | None]:
+        """``ADDRESS`` or ``{address: ADDRESS, health_check: {...}}``; the check defaults to a
+        TCP connect, whatever the pool's own check is."""
+        address_entry: Entry | None = entry
+        check: HealthCheck | None = HealthCheck()
+        if isinstance(entry.value, MappingNode):
+            m = self.mapping(entry.value, entry.path, FALLBACK_KEYS, required=("address",))
+            if m is None:
+                return None, None
+            address_entry = m.get("address")
+            check_entry = m.get("health_check")
+            if check_entry is not None:
+                check = self.health_check(check_entry)
+        if address_entry is None:
+            return None, None
+        address = self.address(address_entry.value, address_entry.path)
+        if address is None:
+            return None, None
+        return RealServer(label=FALLBACK_LABEL, address=address, backup=True), check
 
     def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")
@@ -260,7 +293,8 @@ class PoolReader(FieldReader):
         defaults = HttpCheck()
         path = self.url_path(m.get("path"), defaults.path)
         method = self.token(m.get("method"), defaults.method)
-        expect = self.opt_int(m.get("expect"), defaults.expect, MIN_STATUS, MAX_STATUS)
+        expect_entry = m.get("expect")
+        expect = self.expect(expect_entry) if expect_entry is not None else defaults.expect
         body: str | None = None
         body_entry = m.get("body")
         if body_entry is not None:
@@ -275,3 +309,45 @@ class PoolReader(FieldReader):
         if path is None or method is None or expect is None or self.failed_since(m):
             return None
         return HttpCheck(path=path, method=method, expect=expect, body=body, host=host)
+
+    def expect(self, entry: Entry) -> tuple[tuple[int, int], ...] | None:
+        """``200``, ``"200-399"``, or a non-empty list of them (HAProxy ``http-check expect
+        status`` / ``rstatus``): the statuses a healthy server may answer."""
+        node = entry.value
+        if isinstance(node, SequenceNode):
+            items = self.sequence(node, entry.path, allow_empty=False)
+            if items is None:
+                return None
+            parts = [(item, f"{entry.path}[{i}]") for i, item in enumerate(items)]
+        else:
+            parts = [(node, entry.path)]
+        ranges: list[tuple[int, int]] = []
+        for item, path in parts:
+            status_range = self.status_range(item, path)
+            if status_range is not None:
+                ranges.append(status_range)
+        return tuple(ranges) if len(ranges) == len(parts) else None
+
+    def status_range(self, node: Node, path: str) -> tuple[int, int] | None:
+        if isinstance(node, ScalarNode) and node.tag != STR_TAG:
+            status = self.integer(node, path, MIN_STATUS, MAX_STATUS)
+            return None if status is None else (status, status)
+        text = self.string(node, path)
+        if text is None:
+            return None
+        match = _STATUS_RANGE_RE.fullmatch(text.strip())
+        if match is None:
+            self.problem(
+                node, path, f"{text!r} is not a status or a range of statuses like 200-399"
+            )
+            return None
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not (MIN_STATUS <= low <= high <= MAX_STATUS):
+            self.problem(
+                node,
+                path,
+                f"{text!r} must be statuses in {MIN_STATUS}..{MAX_STATUS}, the lower first",
+            )
+            return None
+        return (low, high)

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import re
 
-from .model import Address
+from .model import Address, Network
 
 # Units accepted after a number. `y` is 365 days, as browsers read an HSTS "1 year".
 DURATION_UNITS: dict[str, float] = {
@@ -140,3 +140,23 @@ def _check_host(host: str, value: str) -> None:
         _HOST_LABEL_RE.fullmatch(label) for label in name.split(".")
     ):
         raise ValueError(f"invalid address {value!r}: {host!r} is not a valid host name")
+
+
+def parse_network(value: str) -> Network:
+    """``Network`` from ``"10.0.0.0/8"``, ``"2001:db8::/32"`` or one address (a /32 or /128).
+
+    Host bits must be zero: ``10.0.0.1/8`` is more likely a typo than a wish. Raises ValueError.
+    """
+    text = value.strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        masked = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"invalid network {value!r}: expected an address or ADDRESS/PREFIX "
+            "like 10.0.0.0/8 or 2001:db8::/32"
+        ) from None
+    raise ValueError(f"invalid network {value!r}: host bits are set; did you mean {masked}?")

@@ -43,15 +43,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_INPUT
-    problems, warnings = _check_certificates(config)
+    problems, cert_warnings = _check_certificates(config)
     for problem in problems:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD_INPUT
-    for warning in warnings:
+    # Warnings do not fail the check, as with `haproxy -c` (exit 0 with [WARNING] lines).
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    for warning in cert_warnings:
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     count = len(config.virtual_servers)
-    print(f"{args.config}: configuration is valid ({count} virtual server(s))")
+    warnings = len(config.warnings) + len(cert_warnings)
+    print(
+        f"{args.config}: configuration is valid ({count} virtual server(s), {warnings} warning(s))"
+    )
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ from tls.clientcert import CLIENT_HEADER_NAMES
 
 from . import accesslog
 from .dispatch import Request, connect_server
-from .errors import Failure, Outcome, canned, decide
+from .errors import REDIRECT_REASONS, Failure, Outcome, canned, decide
 from .exchange import (
     IDEMPOTENT_METHODS,
     MAX_HEAD_BYTES,
@@ -38,6 +38,7 @@ from .exchange import (
     https_redirect_target,
     local_authority,
     response_rewrite,
+    trusted_peer,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
@@ -48,9 +49,6 @@ from .upstream import UpstreamConnection
 log = logging.getLogger("lbproxy.connection")
 
 READ_SIZE = 65536
-# HAProxy `retries 3` (CONN_RETRIES): how often an idempotent request may be sent again after a
-# server closed before any response byte.
-MAX_RESEND = 3
 # A deadline moves later only when it would move by more than a hundredth of its timeout, and at
 # most 300 ms (nginx's lazy timers, NGX_TIMER_LAZY_DELAY, do the same): a timeout may fire that
 # much early, and most exchanges of a busy connection move no timer at all.
@@ -96,6 +94,7 @@ class ClientConnection:
         # The same for every request of this connection: made once.
         self.client_ip = client.ip.encode("ascii")
         self.forward_tail = [*forwarded_tail(client, served.port), *tls_headers]
+        self.keep_forwarded_for = trusted_peer(client.ip, served.vs.forwardfor_trusted)
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
         self.deadline = math.inf
@@ -373,8 +372,10 @@ class ClientConnection:
         self, request: h11.Request, headers: Headers, scan: RequestScan, ex: ExchangeState
     ) -> bool:
         host = scan.host or b""
-        if self.vs.redirect_to_https and not self.client.tls:
-            return await self._redirect_to_https(host, request.target, ex)
+        redirect = self.vs.redirect_to_https
+        if redirect is not None and not self.client.tls:
+            status = redirect.status_for(request.method)
+            return await self._redirect_to_https(host, request.target, status, ex)
         pool_name = route(self.vs, request.target, headers)
         pool = self.runtime.pools.get(pool_name)
         if pool is None:  # a reload removed the pool this connection's rules still name
@@ -394,11 +395,13 @@ class ClientConnection:
             tail=self.forward_tail,
             drop=CLIENT_HEADER_NAMES,
             default_host=local_authority(self.client),
+            keep_forwarded_for=self.keep_forwarded_for,
         )
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
-        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, MAX_RESEND)
+        retries = pool.pool.retries
+        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, retries)
         while True:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)
@@ -441,18 +444,22 @@ class ClientConnection:
                 released = True
             return None
         except ExchangeFailed as failure:
-            return self._failed(failure, server, ex, head)
+            return self._failed(failure, server, ex, head, pool.pool.retries)
         finally:
             pool.end(server)
             if not released:
                 conn.stream.close()
 
     def _failed(
-        self, failure: ExchangeFailed, server: ServerState, ex: ExchangeState, head: h11.Request
+        self,
+        failure: ExchangeFailed,
+        server: ServerState,
+        ex: ExchangeState,
+        head: h11.Request,
+        retries: int,
     ) -> Outcome:
-        outcome = decide(
-            failure.kind, ex.facts(max_resends=MAX_RESEND, status_hint=failure.status_hint)
-        )
+        facts = ex.facts(max_resends=retries, status_hint=failure.status_hint)
+        outcome = decide(failure.kind, facts)
         if outcome.server_fault:
             server.counters.failures_response += 1
         if outcome.resend:
@@ -468,10 +475,14 @@ class ClientConnection:
             )
         return outcome
 
-    async def _redirect_to_https(self, host: bytes, target: bytes, ex: ExchangeState) -> bool:
-        tls_ports = [b.address.port for b in self.vs.binds if b.tls is not None]
-        location = https_redirect_target(host, target, tls_ports[0])
-        ex.status = 301
+    async def _redirect_to_https(
+        self, host: bytes, target: bytes, status: int, ex: ExchangeState
+    ) -> bool:
+        """``redirect_to_https``: same host and path on the TLS port; 301 for GET and HEAD,
+        308 for the rest (a browser keeps the method and body only with 307/308)."""
+        authority = host or local_authority(self.client)
+        location = https_redirect_target(authority, target, self.vs.https_port())
+        ex.status = status
         ex.termination = "LR"
         body = b'<html><body>Moved to <a href="' + location + b'">HTTPS</a></body></html>\n'
         headers = [
@@ -480,7 +491,7 @@ class ClientConnection:
             (b"content-length", str(len(body)).encode()),
         ]
         await self._send(
-            h11.Response(status_code=301, reason=b"Moved Permanently", headers=headers),
+            h11.Response(status_code=status, reason=REDIRECT_REASONS[status], headers=headers),
             h11.Data(data=body),
             END_OF_MESSAGE,
         )

@@ -25,6 +25,14 @@ REASONS: dict[int, str] = {
     505: "HTTP Version Not Supported",
 }
 
+REDIRECT_REASONS: dict[int, bytes] = {
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+}
+
 # Same wording as HAProxy's built-in error pages, so operators recognise them.
 _MESSAGES: dict[int, str] = {
     400: "Your browser sent an invalid request.",

@@ -7,13 +7,14 @@ framing on each side.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from balancing.persistence import clear_cookie_value, set_cookie_value
 from balancing.scheduler import Choice
-from config.model import CookiePersistence, Persistence, VirtualService
+from config.model import CookiePersistence, Network, Persistence, VirtualService
 
 from .runtime import ClientInfo
 
@@ -123,9 +124,7 @@ class RequestScan:
 
 # RFC 3986 host: an IP-literal in brackets, or a reg-name (IPv4 addresses are reg-names here);
 # then an optional port. Anything else in Host is refused (RFC 9112 §3.2: 400).
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?\Z"
-)
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?\Z")
 # A Content-Length longer than this is no body anybody sends (h11 would wait for it).
 MAX_CONTENT_LENGTH_DIGITS = 15
 
@@ -197,6 +196,7 @@ def forward_request_split(
     tail: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
     default_host: bytes = b"",
+    keep_forwarded_for: bool = True,
 ) -> tuple[Headers, Headers]:
     """Headers for the real server, split for h11 (the headers h11 must see, then the rest):
     hop-by-hop removed,
@@ -204,6 +204,8 @@ def forward_request_split(
 
     X-Forwarded-For is HAProxy's ``option forwardfor``: the client address appended as the last
     hop, after whatever the client sent (joined into one field so the last hop is always last).
+    With ``keep_forwarded_for`` false (a peer outside ``forwardfor: {trusted}``), the client's
+    own X-Forwarded-For is dropped and the peer's address is the only hop.
     X-Forwarded-Host is the Host the client asked for. An HTTP/1.0 request may come without
     Host; it goes on as HTTP/1.1, which needs one: ``default_host``, the address the client
     connected to.
@@ -221,7 +223,8 @@ def forward_request_split(
         if name in H11_SEMANTIC:
             semantic.append(item)
         elif name == b"x-forwarded-for" and forwardfor:
-            forwarded_for.append(item[1])
+            if keep_forwarded_for:
+                forwarded_for.append(item[1])
         else:
             rest.append(item)
     if forwardfor:
@@ -229,7 +232,8 @@ def forward_request_split(
         rest.append((b"x-forwarded-for", b", ".join(forwarded_for)))
     host = scan.host
     if host is None:
-        semantic.append((b"host", default_host))
+        if default_host:
+            semantic.append((b"host", default_host))
     else:
         rest.append((b"x-forwarded-host", host))
     if scan.upgrade is not None:
@@ -237,6 +241,18 @@ def forward_request_split(
         semantic.append((b"upgrade", scan.upgrade))
     rest.extend(tail)
     return semantic, rest
+
+
+def trusted_peer(ip: str, trusted: tuple[Network, ...] | None) -> bool:
+    """Whether a client's own X-Forwarded-For is kept (``forwardfor: {trusted: [...]}``):
+    always without a list (HAProxy's and Pound's behaviour), else only from those networks."""
+    if trusted is None:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
 
 
 def local_authority(client: ClientInfo) -> bytes:

@@ -60,6 +60,8 @@ def http_handler(
                 if event is h11.NEED_DATA:
                     conn.receive_data(await stream.receive_some(4096))
                     continue
+                if isinstance(event, h11.ConnectionClosed):
+                    return  # a TCP check: connected and closed without a request
                 if isinstance(event, h11.Request) and requests is not None:
                     requests.append(event)
                 if isinstance(event, h11.EndOfMessage):
@@ -170,9 +172,25 @@ async def test_check_address_overrides_server_address() -> None:
         (
             http_handler(500),
             http_check(),
-            (False, "L7STS", "status 500 (expected 200)"),
+            (False, "L7STS", "status 500 (expected 200-399)"),
         ),
-        (http_handler(204), http_check(expect=204), (True, "L7OK", "status 204")),
+        (http_handler(302), http_check(), (True, "L7OK", "status 302")),
+        (
+            http_handler(400),
+            http_check(),
+            (False, "L7STS", "status 400 (expected 200-399)"),
+        ),
+        (http_handler(204), http_check(expect=((204, 204),)), (True, "L7OK", "status 204")),
+        (
+            http_handler(200),
+            http_check(expect=((204, 204), (300, 302))),
+            (False, "L7STS", "status 200 (expected 204, 300-302)"),
+        ),
+        (
+            http_handler(301, b"moved here"),
+            http_check(expect=((204, 204), (300, 302)), body="here"),
+            (True, "L7OK", "status 301, body matched"),
+        ),
         (
             http_handler(200, b"status: healthy\n"),
             http_check(body="healthy"),
@@ -342,6 +360,7 @@ async def test_checks_are_spread_and_skip_maint(autojump_clock: trio.testing.Moc
                 ),
                 fallback=RealServer("fallback", Address("127.0.0.1", pf), backup=True),
                 health_check=check,
+                fallback_check=check,
             )
             states = new_states([pool])
             start = trio.current_time()
@@ -352,6 +371,14 @@ async def test_checks_are_spread_and_skip_maint(autojump_clock: trio.testing.Moc
     offsets = {label: [round(t - start, 1) for t in ts] for label, ts in times.items()}
     # Four tasks over a 4 s interval start 1 s apart; the maintenance server is never probed.
     assert offsets == {"a": [0.0, 4.0, 8.0], "b": [1.0, 5.0], "fb": [3.0, 7.0]}
+
+
+async def check_for(states: dict[str, PoolState], log: logging.Logger, seconds: float) -> None:
+    """Run every check of ``states`` for ``seconds`` (of mock time), then stop them."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_checks, states, log=log))
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
 
 
 async def test_run_checks_with_checks_disabled_idles(
@@ -365,9 +392,49 @@ async def test_run_checks_with_checks_disabled_idles(
     )
     states = new_states([pool])
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_checks, states, log=log))
-            await trio.sleep(30)
-            nursery.cancel_scope.cancel()
+        await check_for(states, log, 30)
     assert states["www"].servers[0].health is Health.UP
     assert records.messages == []
+
+
+async def test_fallback_has_its_own_check(autojump_clock: trio.testing.MockClock) -> None:
+    """A "sorry" server with no /health stays UP under its default TCP check while the pool's
+    HTTP check takes a real server answering 404 DOWN."""
+    log, records = make_logger()
+    pool_check = HealthCheck(fall=1, timeout=1.0, http=HttpCheck(path="/health"))
+    with trio.fail_after(60):
+        async with serving(http_handler(404)) as web_port, serving(http_handler(404)) as sorry:
+            pool = Pool(
+                name="www",
+                real_servers=(RealServer("web1", Address("127.0.0.1", web_port)),),
+                fallback=RealServer("fallback", Address("127.0.0.1", sorry), backup=True),
+                health_check=pool_check,
+            )
+            states = new_states([pool])
+            web1, fallback = states["www"].all_states()
+            await check_for(states, log, 10 * pool_check.interval)
+    assert web1.health is Health.DOWN
+    assert web1.counters.check_status == "L7STS"
+    assert fallback.health is Health.UP
+    assert fallback.counters.check_status == "L4OK"
+    assert [m for _, m in records.messages if "fallback" in m] == []
+
+
+async def test_fallback_check_can_be_disabled_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log, _ = make_logger()
+    pool = Pool(
+        name="www",
+        real_servers=(RealServer("a", Address("127.0.0.1", closed_port())),),
+        fallback=RealServer("fallback", Address("127.0.0.1", closed_port()), backup=True),
+        health_check=HealthCheck(fall=1, timeout=1.0),
+        fallback_check=HealthCheck(enabled=False),
+    )
+    states = new_states([pool])
+    with trio.fail_after(60):
+        await check_for(states, log, 30)
+    assert states["www"].servers[0].health is Health.DOWN
+    fallback = states["www"].fallback
+    assert fallback is not None and fallback.health is Health.UP
+    assert fallback.counters.check_status == ""

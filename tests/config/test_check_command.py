@@ -30,13 +30,38 @@ def test_check_reports_every_problem_on_stderr(
     ]
 
 
-def test_check_accepts_a_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def one_vs_file(tmp_path: Path, bind: str, extra: str = "") -> Path:
     path = tmp_path / "lb.yaml"
     path.write_text(
         "virtual_servers:\n"
         "  - label: www\n"
-        "    bind: 127.0.0.1:8080\n"
+        f"    bind: {bind}\n"
+        f"{extra}"
         "    real_servers: [{label: a, address: 127.0.0.1:1}]\n"
     )
+    return path
+
+
+def test_check_accepts_a_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = one_vs_file(tmp_path, "127.0.0.1:8080")
     assert main(["check", "-c", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("bind", "warnings"),
+    [
+        ("127.0.0.1:8080", ["4:5: virtual_servers[0].hsts: hsts has no effect: no TLS bind"]),
+        ("{address: 127.0.0.1:8443, tls: true}", []),
+    ],
+)
+def test_check_prints_warnings_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bind: str, warnings: list[str]
+) -> None:
+    path = one_vs_file(tmp_path, bind, "    hsts: 1y\n")
+    assert main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"{path}:{warning}" for warning in warnings]
+    assert out == (
+        f"{path}: configuration is valid (1 virtual server(s), {len(warnings)} warning(s))\n"
+    )

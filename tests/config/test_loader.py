@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from config.model import (
     HeaderMatch,
     HealthCheck,
     HttpCheck,
+    HttpsRedirect,
     Pool,
     RealServer,
     Rule,
@@ -52,7 +54,6 @@ virtual_servers:
           verify: optional
           strict_sni: true
           handshake_timeout: 5s
-    mode: http
     balance: leastconn
     forwardfor: false
     fallback: 127.0.0.1:9000
@@ -168,7 +169,11 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
             fall=5,
             timeout=2.0,
             http=HttpCheck(
-                path="/health", method="HEAD", expect=204, body="OK", host="example.com"
+                path="/health",
+                method="HEAD",
+                expect=((204, 204),),
+                body="OK",
+                host="example.com",
             ),
         ),
     )
@@ -176,7 +181,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
     assert www.timeouts == Timeouts(
         connect=0.5, header=3.0, client_idle=60.0, server=120.0, tunnel=3600.0
     )
-    assert www.redirect_to_https is True
+    assert www.redirect_to_https == HttpsRedirect()
     assert www.hsts == 365 * 86400.0
     assert www.rewrite_location is False
     assert www.rules == (
@@ -314,6 +319,30 @@ BAD: list[tuple[str, str, str, str]] = [
         GOOD_VS + "      - {label: web1, address: 127.0.0.1:8082}\n",
         "6:17: virtual_servers[0].real_servers[1].label:",
         "duplicate real server label 'web1' (first at line 5)",
+    ),
+    (
+        "fallback mapping without an address",
+        GOOD_VS + "    fallback: {health_check: {}}\n",
+        "6:15: virtual_servers[0].fallback.address:",
+        "required key is missing",
+    ),
+    (
+        "fallback mapping with an unknown key",
+        GOOD_VS + "    fallback: {address: 127.0.0.1:9000, weight: 2}\n",
+        "6:41: virtual_servers[0].fallback.weight:",
+        "unknown key",
+    ),
+    (
+        "fallback check with a bad value",
+        GOOD_VS + "    fallback: {address: 127.0.0.1:9000, health_check: {rise: 0}}\n",
+        "6:62: virtual_servers[0].fallback.health_check.rise:",
+        "0 is out of range: must be at least 1",
+    ),
+    (
+        "fallback bad address in the mapping",
+        GOOD_VS + "    fallback: {address: 127.0.0.1}\n",
+        "6:25: virtual_servers[0].fallback.address:",
+        "missing ':PORT'",
     ),
     (
         "reserved fallback label",
@@ -454,6 +483,121 @@ BAD: list[tuple[str, str, str, str]] = [
         GOOD_VS + "    health_check: {http: {expect: 600}}\n",
         "6:35: virtual_servers[0].health_check.http.expect:",
         "must be in 100..599",
+    ),
+    (
+        "expect range reversed",
+        GOOD_VS + "    health_check: {http: {expect: 399-200}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "'399-200' must be statuses in 100..599, the lower first",
+    ),
+    (
+        "expect range out of bounds",
+        GOOD_VS + "    health_check: {http: {expect: 200-600}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "must be statuses in 100..599",
+    ),
+    (
+        "expect not a status",
+        GOOD_VS + "    health_check: {http: {expect: 2xx}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "'2xx' is not a status or a range of statuses like 200-399",
+    ),
+    (
+        "expect list item out of range",
+        GOOD_VS + "    health_check: {http: {expect: [200, 600]}}\n",
+        "6:41: virtual_servers[0].health_check.http.expect[1]:",
+        "600 is out of range: must be in 100..599",
+    ),
+    (
+        "expect empty list",
+        GOOD_VS + "    health_check: {http: {expect: []}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "must not be empty",
+    ),
+    (
+        "expect boolean",
+        GOOD_VS + "    health_check: {http: {expect: true}}\n",
+        "6:35: virtual_servers[0].health_check.http.expect:",
+        "expected a whole number",
+    ),
+    (
+        "retries out of range",
+        GOOD_VS + "    retries: 101\n",
+        "6:14: virtual_servers[0].retries:",
+        "101 is out of range: must be in 0..100",
+    ),
+    (
+        "retries not a number",
+        GOOD_VS + "    retries: many\n",
+        "6:14: virtual_servers[0].retries:",
+        "expected a whole number",
+    ),
+    (
+        "named pool retries negative",
+        GOOD_VS
+        + "pools:\n  api:\n    retries: -1\n    real_servers: [{label: a, address: 127.0.0.1:1}]\n",
+        "8:14: pools.api.retries:",
+        "-1 is out of range: must be in 0..100",
+    ),
+    (
+        "forwardfor trusted host bits set",
+        GOOD_VS + "    forwardfor: {trusted: [10.0.0.0/8, 10.0.0.1/8]}\n",
+        "6:40: virtual_servers[0].forwardfor.trusted[1]:",
+        "invalid network '10.0.0.1/8': host bits are set; did you mean 10.0.0.0/8?",
+    ),
+    (
+        "forwardfor trusted not a network",
+        GOOD_VS + "    forwardfor:\n      trusted:\n        - 192.0.2.0/33\n",
+        "8:11: virtual_servers[0].forwardfor.trusted[0]:",
+        "invalid network '192.0.2.0/33': expected an address or ADDRESS/PREFIX",
+    ),
+    (
+        "forwardfor trusted not a list",
+        GOOD_VS + "    forwardfor: {trusted: 10.0.0.0/8}\n",
+        "6:27: virtual_servers[0].forwardfor.trusted:",
+        "expected a list, got a string",
+    ),
+    (
+        "forwardfor mapping without trusted",
+        GOOD_VS + "    forwardfor: {}\n",
+        "6:17: virtual_servers[0].forwardfor.trusted:",
+        "required key is missing",
+    ),
+    (
+        "forwardfor mapping with an unknown key",
+        GOOD_VS + "    forwardfor: {trusted: [], except: [10.0.0.0/8]}\n",
+        "6:31: virtual_servers[0].forwardfor.except:",
+        "unknown key",
+    ),
+    (
+        "forwardfor a string",
+        GOOD_VS + "    forwardfor: always\n",
+        "6:17: virtual_servers[0].forwardfor:",
+        "expected true or false",
+    ),
+    (
+        "redirect code not a redirect",
+        GOOD_VS + "    redirect_to_https: {code: 200}\n",
+        "6:31: virtual_servers[0].redirect_to_https.code:",
+        "200 is not one of: 301, 302, 303, 307, 308",
+    ),
+    (
+        "redirect port out of range",
+        GOOD_VS + "    redirect_to_https: {port: 70000}\n",
+        "6:31: virtual_servers[0].redirect_to_https.port:",
+        "70000 is out of range: must be in 1..65535",
+    ),
+    (
+        "redirect unknown key",
+        GOOD_VS + "    redirect_to_https: {scheme: https}\n",
+        "6:25: virtual_servers[0].redirect_to_https.scheme:",
+        "unknown key",
+    ),
+    (
+        "redirect a string",
+        GOOD_VS + "    redirect_to_https: yes please\n",
+        "6:24: virtual_servers[0].redirect_to_https:",
+        "expected true or false",
     ),
     (
         "check path without slash",
@@ -705,3 +849,182 @@ def test_bad_config_is_reported_at_its_position(text: str, where: str, fragment:
     assert matching, f"no problem at {where}; got {problems}"
     assert any(fragment in p for p in matching), f"{fragment!r} not in {matching}"
     assert str(caught.value) == "\n".join(problems)
+
+
+def test_hsts_without_a_tls_bind_is_a_warning() -> None:
+    config = load_text(GOOD_VS + "    hsts: 1y\n", "lb.yaml")
+    assert config.virtual_servers[0].hsts == 365 * 86400.0
+    assert config.warnings == (
+        "lb.yaml:6:5: virtual_servers[0].hsts: hsts has no effect: no TLS bind",
+    )
+
+
+def test_hsts_with_a_tls_bind_and_no_hsts_give_no_warning() -> None:
+    with_tls = GOOD_VS.replace(
+        "bind: 127.0.0.1:8080", "bind: [127.0.0.1:8080, {address: 127.0.0.1:8443, tls: true}]"
+    )
+    assert load_text(with_tls + "    hsts: 1y\n", "lb.yaml").warnings == ()
+    assert load_text(GOOD_VS + "    hsts: false\n", "lb.yaml").warnings == ()
+    assert load_text(GOOD_VS, "lb.yaml").warnings == ()
+
+
+HTTP_POOL_CHECK = "    health_check: {http: {path: /health}}\n"
+
+
+def test_fallback_address_gets_a_tcp_check_whatever_the_pool_checks() -> None:
+    pool = (
+        load_text(GOOD_VS + HTTP_POOL_CHECK + "    fallback: 127.0.0.1:9000\n", "lb.yaml")
+        .virtual_servers[0]
+        .pool
+    )
+    assert pool.health_check.http == HttpCheck(path="/health")
+    assert pool.fallback == RealServer("fallback", Address("127.0.0.1", 9000), backup=True)
+    assert pool.fallback_check == HealthCheck()
+    assert pool.fallback_check.http is None
+
+
+def test_fallback_mapping_with_its_own_check() -> None:
+    pool = (
+        load_text(
+            GOOD_VS
+            + HTTP_POOL_CHECK
+            + "    fallback:\n"
+            + "      address: 127.0.0.1:9000\n"
+            + "      health_check: {interval: 5s, fall: 1, http: {path: /sorry.html}}\n",
+            "lb.yaml",
+        )
+        .virtual_servers[0]
+        .pool
+    )
+    assert pool.fallback == RealServer("fallback", Address("127.0.0.1", 9000), backup=True)
+    assert pool.fallback_check == HealthCheck(
+        interval=5.0, fall=1, http=HttpCheck(path="/sorry.html")
+    )
+    bare = (
+        load_text(GOOD_VS + "    fallback: {address: 127.0.0.1:9000}\n", "lb.yaml")
+        .virtual_servers[0]
+        .pool
+    )
+    assert bare.fallback_check == HealthCheck()
+
+
+def test_named_pool_fallback_mapping() -> None:
+    config = load_text(
+        GOOD_VS
+        + "pools:\n"
+        + "  api:\n"
+        + "    fallback: {address: 127.0.0.1:9000, health_check: {enabled: false}}\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9001}]\n",
+        "lb.yaml",
+    )
+    assert config.pools["api"].fallback_check == HealthCheck(enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("written", "expect"),
+    [
+        ("200", ((200, 200),)),
+        ("200-399", ((200, 399),)),
+        ('"204"', ((204, 204),)),
+        ("[200, 204]", ((200, 200), (204, 204))),
+        ('[200, "300-302"]', ((200, 200), (300, 302))),
+        ("[200 - 204, 404]", ((200, 204), (404, 404))),
+    ],
+)
+def test_health_check_expect_forms(written: str, expect: tuple[tuple[int, int], ...]) -> None:
+    config = load_text(GOOD_VS + f"    health_check: {{http: {{expect: {written}}}}}\n", "lb.yaml")
+    http = config.virtual_servers[0].pool.health_check.http
+    assert http is not None and http.expect == expect
+
+
+def test_health_check_expect_defaults_to_2xx_and_3xx() -> None:
+    config = load_text(GOOD_VS + "    health_check: {http: {path: /health}}\n", "lb.yaml")
+    http = config.virtual_servers[0].pool.health_check.http
+    assert http == HttpCheck(path="/health", expect=((200, 399),))
+    assert [s for s in (199, 200, 302, 399, 400) if http.expects(s)] == [200, 302, 399]
+
+
+def test_retries_default_and_per_pool() -> None:
+    config = load_text(
+        GOOD_VS
+        + "    retries: 0\n"
+        + "  - label: two\n"
+        + "    bind: 127.0.0.1:8081\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9001}]\n"
+        + "pools:\n"
+        + "  api:\n"
+        + "    retries: 100\n"
+        + "    real_servers: [{label: a, address: 127.0.0.1:9002}]\n",
+        "lb.yaml",
+    )
+    assert [vs.pool.retries for vs in config.virtual_servers] == [0, 3]
+    assert config.pools["api"].retries == 100
+
+
+def test_forwardfor_forms() -> None:
+    def vs_of(text: str) -> VirtualService:
+        return load_text(GOOD_VS + text, "lb.yaml").virtual_servers[0]
+
+    assert (vs_of("").forwardfor, vs_of("").forwardfor_trusted) == (True, None)
+    off = vs_of("    forwardfor: false\n")
+    assert (off.forwardfor, off.forwardfor_trusted) == (False, None)
+    on = vs_of("    forwardfor: true\n")
+    assert (on.forwardfor, on.forwardfor_trusted) == (True, None)
+    trusted = vs_of(
+        '    forwardfor:\n      trusted: [10.0.0.0/8, 192.0.2.7, "2001:db8::/32", "::1"]\n'
+    )
+    assert trusted.forwardfor is True
+    assert trusted.forwardfor_trusted == (
+        ipaddress.IPv4Network("10.0.0.0/8"),
+        ipaddress.IPv4Network("192.0.2.7/32"),
+        ipaddress.IPv6Network("2001:db8::/32"),
+        ipaddress.IPv6Network("::1/128"),
+    )
+    nobody = vs_of("    forwardfor: {trusted: []}\n")
+    assert (nobody.forwardfor, nobody.forwardfor_trusted) == (True, ())
+
+
+TLS_VS = GOOD_VS.replace(
+    "bind: 127.0.0.1:8080", "bind: [127.0.0.1:8080, {address: 127.0.0.1:8443, tls: true}]"
+)
+
+
+@pytest.mark.parametrize(
+    ("base", "written", "redirect", "port"),
+    [
+        (TLS_VS, "false", None, 8443),
+        (TLS_VS, "true", HttpsRedirect(), 8443),
+        (TLS_VS, "{}", HttpsRedirect(), 8443),
+        (TLS_VS, "{code: 302}", HttpsRedirect(code=302), 8443),
+        (TLS_VS, "{code: 308, port: 443}", HttpsRedirect(code=308, port=443), 443),
+        # No TLS bind here: TLS is served elsewhere (another box, a port forward).
+        (GOOD_VS, "true", HttpsRedirect(), 443),
+        (GOOD_VS, "{port: 8443}", HttpsRedirect(port=8443), 8443),
+    ],
+)
+def test_redirect_to_https_forms(
+    base: str, written: str, redirect: HttpsRedirect | None, port: int
+) -> None:
+    config = load_text(base + f"    redirect_to_https: {written}\n", "lb.yaml")
+    vs = config.virtual_servers[0]
+    assert vs.redirect_to_https == redirect
+    assert vs.https_port() == port
+    assert config.warnings == ()
+
+
+def test_redirect_status_keeps_the_method_unless_told() -> None:
+    default = HttpsRedirect()
+    assert [default.status_for(m) for m in (b"GET", b"HEAD", b"POST", b"PUT")] == [
+        301,
+        301,
+        308,
+        308,
+    ]
+    assert HttpsRedirect(code=302).status_for(b"POST") == 302
+
+
+def test_mode_http_is_accepted_with_a_warning() -> None:
+    config = load_text(GOOD_VS + "    mode: http\n", "lb.yaml")
+    assert config.warnings == (
+        "lb.yaml:6:5: virtual_servers[0].mode: mode has no effect: lbproxy is HTTP only",
+    )

@@ -98,12 +98,12 @@ def test_a_request_without_host_gets_the_address_it_reached() -> None:
         (  # a WebSocket upgrade is forwarded as such
             [(b"connection", b"Upgrade"), (b"upgrade", b"websocket"), (b"host", b"a")],
             [(b"host", b"a"), (b"connection", b"upgrade"), (b"upgrade", b"websocket")],
-            [],
+            [(b"x-forwarded-host", b"a")],
         ),
         (  # h2c never is, nor an Upgrade that Connection does not list
             [(b"connection", b"upgrade"), (b"upgrade", b"h2c"), (b"host", b"a")],
             [(b"host", b"a")],
-            [],
+            [(b"x-forwarded-host", b"a")],
         ),
         ([(b"upgrade", b"websocket"), (b"x-b", b"2")], [], [(b"x-b", b"2")]),
     ],

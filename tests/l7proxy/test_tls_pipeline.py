@@ -20,6 +20,7 @@ from config.model import (
     CookiePersistence,
     GlobalSettings,
     HealthCheck,
+    HttpsRedirect,
     Pool,
     ProxyConfig,
     RealServer,
@@ -154,7 +155,9 @@ async def test_redirect_to_https_and_hsts(ca: trustme.CA, tmp_path: pathlib.Path
             web = Backend("web1")
             await nursery.start(web.serve)
             cert_path = bundle(ca, tmp_path, "localhost")
-            config = tls_config(web, cert_path, tmp_path, redirect_to_https=True, hsts=31536000.0)
+            config = tls_config(
+                web, cert_path, tmp_path, redirect_to_https=HttpsRedirect(), hsts=31536000.0
+            )
             # The redirect names the configured TLS port; give the TLS bind a fixed free one.
             from tests.helpers import free_port
 
