@@ -22,6 +22,7 @@ from .model import (
     Pool,
     ProxyConfig,
     Rule,
+    StatsAuth,
     StatsSettings,
     Timeouts,
     VirtualService,
@@ -43,7 +44,8 @@ _UNQUOTED_IPV6_RE = re.compile(r"(^|[\s,{\[])\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\]")
 
 TOP_KEYS = ("global", "virtual_servers", "pools")
 GLOBAL_KEYS = ("state_dir", "grace", "log_level", "access_log", "stats")
-STATS_KEYS = ("bind", "path")
+STATS_KEYS = ("bind", "path", "auth")
+STATS_AUTH_KEYS = ("user", "password_file")
 VS_KEYS = (
     "label",
     "bind",
@@ -254,9 +256,26 @@ class _Builder(PoolReader, ListenerReader):
         if address is not None and bind_entry is not None:
             self.note_bind(address, bind_entry.value, bind_entry.path, "the stats page")
         path = self.url_path(m.get("path"), "/")
-        if address is None or path is None:
+        auth_entry = m.get("auth")
+        auth = self.stats_auth(auth_entry) if auth_entry is not None else None
+        if address is None or path is None or (auth_entry is not None and auth is None):
             return None
-        return StatsSettings(bind=address, path=path)
+        return StatsSettings(bind=address, path=path, auth=auth)
+
+    def stats_auth(self, entry: Entry) -> StatsAuth | None:
+        m = self.mapping(entry.value, entry.path, STATS_AUTH_KEYS, required=STATS_AUTH_KEYS)
+        if m is None:
+            return None
+        user_entry = m.get("user")
+        user = self.opt_string(user_entry)
+        if user is not None and user_entry is not None and ":" in user:
+            # RFC 7617: the user-id ends at the first colon.
+            self.problem(user_entry.value, user_entry.path, "must not contain ':'")
+            user = None
+        password_file = self.path_value(m.get("password_file"), None)
+        if user is None or password_file is None:
+            return None
+        return StatsAuth(user=user, password_file=password_file)
 
     # -- named pools and virtual servers ------------------------------------------------------
 
