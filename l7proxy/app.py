@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -136,7 +136,11 @@ class ProxyHandle:
     def tls_binds(self) -> list[tuple[str, str, TlsServer]]:
         """Each TLS bind's virtual server, address and TLS server (for certificate expiry)."""
         return [
-            (b.served.vs.label, str(b.served.bind.address), b.tls_server)
+            (
+                b.served.vs.label,
+                str(replace(b.served.bind.address, port=b.served.port)),
+                b.tls_server,
+            )
             for b in self.bound
             if b.served is not None and b.tls_server is not None
         ]
