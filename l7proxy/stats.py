@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus, unquote_plus
 
 import h11
 import trio
@@ -174,7 +175,7 @@ class StatsSite:
             return Answer(200, b"application/json", statspage.render_json(snap.rows))
         message = MESSAGES.get(query.removeprefix("st=")) if query.startswith("st=") else None
         if query.startswith("st=error:"):
-            message = "Refused: " + query.removeprefix("st=error:").replace("+", " ")
+            message = "Refused: " + unquote_plus(query.removeprefix("st=error:"))
         page = statspage.PageOptions(
             base=self.base,
             token=self.token if user is not None else None,
@@ -195,14 +196,14 @@ class StatsSite:
         try:
             changes = statsactions.plan(form, self.runtime.pools)
         except statsactions.ActionError as error:
-            return self._back("error:" + str(error).replace(" ", "+").replace("'", ""))
+            return self._back("error:" + quote_plus(str(error)))
         for line in statsactions.apply(changes, trio.current_time(), user):
             log.warning("%s", line)
         return self._back("done" if changes else "none")
 
     def _back(self, outcome: str) -> Answer:
         # 303: the browser reloads the page with GET, so a refresh does not post again.
-        location = f"{self.base}?st={outcome}".encode("ascii", "replace")
+        location = f"{self.base}?st={outcome}".encode("ascii")
         return Answer(303, b"text/plain", b"", ((b"location", location),))
 
 

@@ -9,9 +9,9 @@ the clocks once: ``now`` is the clock the counters were stamped with (``trio.cur
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from balancing.state import RESPONSE_CLASSES, Health, PoolState, ServerState
+from balancing.state import RESPONSE_CLASSES, PoolState, ServerState
 from config.model import CookiePersistence, ProxyConfig
 
 from .runtime import FrontendCounters, Runtime
@@ -121,11 +121,6 @@ class Snapshot:
     pid: int = 0
     uptime: float = 0.0  # seconds
     started: float = 0.0  # epoch seconds
-    servers: dict[tuple[str, str], ServerState] = field(default_factory=dict)
-
-
-def _sum(values: list[int]) -> int:
-    return sum(values)
 
 
 def frontend_row(label: str, iid: int, fc: FrontendCounters, status: str) -> Row:
@@ -211,7 +206,7 @@ def server_row(state: ServerState, iid: int, sid: int, clocks: Clocks) -> Row:
 
 def backend_row(pool: PoolState, iid: int, servers: list[Row], clocks: Clocks) -> Row:
     states = pool.all_states()
-    usable = [s for s in states if s.health is Health.UP and s.status_text() != "MAINT"]
+    usable = [s for s in states if s.accepts_sticky()]
     persistence = pool.pool.persistence
     last = max((r.last_change or clocks.started for r in servers), default=clocks.started)
     return Row(
@@ -221,29 +216,29 @@ def backend_row(pool: PoolState, iid: int, servers: list[Row], clocks: Clocks) -
         iid=iid,
         sid=0,
         status="UP" if usable else "DOWN",
-        scur=_sum([r.scur for r in servers]),
+        scur=sum([r.scur for r in servers]),
         smax=pool.max_active,
-        stot=_sum([r.stot for r in servers]),
-        bin=_sum([r.bin for r in servers]),
-        bout=_sum([r.bout for r in servers]),
-        hrsp={k: _sum([r.hrsp.get(k, 0) for r in servers]) for k in RESPONSE_CLASSES},
-        rate=_sum([r.rate for r in servers]),
+        stot=sum([r.stot for r in servers]),
+        bin=sum([r.bin for r in servers]),
+        bout=sum([r.bout for r in servers]),
+        hrsp={k: sum([r.hrsp.get(k, 0) for r in servers]) for k in RESPONSE_CLASSES},
+        rate=sum([r.rate for r in servers]),
         rate_max=None,
         qcur=0,
         qmax=0,
         dreq=0,
         dresp=0,
-        econ=_sum([r.econ or 0 for r in servers]),
-        eresp=_sum([r.eresp or 0 for r in servers]),
-        wretr=_sum([r.wretr or 0 for r in servers]),
-        wredis=_sum([r.wredis or 0 for r in servers]),
-        weight=_sum([s.weight for s in pool.servers if s.accepts_new()]),
+        econ=sum([r.econ or 0 for r in servers]),
+        eresp=sum([r.eresp or 0 for r in servers]),
+        wretr=sum([r.wretr or 0 for r in servers]),
+        wredis=sum([r.wredis or 0 for r in servers]),
+        weight=sum([s.weight for s in pool.servers if s.accepts_new()]),
         act=sum(1 for s in pool.servers if s.accepts_new()),
         bck=sum(1 for s in states if s.is_fallback and s.accepts_sticky()),
-        chkdown=_sum([r.chkdown or 0 for r in servers]),
+        chkdown=sum([r.chkdown or 0 for r in servers]),
         lastchg=int(clocks.wall - last),
-        lbtot=_sum([r.lbtot or 0 for r in servers]),
-        req_tot=_sum([r.req_tot or 0 for r in servers]),
+        lbtot=sum([r.lbtot or 0 for r in servers]),
+        req_tot=sum([r.req_tot or 0 for r in servers]),
         cookie=persistence.name if isinstance(persistence, CookiePersistence) else None,
         algo=pool.balance.value,
         last_change=last,

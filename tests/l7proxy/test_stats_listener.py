@@ -257,3 +257,24 @@ async def test_an_unreadable_password_file_stops_the_start_with_its_name(
         app.StartupError, match=r"stats password file .*missing\.pass: No such file"
     ):
         await app.serve(bad)
+
+
+async def test_a_refused_action_comes_back_with_its_reason_and_csv_answers_haproxys_urls(
+    tmp_path: pathlib.Path, ca: trustme.CA
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            _, _, stats_port = await start(nursery, tmp_path, ca)
+            token = page_token(await request(stats_port, "GET", "/stats", headers=auth_header()))
+            form = {"Content-Type": "application/x-www-form-urlencoded", **auth_header()}
+            body = f"token={token}&b=www&s=web9%0d%0a&action=drain".encode()
+            refused = await request(stats_port, "POST", "/stats", body=body, headers=form)
+            assert refused.status == 303
+            location = refused.header("location")
+            assert location is not None and location.startswith("/stats?st=error:")
+            page = await request(stats_port, "GET", location, headers=auth_header())
+            assert b"Refused: no server &#x27;web9\\r\\n&#x27; in pool &#x27;www&#x27;" in page.body
+            for url in ("/stats?csv", "/stats;csv", "/stats?stats;csv", "/stats;csv;norefresh"):
+                got = await request(stats_port, "GET", url, headers=auth_header())
+                assert got.body.startswith(b"# pxname,svname,qcur,"), url
+            nursery.cancel_scope.cancel()
