@@ -81,6 +81,8 @@ def json_row(row: Row) -> dict[str, object]:
             bytes_in=row.bin,
             bytes_out=row.bout,
             check_duration=None if row.check_duration is None else row.check_duration / 1000,
+            check_status=row.check_status or "",
+            check_desc=row.check_desc or "",
         )
     return data
 
