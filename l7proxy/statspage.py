@@ -188,7 +188,7 @@ def _row_html(row: Row, options: PageOptions) -> str:
                 for a in ACTIONS[:3]
             )
             select = (
-                f'<td><input type="checkbox" name="s" value="{name}" '
+                f'<td class="act"><input type="checkbox" name="s" value="{name}" '
                 f'id="{_esc(row.pxname)}/{name}">{buttons}</td>'
             )
     ident = f"{row.pxname}/{row.svname}"
@@ -264,7 +264,7 @@ def render_html(
         f"{refresh}<title>{_esc(title)}</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
         "td,th{border:1px solid #999;padding:2px 6px;font-size:13px}"
-        ".msg{background:#ffe8a0;padding:4px}</style></head><body>"
+        ".msg{background:#ffe8a0;padding:4px}.act{white-space:nowrap}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p>{facts}</p>{message}"
         + "".join(_pool_form(name, rows, options) for name, rows in groups.items())
         + _certificates_html(snapshot.certificates)
