@@ -66,7 +66,7 @@ def _message(state: ServerState, result: CheckResult) -> str:
 
 def _transition(state: ServerState, health: Health, now: float) -> None:
     state.health = health
-    state.counters.last_change = now
+    state.counters.health_changed(health, now)
 
 
 def apply_check(
@@ -86,6 +86,7 @@ def apply_check(
         return None
     state.consecutive_ok = 0
     state.consecutive_fail += 1
+    counters.check_failures += state.health is Health.UP
     if state.health is Health.UP and state.consecutive_fail >= max(check.fall, 1):
         _transition(state, Health.DOWN, now)
         return _message(state, result)

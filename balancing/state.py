@@ -7,7 +7,8 @@ the trio thread. Nothing here awaits, so a read and the write that depends on it
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from config.model import (
@@ -35,6 +36,46 @@ def _response_slots() -> dict[str, int]:
     return dict.fromkeys(RESPONSE_CLASSES, 0)
 
 
+@dataclass(slots=True)
+class RateCounter:
+    """Events per second over the last second, like HAProxy's ``rate`` columns (freq_ctr):
+    the count of the current one-second period plus the previous period's count weighted by
+    the part of it still inside the last second. ``now`` is any monotonic clock in seconds;
+    ``clock`` supplies it to callers that have none at hand (accept and request counting)."""
+
+    clock: Callable[[], float] = time.monotonic
+    period_start: float | None = None
+    current: int = 0
+    previous: int = 0
+    max: int = 0  # the highest rate seen (rate_max)
+
+    def hit(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if self.period_start is None:
+            self.period_start = now
+        elapsed = now - self.period_start
+        if elapsed >= 2.0:
+            self.previous, self.current = 0, 0
+            self.period_start += int(elapsed)
+        elif elapsed >= 1.0:
+            self.previous, self.current = self.current, 0
+            self.period_start += 1.0
+        self.current += 1
+        self.max = max(self.max, self.rate(now))
+
+    def rate(self, now: float | None = None) -> int:
+        now = self.clock() if now is None else now
+        if self.period_start is None:
+            return 0
+        elapsed = now - self.period_start
+        if elapsed >= 2.0:
+            return 0
+        current, previous = self.current, self.previous
+        if elapsed >= 1.0:
+            current, previous, elapsed = 0, current, elapsed - 1.0
+        return current + int(previous * (1.0 - max(elapsed, 0.0)) + 0.5)
+
+
 @dataclass
 class ServerCounters:
     """Per-server statistics, in the spirit of HAProxy's stats CSV columns."""
@@ -52,11 +93,35 @@ class ServerCounters:
     check_status: str = ""  # L4OK L4TOUT L4CON L7OK L7STS L7RSP L7TOUT
     check_desc: str = ""  # "connection refused", "timeout", "status 500 (expected 200)"
     check_duration: float | None = None
+    # The clock of ``now`` in set_admin and the health transitions (the trio clock); 0.0 means
+    # "not since the process started". Stats pages turn it into wall time.
     last_change: float = 0.0
+    check_failures: int = 0  # failed checks while UP (chkfail)
+    down_transitions: int = 0  # UP -> DOWN (chkdown)
+    health_transitions: int = 0  # UP -> DOWN and DOWN -> UP
+    downtime: float = 0.0  # seconds DOWN, up to the last time it came back UP
+    down_since: float | None = None  # when it went DOWN, while it is DOWN
+    session_rate: RateCounter = field(default_factory=RateCounter)
 
     def record_response(self, status: int) -> None:
         key = f"{status // 100}xx" if 100 <= status <= 599 else "other"
         self.responses[key] += 1
+
+    def health_changed(self, health: Health, now: float) -> None:
+        """Count one health transition that happened at ``now``."""
+        self.last_change = now
+        self.health_transitions += 1
+        if health is Health.DOWN:
+            self.down_transitions += 1
+            self.down_since = now
+        elif self.down_since is not None:
+            self.downtime += max(now - self.down_since, 0.0)
+            self.down_since = None
+
+    def downtime_at(self, now: float) -> float:
+        """Seconds DOWN in total, the current outage included."""
+        current = max(now - self.down_since, 0.0) if self.down_since is not None else 0.0
+        return self.downtime + current
 
 
 class ServerState:
@@ -109,6 +174,7 @@ class ServerState:
         return "UP"
 
     def set_admin(self, admin: AdminState, now: float) -> None:
+        """``now`` is the clock of the health transitions (``trio.current_time()``)."""
         self.drain_deadline = None  # any new admin state ends a timed drain
         if admin is not self.admin:
             self.admin = admin
@@ -150,6 +216,8 @@ class PoolState:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.active = 0  # requests in flight on this pool generation's servers
+        self.max_active = 0  # the most at once (backend smax)
         check = pool.health_check
         self.servers = [ServerState(s, pool.name, check) for s in pool.real_servers]
         self.fallback = (
@@ -193,10 +261,14 @@ class PoolState:
         c.total += 1
         c.active += 1
         c.max_active = max(c.max_active, c.active)
+        c.session_rate.hit()
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
 
     def end(self, state: ServerState) -> None:
         c = state.counters
         c.active = max(c.active - 1, 0)
+        self.active = max(self.active - 1, 0)
 
     def statistics(self) -> list[dict[str, object]]:
         return [s.row() for s in self.all_states()]
@@ -265,6 +337,7 @@ def carry_over(previous: dict[str, PoolState], current: dict[str, PoolState]) ->
         old_pool = previous.get(name)
         if old_pool is None:
             continue
+        new_pool.max_active = old_pool.max_active
         for new_state in new_pool.servers:
             old_state = old_pool.server(new_state.label)
             if old_state is not None:

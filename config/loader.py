@@ -26,6 +26,7 @@ from .model import (
     Pool,
     ProxyConfig,
     Rule,
+    StatsAuth,
     StatsSettings,
     Timeouts,
     VirtualService,
@@ -58,7 +59,8 @@ GLOBAL_KEYS = (
     "admin_socket",
     "state_file",
 )
-STATS_KEYS = ("bind", "path")
+STATS_KEYS = ("bind", "path", "auth")
+STATS_AUTH_KEYS = ("user", "password_file")
 ADMIN_SOCKET_KEYS = ("path", "mode")
 VS_KEYS = (
     "label",
@@ -311,9 +313,26 @@ class _Builder(PoolReader, ListenerReader):
         if address is not None and bind_entry is not None:
             self.note_bind(address, bind_entry.value, bind_entry.path, "the stats page")
         path = self.url_path(m.get("path"), "/")
-        if address is None or path is None:
+        auth_entry = m.get("auth")
+        auth = self.stats_auth(auth_entry) if auth_entry is not None else None
+        if address is None or path is None or (auth_entry is not None and auth is None):
             return None
-        return StatsSettings(bind=address, path=path)
+        return StatsSettings(bind=address, path=path, auth=auth)
+
+    def stats_auth(self, entry: Entry) -> StatsAuth | None:
+        m = self.mapping(entry.value, entry.path, STATS_AUTH_KEYS, required=STATS_AUTH_KEYS)
+        if m is None:
+            return None
+        user_entry = m.get("user")
+        user = self.opt_string(user_entry)
+        if user is not None and user_entry is not None and ":" in user:
+            # RFC 7617: the user-id ends at the first colon.
+            self.problem(user_entry.value, user_entry.path, "must not contain ':'")
+            user = None
+        password_file = self.path_value(m.get("password_file"), None)
+        if user is None or password_file is None:
+            return None
+        return StatsAuth(user=user, password_file=password_file)
 
     # -- named pools and virtual servers ------------------------------------------------------
 

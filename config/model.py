@@ -257,9 +257,19 @@ class VirtualService:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsAuth:
+    """HTTP Basic credentials for the stats listener; the password is read from the file's
+    first line when the listener starts, never kept in the configuration."""
+
+    user: str
+    password_file: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSettings:
     bind: Address
     path: str = "/"
+    auth: StatsAuth | None = None  # None: the page is read-only and open
 
 
 DEFAULT_ADMIN_SOCKET_MODE = 0o600  # HAProxy `stats socket ... mode 600` in its examples

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -139,12 +139,24 @@ class ProxyHandle:
         )
         return notes
 
+    def tls_binds(self) -> list[tuple[str, str, TlsServer]]:
+        """Each TLS bind's virtual server, address and TLS server (for certificate expiry)."""
+        return [
+            (
+                b.served.vs.label,
+                str(replace(b.served.bind.address, port=b.served.port)),
+                b.tls_server,
+            )
+            for b in self.bound
+            if b.served is not None and b.tls_server is not None
+        ]
+
     def _start_accepting(self, b: ListeningSocket) -> None:
         assert self._accepts is not None and self._connections is not None
         runtime = self.runtime
         handler: Handler
         if b.served is None:
-            handler = stats.make_handler(runtime, runtime.config.global_.stats)
+            handler = stats.make_handler(runtime, runtime.config.global_.stats, self.tls_binds)
         else:
             handler = make_handler(runtime, b.served, b.tls_server)
         scope = trio.CancelScope()
@@ -256,6 +268,11 @@ def _bind_all(
                 bound.append(ListeningSocket(ServedBind(vs, bind, port), sock, tls_server, key))
         stats_settings = config.global_.stats
         if stats_settings is not None:
+            if stats_settings.auth is not None:
+                try:
+                    stats.read_password(stats_settings.auth)
+                except stats.StatsAuthError as error:
+                    raise StartupError(str(error)) from None
             key = _key(stats_settings.bind, stats=True)
             bound.append(ListeningSocket(None, listening(key, stats_settings.bind), key=key))
     except BindError as error:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from balancing.state import RESPONSE_CLASSES, Health, PoolState, ServerState
+from balancing.state import RESPONSE_CLASSES, Health, PoolState, RateCounter, ServerState
 from config.model import Bind, ProxyConfig, VirtualService
 
 if TYPE_CHECKING:
@@ -59,15 +59,19 @@ class FrontendCounters:
     request_errors: int = 0  # ereq: bad heads, 408s, bodies cut short by the client
     denied: int = 0  # dreq: refused by a rule (method filter, limits)
     responses: dict[str, int] = field(default_factory=_response_classes)  # hrsp_1xx..other
+    session_rate: RateCounter = field(default_factory=RateCounter)  # rate, rate_max
+    request_rate: RateCounter = field(default_factory=RateCounter)  # req_rate, req_rate_max
 
     def opened(self) -> None:
         self.current += 1
         self.total += 1
         if self.current > self.max:
             self.max = self.current
+        self.session_rate.hit()
 
     def record(self, status: int, bytes_in: int, bytes_out: int) -> None:
         self.requests += 1
+        self.request_rate.hit()
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
         key = f"{status // 100}xx" if 100 <= status <= 599 else "other"

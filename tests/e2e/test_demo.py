@@ -91,9 +91,12 @@ def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[n
     status, _, page = get(ports["stats"])
     assert status == 200 and "web1" in page and "web2" in page
     status, _, csv = get(ports["stats"], "/?csv")
-    rows = [line.split(",") for line in csv.splitlines() if line.startswith("demo,")]
-    assert sorted(row[1] for row in rows) == ["web1", "web2"]
-    assert all(row[3] == "UP" for row in rows)
+    lines = csv.splitlines()
+    header = lines[0].removeprefix("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    servers = [r for r in rows if r["pxname"] == "demo" and r["type"] == "2"]
+    assert sorted(r["svname"] for r in servers) == ["web1", "web2"]
+    assert all(r["status"] == "UP" for r in servers)
     assert "Traceback" not in (folder / "demo.err").read_text()
 
 
