@@ -150,16 +150,21 @@ class ClientConnection:
         # IDLE too: h11 lets a server answer a request head it could not parse.
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        head = h11.Response(
+            status_code=response.status, reason=response.reason, headers=response.headers
+        )
         try:
-            await self._send(
-                h11.Response(
-                    status_code=response.status, reason=response.reason, headers=response.headers
-                ),
-                h11.Data(data=response.body),
-                END_OF_MESSAGE,
-            )
+            if self._answering_head():
+                await self._send(head, END_OF_MESSAGE)
+            else:
+                await self._send(head, h11.Data(data=response.body), END_OF_MESSAGE)
         except (*_GONE, h11.LocalProtocolError):
             pass
+
+    def _answering_head(self) -> bool:
+        """The answer is to a HEAD request: h11 lets no body go with it."""
+        ex = self.current
+        return ex is not None and ex.request.method == b"HEAD"
 
     # ---- time -------------------------------------------------------------------------------
 
@@ -490,11 +495,13 @@ class ClientConnection:
             (b"content-type", b"text/html"),
             (b"content-length", str(len(body)).encode()),
         ]
-        await self._send(
-            h11.Response(status_code=status, reason=REDIRECT_REASONS[status], headers=headers),
-            h11.Data(data=body),
-            END_OF_MESSAGE,
+        response = h11.Response(
+            status_code=status, reason=REDIRECT_REASONS[status], headers=headers
         )
+        if self._answering_head():
+            await self._send(response, END_OF_MESSAGE)
+        else:
+            await self._send(response, h11.Data(data=body), END_OF_MESSAGE)
         return self._client_can_continue()
 
     def _client_can_continue(self) -> bool:
