@@ -104,6 +104,15 @@ def ensure_tools(names: list[str]) -> dict[str, str | None]:
     return found
 
 
+def required_tools(names: list[str]) -> list[str]:
+    """The paths of the tools, installed if need be; BenchError naming those still missing."""
+    tools = ensure_tools(names)
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise BenchError(f"{' and '.join(missing)} not found and could not be installed")
+    return [path for path in tools.values() if path is not None]
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (the small race until the server binds is accepted:
     every server is checked for readiness before it is measured)."""

@@ -6,11 +6,13 @@ alive, and append X-Forwarded-For (lbproxy does by default), so they do the same
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Child, free_port, start
+from harness import Child, free_port, start, stop, wait_ready
 
 # Two static files: a small answer where per-request overhead dominates, and a 64 KiB one
 # where moving bytes does.
@@ -201,6 +203,20 @@ def start_backend(nginx: str, workdir: Path, www: Path, port: int, cpu: int | No
     (workdir / "backend-temp").mkdir()
     argv = [nginx, "-p", f"{workdir}/", "-e", str(workdir / "backend-error.log"), "-c", str(conf)]
     return start("backend-nginx", argv, workdir=workdir, cpu=cpu)
+
+
+@contextlib.contextmanager
+def running_backend(nginx: str, workdir: Path, cpu: int | None) -> Iterator[int]:
+    """The nginx backend serving FILES from ``workdir``, ready; yields its port, stops it."""
+    www = make_docroot(workdir)
+    port = free_port()
+    child = start_backend(nginx, workdir, www, port, cpu)
+    try:
+        for name, size in FILES.items():
+            wait_ready(child, port, f"/{name}", size, tls=False)
+        yield port
+    finally:
+        stop(child)
 
 
 def start_proxy(
