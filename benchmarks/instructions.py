@@ -130,8 +130,8 @@ def count(valgrind: str, workdir: Path, backend_port: int, access_log: bool) -> 
 def render(found: Count) -> str:
     log = "on " if found.access_log else "off"
     return (
-        f"access log {log}: {found.per_request / 1e6:.3f} M instructions per request  "
-        f"(({found.long:,} - {found.short:,}) / {LONG - SHORT})"
+        f"access log {log}: {found.per_request / 1e6:.3f} M instructions per request "
+        f"({found.per_request:,.0f} = ({found.long:,} - {found.short:,}) / {LONG - SHORT})"
     )
 
 

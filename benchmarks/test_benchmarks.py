@@ -717,7 +717,10 @@ def test_callgrind_totals_and_per_request(tmp_path: Path) -> None:
     assert instructions.total_instructions(out) == 123450
     found = instructions.Count(access_log=False, short=3_000_000_000, long=5_180_000_000)
     assert found.per_request == 1_090_000
-    assert instructions.render(found).startswith("access log off: 1.090 M instructions per request")
+    assert instructions.render(found) == (
+        "access log off: 1.090 M instructions per request "
+        "(1,090,000 = (5,180,000,000 - 3,000,000,000) / 2000)"
+    )
     out.write_text("events: Ir\n")
     with pytest.raises(harness.BenchError, match="no instruction total"):
         instructions.total_instructions(out)
