@@ -401,9 +401,10 @@ def bench(settings: Settings) -> int:
         finally:
             harness.stop(backend)
     print()
-    print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
+    if run.rows:
+        print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
     if idle is not None:
-        print(memory.render(idle))
+        print(("\n" if run.rows else "") + memory.render(idle))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if settings.json_path:
         figures: list[dict[str, object]] = [row.as_dict() for row in run.rows]
