@@ -104,6 +104,15 @@ def ensure_tools(names: list[str]) -> dict[str, str | None]:
     return found
 
 
+def required_tools(names: list[str]) -> list[str]:
+    """The paths of the tools, installed if need be; BenchError naming those still missing."""
+    tools = ensure_tools(names)
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise BenchError(f"{' and '.join(missing)} not found and could not be installed")
+    return [path for path in tools.values() if path is not None]
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (the small race until the server binds is accepted:
     every server is checked for readiness before it is measured)."""
@@ -227,7 +236,7 @@ def _tls_get(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None)
             version=version or "?",
             cipher=cipher[0] if cipher else "?",
             session=tls.session,
-            reused=reused,
+            reused=bool(reused),
         )
 
 
@@ -244,9 +253,17 @@ def tls_parameters(port: int) -> str:
     return f"{first.version} {first.cipher}, {resumes}"
 
 
-def wait_ready(child: Child, port: int, path: str, expect_len: int, *, tls: bool) -> None:
+def wait_ready(
+    child: Child,
+    port: int,
+    path: str,
+    expect_len: int,
+    *,
+    tls: bool,
+    timeout: float = READY_TIMEOUT,
+) -> None:
     """Wait until ``path`` answers 200 with ``expect_len`` bytes; BenchError otherwise."""
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if not child.alive():
@@ -260,7 +277,7 @@ def wait_ready(child: Child, port: int, path: str, expect_len: int, *, tls: bool
                 return
             last = f"status {status}, {len(body)} bytes instead of 200 and {expect_len}"
         time.sleep(READY_POLL)
-    raise BenchError(f"{child.name} not ready after {READY_TIMEOUT:.0f}s ({last})")
+    raise BenchError(f"{child.name} not ready after {timeout:.0f}s ({last})")
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -135,21 +135,10 @@ def top_functions(profile: Path, top: int) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    tools = harness.ensure_tools(["wrk", "nginx"])
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        raise BenchError(f"{' and '.join(missing)} not found and could not be installed")
-    wrk, nginx = tools["wrk"], tools["nginx"]
-    assert wrk is not None and nginx is not None
+    wrk, nginx = harness.required_tools(["wrk", "nginx"])
     with tempfile.TemporaryDirectory(prefix="lbproxy-profile-") as tmp:
         workdir = Path(tmp)
-        www = servers.make_docroot(workdir)
-        backend_port = harness.free_port()
-        backend = servers.start_backend(nginx, workdir, www, backend_port, LOAD_CPU)
-        try:
-            harness.wait_ready(
-                backend, backend_port, f"/{args.size}", servers.FILES[args.size], tls=False
-            )
+        with servers.running_backend(nginx, workdir, LOAD_CPU) as backend_port:
             bundle = certs.make_bundle(workdir, args.tls) if args.tls else None
             profile = workdir / "lbproxy.prof"
             command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "l7proxy"]
@@ -186,8 +175,6 @@ def main(argv: list[str]) -> int:
             finally:
                 # SIGINT: trio raises KeyboardInterrupt, cProfile writes the file on the way out.
                 harness.stop(server.child, signal.SIGINT, PROFILE_STOP_TIMEOUT)
-        finally:
-            harness.stop(backend)
         if not profile.exists():
             tail = server.child.log_tail()
             raise BenchError(

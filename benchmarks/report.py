@@ -26,7 +26,7 @@ CASE_TITLES = {
 class Row:
     case: str  # plain | tls | handshake | resumed
     variant: str  # the file size, or for handshakes the key type
-    target: str  # direct | lbproxy | haproxy | nginx
+    target: str  # direct | lbproxy | lbproxy-log | haproxy | pound | nginx
     result: Result | None = None
     cpu_seconds: float = 0.0  # of the measured server process and its children
     note: str = ""  # why there is no result, or what went wrong
@@ -183,39 +183,57 @@ def _verdict(value: float) -> str:
     return "meets" if value >= HANDSHAKE_TARGET else "below"
 
 
+# Every lbproxy line is compared with these, when they ran; lbproxy-log also with lbproxy (the
+# cost of the access log).
+OURS = {
+    "lbproxy": ("direct", "haproxy", "pound", "nginx"),
+    "lbproxy-log": ("lbproxy", "direct", "haproxy", "pound", "nginx"),
+}
+
+
+def _ratio_text(case: str, ours: Row, theirs: Row) -> str | None:
+    value = ratio(ours, theirs)
+    if value is None:
+        return None
+    flawed = ours.result is not None and ours.result.errors > 0
+    flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
+    mark = "*" if flawed else ""
+    disturbed = bool(_shared_note(ours) or _shared_note(theirs))
+    text = f"{ours.target}/{theirs.target} {_two(value)}{mark}{'~' if disturbed else ''}"
+    per_cpu = capacity_ratio(ours, theirs)
+    if per_cpu is not None:
+        text += f" (per CPU {_two(per_cpu)}{mark})"
+    if case == "handshake" and theirs.target == "haproxy":
+        verdicts = [] if disturbed else [f"req/s {_verdict(value)}"]
+        if per_cpu is not None:
+            verdicts.append(f"per CPU {_verdict(per_cpu)}")
+        text += f" [target {HANDSHAKE_TARGET}: {', '.join(verdicts) or 'no verdict'}]"
+    return text
+
+
 def ratio_lines(case: str, rows: list[Row]) -> list[str]:
-    """``lbproxy/X`` for every other server, per size or key type, by req/s and by CPU time per
-    request; a '*' marks a ratio built from a run with errors."""
+    """``lbproxy/X`` for every other server, per size or key type and per lbproxy line (access
+    log off, and on), by req/s and by CPU time per request; only figures of ``rows``, which
+    come from one run. A '*' marks a ratio built from a run with errors."""
     lines = []
     variants = list(dict.fromkeys(row.variant for row in rows))
     for variant in variants:
-        ours = _find(rows, variant, "lbproxy")
-        parts = []
-        for other in ("direct", "haproxy", "nginx"):
-            theirs = _find(rows, variant, other)
-            value = ratio(ours, theirs)
-            if value is None:
+        present = [t for t in OURS if any(r.variant == variant and r.target == t for r in rows)]
+        for target in present or ["lbproxy"]:
+            ours = _find(rows, variant, target)
+            if ours is None:
+                lines.append(f"  {variant}: no {target} figure")
                 continue
-            assert ours is not None and theirs is not None
-            flawed = ours.result is not None and ours.result.errors > 0
-            flawed = flawed or (theirs.result is not None and theirs.result.errors > 0)
-            mark = "*" if flawed else ""
-            disturbed = bool(_shared_note(ours) or _shared_note(theirs))
-            text = f"lbproxy/{other} {_two(value)}{mark}{'~' if disturbed else ''}"
-            per_cpu = capacity_ratio(ours, theirs)
-            if per_cpu is not None:
-                text += f" (per CPU {_two(per_cpu)}{mark})"
-            if case == "handshake" and other == "haproxy":
-                verdicts = [] if disturbed else [f"req/s {_verdict(value)}"]
-                if per_cpu is not None:
-                    verdicts.append(f"per CPU {_verdict(per_cpu)}")
-                text += f" [target {HANDSHAKE_TARGET}: {', '.join(verdicts) or 'no verdict'}]"
-            parts.append(text)
-        if parts:
-            lines.append(f"  {variant}: " + ", ".join(parts))
-        elif ours is None:
-            lines.append(f"  {variant}: no lbproxy figure")
+            parts = [_ratio_text(case, ours, theirs) for theirs in _others(rows, variant, target)]
+            texts = [text for text in parts if text is not None]
+            if texts:
+                lines.append(f"  {variant}: " + ", ".join(texts))
     return lines
+
+
+def _others(rows: list[Row], variant: str, target: str) -> list[Row]:
+    found = (_find(rows, variant, other) for other in OURS[target])
+    return [row for row in found if row is not None]
 
 
 def render(rows: list[Row], *, seconds: float, connections: int) -> str:
@@ -229,6 +247,11 @@ def render(rows: list[Row], *, seconds: float, connections: int) -> str:
         out.append("ratios (req/s; in brackets requests per CPU second):")
         out.extend(ratio_lines(case, selected) or ["  none (lbproxy or the others missing)"])
         out.append("")
+    if any(row.target == "lbproxy-log" for row in rows):
+        out.append(
+            "lbproxy-log: lbproxy with its access log on (its default), to a file; "
+            "lbproxy: access log off"
+        )
     if any(_shared_note(row) for row in rows):
         out.append(
             f"core {SERVER_CORE} shared: the server's core was busy beyond the server's own CPU "

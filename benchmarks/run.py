@@ -1,11 +1,14 @@
-"""`make bench`: lbproxy against the direct backend, HAProxy and nginx, on one core each.
+"""`make bench`: lbproxy against the direct backend, HAProxy, Pound and nginx, on one core each.
 
-Placement on a two-core machine: the server under test (lbproxy, HAProxy, nginx as a proxy, or
-the backend itself for the "direct" line) owns core 0; wrk and, during the proxy runs, the
-backend nginx share core 1. Settings come from the environment (see README.md):
+Placement on a two-core machine: the server under test (lbproxy with its access log off and on,
+HAProxy, Pound, nginx as a proxy, or the backend itself for the "direct" line) owns core 0; wrk
+and, during the proxy runs, the backend nginx share core 1. The "memory" case measures what an
+idle connection costs lbproxy (memory.py). Settings come from the environment (see README.md):
 BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_CASES, BENCH_TARGETS, BENCH_SIZES,
-BENCH_REPEAT, BENCH_JSON, LBPROXY. ``--profile`` runs lbproxy under cProfile instead
-(profiling.py); ``--compare OLD.json NEW.json`` shows what changed between two runs.
+BENCH_REPEAT, BENCH_IDLE, BENCH_JSON, LBPROXY, POUND, BENCH_POUND_CACHE. ``--profile`` runs
+lbproxy under cProfile instead (profiling.py); ``--instructions`` counts its instructions per
+request under callgrind (instructions.py); ``--compare OLD.json NEW.json`` shows what changed
+between two runs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from types import FrameType
 import certs
 import harness
 import loadgen
+import memory
+import pound
 import report
 import servers
 from harness import BenchError, say
@@ -38,7 +43,7 @@ LOAD_CPU = 1  # wrk, and the backend while a proxy is measured
 DEFAULT_DURATION = 10.0  # seconds; wrk's own example duration is of this order
 DEFAULT_WARMUP = 2.0  # seconds of load thrown away first: pools filled, caches warm
 DEFAULT_CONNECTIONS = 50
-CASES = ("plain", "tls", "handshake", "resumed")
+CASES = ("plain", "tls", "handshake", "resumed", "memory")
 CASE_ALIASES = {
     "tls": ("tls", "handshake", "resumed"),
     "tls-keepalive": ("tls",),
@@ -57,6 +62,7 @@ class Settings:
     json_path: str | None
     repeat: int
     lbproxy: list[str]
+    idle: int = memory.DEFAULT_IDLE
 
 
 def _names(name: str, default: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -77,7 +83,7 @@ def _positive(name: str, default: int) -> int:
 
 def settings_from_env() -> Settings:
     cases: list[str] = []
-    for case in _names("BENCH_CASES", "plain,tls", (*CASES, *CASE_ALIASES)):
+    for case in _names("BENCH_CASES", "plain,tls,memory", (*CASES, *CASE_ALIASES)):
         cases.extend(CASE_ALIASES.get(case, (case,)))
     seconds = harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION)
     if seconds < 1:
@@ -92,6 +98,7 @@ def settings_from_env() -> Settings:
         json_path=os.environ.get("BENCH_JSON") or None,
         repeat=_positive("BENCH_REPEAT", 1),
         lbproxy=find_lbproxy(),
+        idle=_positive("BENCH_IDLE", memory.DEFAULT_IDLE),
     )
 
 
@@ -116,9 +123,16 @@ def _disturbance(row: report.Row) -> tuple[float, float]:
 class Bench:
     """One bench run: the temp dir, the backend, and the rows measured so far."""
 
-    def __init__(self, settings: Settings, tools: dict[str, str | None], workdir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tools: dict[str, str | None],
+        workdir: Path,
+        missing: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.tools = tools
+        self.missing = missing or {}  # why a tool is not there, when more can be said
         self.workdir = workdir
         self.rows: list[report.Row] = []
         self.script = loadgen.write_script(workdir)
@@ -216,12 +230,12 @@ class Bench:
     def proxy(self, name: str, bundle: Path | None) -> Iterator[servers.Server | str]:
         """A started, ready proxy; or the reason it is not there (a str), to be reported."""
         tool = self.tools.get(name)
-        if name == "lbproxy":
+        if name in servers.LBPROXY_TARGETS:
             command = self.settings.lbproxy
         elif tool is not None:
             command = [tool]
         else:
-            yield f"{name} not installed"
+            yield self.missing.get(name, f"{name} not installed")
             return
         server = servers.start_proxy(
             name, command, self.workdir, self.backend_port, bundle, SERVER_CPU
@@ -331,7 +345,7 @@ def _first_line(argv: list[str]) -> str:
 def versions(tools: dict[str, str | None], lbproxy: list[str]) -> str:
     """One line naming what is compared, so figures from different runs can be told apart."""
     parts = [f"lbproxy {_first_line(['git', '-C', str(ROOT), 'describe', '--always', '--dirty'])}"]
-    for name, flag in (("haproxy", "-v"), ("nginx", "-v"), ("wrk", "-v")):
+    for name, flag in (("haproxy", "-v"), ("pound", "-V"), ("nginx", "-v"), ("wrk", "-v")):
         if tools.get(name):
             words = _first_line([str(tools[name]), flag]).split()
             parts.append(" ".join(words[:3]))
@@ -347,13 +361,20 @@ def bench(settings: Settings) -> int:
     for name in ("haproxy",):
         if tools[name] is None and name in settings.targets:
             say(f"{name} not found and could not be installed: its lines are skipped")
+    missing: dict[str, str] = {}
+    if "pound" in settings.targets and set(settings.cases) - {"memory"}:
+        tools["pound"], why = pound.find(ROOT)
+        if why:
+            missing["pound"] = why
+            say(f"{why}: the Pound lines are skipped")
     if len(os.sched_getaffinity(0)) < 2:
         say("fewer than two CPUs available: processes are not pinned, figures are rough")
     started = time.monotonic()
     print(versions(tools, settings.lbproxy))
     with tempfile.TemporaryDirectory(prefix="lbproxy-bench-") as tmp:
         workdir = Path(tmp)
-        run = Bench(settings, tools, workdir)
+        run = Bench(settings, tools, workdir, missing)
+        idle: memory.Result | None = None
         assert tools["nginx"] is not None
         backend = servers.start_backend(
             tools["nginx"], workdir, run.www, run.backend_port, LOAD_CPU
@@ -371,6 +392,8 @@ def bench(settings: Settings) -> int:
                 run.run_handshakes()
             if "resumed" in settings.cases:
                 run.run_resumed()
+            if "memory" in settings.cases:
+                idle = memory.measure(settings.lbproxy, workdir, settings.idle, SERVER_CPU)
         except BenchError:
             if not backend.alive():
                 say(f"--- last lines of the backend's output ---\n{backend.log_tail()}\n---")
@@ -378,12 +401,16 @@ def bench(settings: Settings) -> int:
         finally:
             harness.stop(backend)
     print()
-    print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
+    if run.rows:
+        print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
+    if idle is not None:
+        print(("\n" if run.rows else "") + memory.render(idle))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if settings.json_path:
-        Path(settings.json_path).write_text(
-            json.dumps([row.as_dict() for row in run.rows], indent=2) + "\n"
-        )
+        figures: list[dict[str, object]] = [row.as_dict() for row in run.rows]
+        if idle is not None:
+            figures.append(idle.as_dict())
+        Path(settings.json_path).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
@@ -421,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
             import profiling
 
             return profiling.main(args[1:])
+        if args[:1] == ["--instructions"]:
+            import instructions
+
+            return instructions.main(args[1:])
         if args:
             raise BenchError(f"unknown argument {args[0]!r} (settings come from BENCH_* variables)")
         return bench(settings_from_env())

@@ -6,11 +6,13 @@ alive, and append X-Forwarded-For (lbproxy does by default), so they do the same
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Child, free_port, start
+from harness import Child, free_port, start, stop, wait_ready
 
 # Two static files: a small answer where per-request overhead dominates, and a 64 KiB one
 # where moving bytes does.
@@ -26,7 +28,9 @@ PROXY_TIMEOUT_IDLE = "60s"
 UPSTREAM_KEEPALIVE = 64  # idle connections nginx keeps per worker to the backend (> wrk's 50)
 
 ROOT = Path(__file__).resolve().parent.parent  # lets `python -m l7proxy` work from a temp dir
-TARGETS = ("direct", "lbproxy", "haproxy", "nginx")
+# lbproxy runs twice: with the access log off, and on as it is by default ("lbproxy-log").
+LBPROXY_TARGETS = ("lbproxy", "lbproxy-log")
+TARGETS = ("direct", *LBPROXY_TARGETS, "haproxy", "pound", "nginx")
 
 
 @dataclass
@@ -148,12 +152,37 @@ backend pool
 """
 
 
-def lbproxy_conf(port: int, backend: int, bundle: Path | None) -> str:
+def pound_conf(port: int, backend: int, bundle: Path | None) -> str:
+    """Pound's minimal configuration: one listener, one service, the backend. Pound appends
+    X-Forwarded-For by default; TLS 1.2 and 1.3 only, as for the others."""
+    if bundle is None:
+        listen = "ListenHTTP"
+    else:
+        listen = f'ListenHTTPS\n    Cert "{bundle}"\n    Disable TLSv1_1'
+    return f"""Daemon 0
+LogLevel 0
+{listen}
+    Address 127.0.0.1
+    Port {port}
+    Service
+        Backend
+            Address 127.0.0.1
+            Port {backend}
+        End
+    End
+End
+"""
+
+
+def lbproxy_conf(port: int, backend: int, bundle: Path | None, *, access_log: bool = False) -> str:
+    """One virtual server in front of the backend; the access log (one line per request on
+    standard output, which the harness sends to a file) off unless ``access_log``."""
     if bundle is None:
         bind = f"127.0.0.1:{port}"
     else:
         bind = f"[{{address: 127.0.0.1:{port}, tls: {{certificate: {bundle}}}}}]"
-    return f"""global: {{access_log: false, log_level: warning}}
+    log = "true" if access_log else "false"
+    return f"""global: {{access_log: {log}, log_level: warning}}
 virtual_servers:
   - label: bench
     bind: {bind}
@@ -176,6 +205,20 @@ def start_backend(nginx: str, workdir: Path, www: Path, port: int, cpu: int | No
     return start("backend-nginx", argv, workdir=workdir, cpu=cpu)
 
 
+@contextlib.contextmanager
+def running_backend(nginx: str, workdir: Path, cpu: int | None) -> Iterator[int]:
+    """The nginx backend serving FILES from ``workdir``, ready; yields its port, stops it."""
+    www = make_docroot(workdir)
+    port = free_port()
+    child = start_backend(nginx, workdir, www, port, cpu)
+    try:
+        for name, size in FILES.items():
+            wait_ready(child, port, f"/{name}", size, tls=False)
+        yield port
+    finally:
+        stop(child)
+
+
 def start_proxy(
     name: str,
     command: list[str],
@@ -184,16 +227,20 @@ def start_proxy(
     bundle: Path | None,
     cpu: int | None,
 ) -> Server:
-    """Start proxy ``name`` (lbproxy, haproxy, nginx) in front of the backend on a free port.
+    """Start proxy ``name`` (one of TARGETS but direct) in front of the backend on a free port.
 
     ``command`` is the program and any leading arguments (lbproxy may be ``python -m l7proxy``).
     """
     port = free_port()
     suffix = "tls" if bundle is not None else "plain"
     label = f"{name}-{suffix}"
-    if name == "lbproxy":
-        conf = _write(workdir / f"{label}.yaml", lbproxy_conf(port, backend, bundle))
+    if name in LBPROXY_TARGETS:
+        text = lbproxy_conf(port, backend, bundle, access_log=name == "lbproxy-log")
+        conf = _write(workdir / f"{label}.yaml", text)
         argv = [*command, "run", "-c", str(conf)]
+    elif name == "pound":
+        conf = _write(workdir / f"{label}.cfg", pound_conf(port, backend, bundle))
+        argv = [*command, "-F", "-f", str(conf), "-p", str(workdir / f"{label}.pid")]
     elif name == "haproxy":
         conf = _write(workdir / f"{label}.cfg", haproxy_conf(port, backend, bundle))
         argv = [*command, "-db", "-f", str(conf)]

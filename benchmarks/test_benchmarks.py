@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import certs
 import harness
+import instructions
 import loadgen
+import memory
+import pound
 import profiling
 import pytest
 import report
@@ -204,7 +208,7 @@ def test_haproxy_config(bundle: Path | None, bind: str) -> None:
 @pytest.mark.parametrize(
     ("env", "cases"),
     [
-        ({}, ("plain", "tls", "handshake", "resumed")),
+        ({}, ("plain", "tls", "handshake", "resumed", "memory")),
         ({"BENCH_CASES": "plain"}, ("plain",)),
         ({"BENCH_CASES": "tls"}, ("tls", "handshake", "resumed")),
         ({"BENCH_CASES": "handshake,plain"}, ("plain", "handshake")),
@@ -576,3 +580,147 @@ def test_repeat_keeps_the_least_disturbed_run(others: tuple[float, ...], kept: i
 )
 def test_ratios_round_down_to_two_decimals(value: float, text: str) -> None:
     assert report._two(value) == text
+
+
+def test_every_lbproxy_line_is_compared_with_pound_and_haproxy() -> None:
+    rows = [
+        _row("lbproxy", 500.0, variant="100b", cpu_us=400.0),
+        _row("lbproxy-log", 450.0, variant="100b", cpu_us=440.0),
+        _row("haproxy", 1000.0, variant="100b", cpu_us=40.0),
+        _row("pound", 800.0, variant="100b", cpu_us=200.0),
+    ]
+    off, on = report.ratio_lines("plain", rows)
+    assert "lbproxy/haproxy 0.50 (per CPU 0.10)" in off
+    assert "lbproxy/pound 0.62 (per CPU 0.50)" in off
+    assert on.startswith("  100b: lbproxy-log/lbproxy 0.90 (per CPU 0.90)")
+    assert "lbproxy-log/pound 0.56 (per CPU 0.45)" in on
+    assert "lbproxy-log/haproxy 0.45 (per CPU 0.09)" in on
+
+
+def test_a_missing_lbproxy_log_line_is_said() -> None:
+    rows = [
+        _row("lbproxy", 500.0, variant="64k"),
+        report.Row("plain", "64k", "lbproxy-log", note="did not start"),
+        _row("pound", 500.0, variant="64k"),
+    ]
+    assert report.ratio_lines("plain", rows)[1] == "  64k: no lbproxy-log figure"
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_lbproxy_config_access_log(access_log: bool) -> None:
+    data = yaml.safe_load(servers.lbproxy_conf(8443, 9000, None, access_log=access_log))
+    assert data["global"]["access_log"] is access_log
+
+
+@pytest.mark.parametrize(
+    ("bundle", "listen"),
+    [
+        (None, "ListenHTTP\n    Address 127.0.0.1\n    Port 8443\n"),
+        (Path("/x.pem"), 'ListenHTTPS\n    Cert "/x.pem"\n    Disable TLSv1_1\n'),
+    ],
+)
+def test_pound_config(bundle: Path | None, listen: str) -> None:
+    text = servers.pound_conf(8443, 9000, bundle)
+    assert text.startswith("Daemon 0\nLogLevel 0\n")
+    assert listen in text
+    assert "Backend\n            Address 127.0.0.1\n            Port 9000\n" in text
+    assert text.count("End") == 3
+
+
+def test_pound_without_the_build_script_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POUND", raising=False)
+    root = tmp_path / "checkout"
+    root.mkdir()
+    binary, why = pound.find(root)
+    assert binary is None
+    assert why == "Pound not built: no ../shared/anchors/build-pound.sh beside the repository"
+
+
+def test_pound_named_by_the_environment_must_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POUND", "/nonexistent/pound")
+    assert pound.find(run.ROOT) == (None, "POUND=/nonexistent/pound is not an executable file")
+
+
+@pytest.mark.skipif(bool(NEEDS), reason=f"needs {' and '.join(NEEDS)} installed")
+def test_pound_proxies_to_the_backend(backend: tuple[harness.Child, int, Path]) -> None:
+    binary, why = pound.find(run.ROOT)
+    if binary is None:
+        pytest.skip(why)
+    _, port, workdir = backend
+    server = servers.start_proxy("pound", [binary], workdir, port, None, cpu=None)
+    try:
+        harness.wait_ready(server.child, server.port, "/64k", 65536, tls=False)
+    finally:
+        harness.stop(server.child)
+    assert not server.child.alive()
+
+
+def test_holding_backend_answers_once_all_requests_are_in() -> None:
+    backend = memory.HoldingBackend(2)
+    backend.thread.start()
+    socks = [socket.create_connection(("127.0.0.1", p), timeout=5) for p in backend.ports * 2]
+    try:
+        backend.hold = len(socks)
+        for sock in socks[:-1]:
+            sock.sendall(memory.REQUEST)
+        socks[0].settimeout(0.3)
+        with pytest.raises(TimeoutError):  # held: one request is still missing
+            socks[0].recv(1)
+        socks[0].settimeout(5)
+        socks[-1].sendall(memory.REQUEST)
+        for sock in socks:
+            memory.read_answer(sock)
+        assert backend.open_connections == len(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+        backend.stop()
+
+
+def test_memory_per_idle_connection_of_a_real_lbproxy(tmp_path: Path) -> None:
+    found = memory.measure(run.find_lbproxy(), tmp_path, 100, cpu=None)
+    assert found.note == ""
+    assert found.clients == 100
+    assert 90 <= found.pooled <= 100  # the warm-up left one pooled connection per real server
+    assert found.real_servers == 2
+    assert found.per_client is not None and found.per_pooled is not None
+    text = memory.render(found)
+    assert "idle keep-alive client connection: " in text
+    assert "idle pooled server connection: " in text
+    assert json.dumps(found.as_dict())
+
+
+def test_memory_without_lbproxy_says_why(tmp_path: Path) -> None:
+    found = memory.measure(["python3", "-c", "raise SystemExit(3)", "--"], tmp_path, 10, None)
+    assert "exited with status 3" in found.note
+    assert "not measured: " in memory.render(found)
+
+
+def test_file_limit_is_raised_when_allowed() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        wanted = min(soft + 100, hard) if hard != resource.RLIM_INFINITY else soft + 100
+        assert memory.raise_file_limit(wanted) >= wanted
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_callgrind_totals_and_per_request(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text(
+        "version: 1\ncreator: callgrind\nevents: Ir\nsummary: 123450\n\ntotals: 123456\n"
+    )
+    assert instructions.total_instructions(out) == 123456  # totals, as valgrind reports
+    out.write_text("events: Ir\nsummary: 123450\n")
+    assert instructions.total_instructions(out) == 123450
+    found = instructions.Count(access_log=False, short=3_000_000_000, long=5_180_000_000)
+    assert found.per_request == 1_090_000
+    assert instructions.render(found) == (
+        "access log off: 1.090 M instructions per request "
+        "(1,090,000 = (5,180,000,000 - 3,000,000,000) / 2000)"
+    )
+    out.write_text("events: Ir\n")
+    with pytest.raises(harness.BenchError, match="no instruction total"):
+        instructions.total_instructions(out)
