@@ -24,6 +24,7 @@ from config.model import CookiePersistence
 from tls.clientcert import CLIENT_HEADER_NAMES
 
 from . import accesslog
+from .chunked import ChunkedBody, ChunkError
 from .dispatch import Request, connect_server
 from .errors import REDIRECT_REASONS, Failure, Outcome, canned, decide
 from .exchange import (
@@ -105,6 +106,7 @@ class ClientConnection:
         self.stopping = False  # a shutdown, not a timeout, cancelled the scope
         self.received = 0  # bytes from the client; what came since the last log line counts
         self.logged_in = 0  # for the request that line is about
+        self.chunks: ChunkedBody | None = None  # the chunked body being received
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -116,7 +118,19 @@ class ClientConnection:
         self.received += len(data)
         if self.h11.their_state is h11.IDLE and data:
             check_head_bytes(data)
+        elif self.chunks is not None:
+            self._check_chunks(data)
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
+
+    def _check_chunks(self, data: bytes | bytearray) -> None:
+        """The request body's chunked framing, read strictly (chunked.py)."""
+        assert self.chunks is not None
+        try:
+            self.chunks.feed(data)
+        except ChunkError as error:
+            raise h11.RemoteProtocolError(str(error), 400) from error
+        if self.chunks.done:
+            self.chunks = None
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -310,6 +324,7 @@ class ClientConnection:
         )
         ex = self.current = ExchangeState(facts)
         self.server = None
+        self.chunks = None
         self._set_deadline(Phase.SERVER, self.timeouts.server)
         headers: Headers = list(request.headers)
         scan = RequestScan(headers)
@@ -323,6 +338,12 @@ class ClientConnection:
             if not scan.has_body:
                 # h11 has the EndOfMessage of a body-less request ready without any I/O.
                 self.h11.next_event()
+            elif scan.has_te:
+                self.chunks = ChunkedBody()
+                try:
+                    self._check_chunks(self.h11.trailing_data[0])
+                except h11.RemoteProtocolError as error:
+                    raise ExchangeFailed(Failure.BAD_BODY, str(error), 400) from error
             return await self._proxy(request, headers, scan, ex)
         except ExchangeFailed as failure:  # the client, outside any server attempt
             return await self._apply(decide(failure.kind, ex.facts()), ex)

@@ -102,7 +102,7 @@ def test_check_warns_about_an_expired_certificate_and_passes(
     config = check_config(tmp_path, bundle)
     assert main(["check", "-c", str(config)]) == 0
     out, err = capsys.readouterr()
-    assert "configuration is valid (2 virtual server(s))" in out
+    assert "configuration is valid (2 virtual server(s), 1 warning(s))" in out
     [line] = err.splitlines()
     assert line.startswith(
         f"{config}: warning: virtual server secure, bind 127.0.0.1:8443: {bundle}: "
