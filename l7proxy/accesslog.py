@@ -125,9 +125,23 @@ def make_entry(
     )
 
 
+# HAProxy's tune.http.logurilen: the request text in a log line stops at 1024 bytes.
+MAX_LOGGED_REQUEST = 1024
+TRUNCATED = "..."  # the mark of a cut request text
+
+
 def request_line(method: bytes, target: bytes, http_version: bytes) -> str:
+    """The request as logged: made safe, its target cut so the text stays within
+    ``MAX_LOGGED_REQUEST`` bytes, the cut marked ``TRUNCATED`` (a 20 KB target makes no 20 KB
+    line)."""
     if not method:
         return "<BADREQ>"
+    room = MAX_LOGGED_REQUEST - len(method) - len(http_version) - len("  HTTP/")
+    if len(target) > room:
+        # The target is cut, the method and version stay: log parsers keep their fields.
+        return f"{_safe(method)} {_safe(target[: room - len(TRUNCATED)])}{TRUNCATED} HTTP/" + (
+            _safe(http_version)
+        )
     return f"{_safe(method)} {_safe(target)} HTTP/{_safe(http_version)}"
 
 

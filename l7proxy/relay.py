@@ -27,7 +27,7 @@ from .exchange import (
 )
 from .exchange_state import ExchangeState
 from .runtime import Runtime
-from .upstream import UpstreamConnection
+from .upstream import MAX_SERVER_HEAD, UpstreamConnection
 
 READ_SIZE = 65536
 # Events are immutable: one end-of-message without trailers serves every exchange.
@@ -279,6 +279,11 @@ class Relay:
                 out.append(client.send(info) or b"")
                 continue
             if isinstance(event, h11.Response):
+                # h11 bounds only a head that arrives in pieces; one that came whole in a
+                # large read is measured here: what h11 consumed is the head.
+                consumed = self.conn.response_bytes - len(self.conn.h11.trailing_data[0])
+                if consumed > MAX_SERVER_HEAD:
+                    raise ExchangeFailed(Failure.BAD_RESPONSE, "response head too large")
                 now = trio.current_time()
                 ex.response_time = now - ex.request.head_done - (ex.connect_time or 0.0)
                 if ambiguous_framing(event.headers):

@@ -72,3 +72,12 @@ def test_date_matches_strftime_whatever_the_order(when: float) -> None:
 
     expected = time.strftime("%d/%b/%Y:%H:%M:%S", time.localtime(int(when)))
     assert format_date(when) == f"{expected}.{int(round((when % 1) * 1000, 6)):03d}"
+
+
+def test_request_text_is_cut_at_1024_bytes_and_marked() -> None:
+    line = request_line(b"GET", b"/" + b"a" * 20_000, b"1.1")
+    assert len(line) == 1024
+    assert line.startswith("GET /aaaa") and line.endswith("aaa... HTTP/1.1")
+    assert request_line(b"GET", b"/short", b"1.1") == "GET /short HTTP/1.1"
+    exact = b"/" + b"b" * (1024 - len("GET  HTTP/1.1") - 1)
+    assert request_line(b"GET", exact, b"1.1").endswith(" HTTP/1.1")  # 1024: not cut

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 
@@ -333,4 +335,31 @@ async def test_retries_are_bounded_then_503() -> None:
             assert (await request(pport, "GET", "/")).status == 503
             counters = proxy.runtime.pools["www"].servers[0].counters
             assert counters.failures_connect == 4  # the first try and 3 retries
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("size", "status"), [(60_000, 200), (70_000, 502), (300_000, 502)])
+async def test_response_head_beyond_the_limit_is_502(size: int, status: int) -> None:
+    """h11 bounds only heads that arrive in pieces; a large head sent in one go is measured."""
+    filler = b"x-filler: " + b"a" * 990 + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + filler * (size // len(filler))
+
+    async def big_head(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(head + b"\r\nok")
+            await trio.sleep(1)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_raw, big_head)
+            proxy = await start_proxy(
+                nursery, simple_config([server("s", Address("127.0.0.1", port))])
+            )
+            _, pport = proxy.address("www")
+            resp = await request(pport, "GET", "/")
+            assert resp.status == status
+            if status == 502:
+                assert resp.header("x-filler") is None
             nursery.cancel_scope.cancel()
