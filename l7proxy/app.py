@@ -20,7 +20,7 @@ import trio
 from balancing.state import carry_over, new_states
 from config.model import Address, AdminSocketSettings, ProxyConfig
 
-from . import admin, admin_socket, stats
+from . import admin, admin_socket, changes, stats
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
@@ -28,6 +28,7 @@ from .upstream import Connector, UpstreamPool, connect_tcp
 
 if TYPE_CHECKING:
     from tls.server_tls import TlsServer
+    from tls.status import CertificateStatus
 
 log = logging.getLogger("lbproxy")
 
@@ -112,6 +113,8 @@ class ProxyHandle:
         """
         keep = {b.key: b.sock for b in self.bound}
         bound = _bind_all(config, reuse=keep)
+        before = self.runtime.config
+        served_before = _served(self.bound)
         pools = new_states(config.all_pools())
         notes = carry_over(self.runtime.pools, pools)
         runtime = self.runtime
@@ -133,10 +136,8 @@ class ProxyHandle:
             self._start_admin()
         except StartupError as error:
             notes.append(f"{error}; the runtime API is off until the next reload")
-        notes.append(
-            f"configuration reloaded: {len(config.virtual_servers)} virtual server(s), "
-            f"{len(bound)} listener(s)"
-        )
+        notes.extend(config.warnings)
+        notes.append(changes.describe(before, config, served_before, _served(bound)))
         return notes
 
     def tls_binds(self) -> list[tuple[str, str, TlsServer]]:
@@ -228,6 +229,11 @@ class ProxyHandle:
         self._checks.start_soon(checking)
 
 
+def _served(bound: Sequence[ListeningSocket]) -> dict[str, list[CertificateStatus]]:
+    """What each TLS bind serves, by address: for the reload's log line."""
+    return {b.key: b.tls_server.certificate_statuses() for b in bound if b.tls_server is not None}
+
+
 def _bind_all(
     config: ProxyConfig, *, reuse: dict[str, socket.socket] | None = None
 ) -> list[ListeningSocket]:
@@ -274,7 +280,11 @@ def _bind_all(
                 except stats.StatsAuthError as error:
                     raise StartupError(str(error)) from None
             key = _key(stats_settings.bind, stats=True)
-            bound.append(ListeningSocket(None, listening(key, stats_settings.bind), key=key))
+            try:
+                stats_sock = listening(key, stats_settings.bind)
+            except BindError as error:
+                raise BindError(f"stats listener: {error}") from error
+            bound.append(ListeningSocket(None, stats_sock, key=key))
     except BindError as error:
         for sock in opened:
             sock.close()
@@ -442,6 +452,8 @@ def run(
     setup_logging(config.global_.log_level)
     if config_path:
         log.info("configuration %s loaded", config_path)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     status = EXIT_OK
     try:
         trio.run(_main, config, config_path, on_started, companions)

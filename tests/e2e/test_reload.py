@@ -7,11 +7,12 @@ import json
 import pathlib
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
-from tests.e2e.process import backend, free_port, lbproxy
+from tests.e2e.process import backend, free_port, lbproxy, lbproxy_command
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +97,11 @@ def test_sighup_reloads_in_place(tmp_path: pathlib.Path) -> None:
         assert get(kept)[0] in ("web1", "web2")  # the open connection carried on
         kept.close()
         assert fresh_get(extra)[0] == "web2"
+        # The log says what changed.
+        assert (
+            f"configuration reloaded: binds: +extra 127.0.0.1:{extra}; "
+            "virtual servers: +extra; servers: +extra/web2 +www/web2"
+        ) in proxy.stderr()
         rows = stats_rows(stats)
         assert rows["www/web1"]["status"] == "DRAIN"
         assert int(rows["www/web1"]["total"]) >= int(before)  # counters carried over
@@ -122,3 +128,21 @@ def test_sighup_reloads_in_place(tmp_path: pathlib.Path) -> None:
         assert stats_rows(stats)["www/web2"]["status"] == "UP"  # still the v3 pool
         assert proxy.terminate() == 0
     assert "Traceback" not in proxy.stderr()
+
+
+def test_stats_listener_that_cannot_bind_says_so(tmp_path: pathlib.Path) -> None:
+    port, b1 = free_port(), free_port()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        stats = taken.getsockname()[1]
+        config = tmp_path / "lb.yaml"
+        config.write_text(config_text(port, stats, [f"{{label: web1, address: 127.0.0.1:{b1}}}"]))
+        result = subprocess.run(
+            [*lbproxy_command(), "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"stats listener: cannot bind 127.0.0.1:{stats}" in result.stderr
+    assert "Traceback" not in result.stderr
