@@ -1,31 +1,48 @@
 # One-command set-up: every target creates .venv and installs what it needs.
+# `make demo` installs lbproxy with its runtime dependencies only; `make test` adds the test
+# tools, `make lint` the linters. Installs are plain (not editable) and redone when a source
+# file changes, so the `lbproxy` command the end-to-end tests run is the code of this tree.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+SOURCES := pyproject.toml $(shell find l7proxy tls balancing config -name '*.py' 2>/dev/null)
+RUNTIME := $(VENV)/.runtime
+TESTING := $(VENV)/.testing
+LINTING := $(VENV)/.linting
 
 .PHONY: demo test lint bench venv clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
 
-venv: $(STAMP)
+$(RUNTIME): $(PY) $(SOURCES)
+	$(PIP) .
+	touch $@
 
-demo: $(STAMP)
+$(TESTING): $(PY) $(SOURCES)
+	$(PIP) '.[test]'
+	touch $@ $(RUNTIME)
+
+$(LINTING): $(PY) $(SOURCES)
+	$(PIP) '.[test,dev]'
+	touch $@ $(TESTING) $(RUNTIME)
+
+venv: $(TESTING)
+
+demo: $(RUNTIME)
 	$(VENV)/bin/lbproxy demo
 
-test: $(STAMP)
+test: $(TESTING)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(LINTING)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(TESTING)
 	$(PY) benchmarks/run.py
 
 clean:
