@@ -26,13 +26,14 @@ from tls.clientcert import CLIENT_HEADER_NAMES
 from . import accesslog
 from .chunked import ChunkedBody, ChunkError
 from .dispatch import Request, connect_server
-from .errors import REDIRECT_REASONS, Failure, Outcome, canned, decide
+from .errors import CannedResponse, Failure, Outcome, canned, decide, redirect_page
 from .exchange import (
     IDEMPOTENT_METHODS,
     MAX_HEAD_BYTES,
     Headers,
     RequestScan,
     ResponseRewrite,
+    check_head_bytes,
     check_request,
     forward_request_split,
     forwarded_tail,
@@ -66,14 +67,6 @@ class ClientStream(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def abort(self) -> None: ...
-
-
-def check_head_bytes(data: bytes | bytearray) -> None:
-    """Refuse obs-fold in a request head: h11 would unfold it silently (RELIABILITY.md §1)."""
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[:end]
-    if b"\n " in head or b"\n\t" in head:
-        raise h11.RemoteProtocolError("obsolete line folding in the request head", 400)
 
 
 class ClientConnection:
@@ -159,8 +152,8 @@ class ClientConnection:
         if data:
             await self.stream.send_all(data)
 
-    async def _send_canned(self, status: int, *, close: bool = True) -> None:
-        response = canned(status, close=close)
+    async def _answer(self, response: CannedResponse) -> None:
+        """Answer with lbproxy's own response (an error page, a redirect)."""
         # IDLE too: h11 lets a server answer a request head it could not parse.
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
@@ -365,7 +358,7 @@ class ClientConnection:
             self.stream.abort()
         elif outcome.status is not None:
             ex.status = outcome.status
-            await self._send_canned(outcome.status, close=outcome.close)
+            await self._answer(canned(outcome.status, close=outcome.close))
         return not outcome.close and self._client_can_continue()
 
     def _log(self, ex: ExchangeState) -> None:
@@ -504,25 +497,12 @@ class ClientConnection:
     async def _redirect_to_https(
         self, host: bytes, target: bytes, status: int, ex: ExchangeState
     ) -> bool:
-        """``redirect_to_https``: same host and path on the TLS port; 301 for GET and HEAD,
-        308 for the rest (a browser keeps the method and body only with 307/308)."""
+        """``redirect_to_https``: same host and path on the TLS port."""
         authority = host or local_authority(self.client)
         location = https_redirect_target(authority, target, self.vs.https_port())
         ex.status = status
         ex.termination = "LR"
-        body = b'<html><body>Moved to <a href="' + location + b'">HTTPS</a></body></html>\n'
-        headers = [
-            (b"location", location),
-            (b"content-type", b"text/html"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        response = h11.Response(
-            status_code=status, reason=REDIRECT_REASONS[status], headers=headers
-        )
-        if self._answering_head():
-            await self._send(response, END_OF_MESSAGE)
-        else:
-            await self._send(response, h11.Data(data=body), END_OF_MESSAGE)
+        await self._answer(redirect_page(location, status))
         return self._client_can_continue()
 
     def _client_can_continue(self) -> bool:

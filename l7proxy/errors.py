@@ -74,6 +74,18 @@ def canned(status: int, *, close: bool = True) -> CannedResponse:
     return CannedResponse(status, reason.encode("ascii"), headers, body)
 
 
+def redirect_page(location: bytes, status: int) -> CannedResponse:
+    """``redirect_to_https``: 301 for GET and HEAD, 308 for the rest (or the configured code:
+    a browser keeps the method and body only with 307 and 308)."""
+    body = b'<html><body>Moved to <a href="' + location + b'">HTTPS</a></body></html>\n'
+    headers = [
+        (b"location", location),
+        (b"content-type", b"text/html"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    return CannedResponse(status, REDIRECT_REASONS[status], headers, body)
+
+
 def status_for_protocol_error(hint: int) -> int:
     """h11's error_status_hint, limited to what we answer a broken request head with."""
     return hint if hint in (400, 405, 413, 414, 431, 501, 505) else 400

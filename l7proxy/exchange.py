@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import h11
+
 from balancing.persistence import clear_cookie_value, set_cookie_value
 from balancing.scheduler import Choice
 from config.model import CookiePersistence, Network, Persistence, VirtualService
@@ -120,6 +122,14 @@ class RequestScan:
         if b"upgrade" not in tokens or upgrade is None or b"h2c" in upgrade.lower():
             upgrade = None
         self.upgrade = upgrade
+
+
+def check_head_bytes(data: bytes | bytearray) -> None:
+    """Refuse obs-fold in a request head: h11 would unfold it silently."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    if b"\n " in head or b"\n\t" in head:
+        raise h11.RemoteProtocolError("obsolete line folding in the request head", 400)
 
 
 # RFC 3986 host: an IP-literal in brackets, or a reg-name (IPv4 addresses are reg-names here);
