@@ -3,7 +3,8 @@
 It reads, awaits and writes; what to do is decided elsewhere (docs/architecture.md, "The life of
 one request"): the checks and header rewriting in exchange.py, routing in routing.py, the server
 in balancing/, what a failure means in errors.decide, the log line in accesslog.py. One attempt
-on one real server is relay.py's. Failures of one connection stay in it (DESIGN.md principle 5).
+on one real server is relay.py's. Failures of one connection stay in it (docs/architecture.md,
+"Failures stay in their connection").
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class ClientStream(Protocol):
 
 
 def check_head_bytes(data: bytes | bytearray) -> None:
-    """Refuse obs-fold in a request head: h11 would unfold it silently (RELIABILITY.md §1)."""
+    """Refuse obs-fold in a request head: h11 would unfold it silently, and a server behind us
+    might not (docs/architecture.md, "Bad input")."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[:end]
     if b"\n " in head or b"\n\t" in head:
