@@ -4,7 +4,8 @@ h11 reads chunk sizes of up to 20 hex digits (a body it then waits for forever),
 after a ``;`` as a chunk extension (bare CR and NUL included) and accepts bare LF line ends in
 trailers. lbproxy re-frames the body for the real server, but a server that read the client's
 framing differently would be a smuggling target, so what h11 lets through and RFC 9112 does not
-is refused: 400 and close (RELIABILITY.md, requests §5). Pure: bytes in, ``ChunkError`` out.
+is refused: 400 and close (docs/architecture.md, "Bad input"). Pure: bytes in, ``ChunkError``
+out.
 """
 
 from __future__ import annotations

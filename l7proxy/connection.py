@@ -3,7 +3,8 @@
 It reads, awaits and writes; what to do is decided elsewhere (docs/architecture.md, "The life of
 one request"): the checks and header rewriting in exchange.py, routing in routing.py, the server
 in balancing/, what a failure means in errors.decide, the log line in accesslog.py. One attempt
-on one real server is relay.py's. Failures of one connection stay in it (DESIGN.md principle 5).
+on one real server is relay.py's. Failures of one connection stay in it (docs/architecture.md,
+"Failures stay in their connection").
 """
 
 from __future__ import annotations

@@ -180,8 +180,9 @@ class Outcome:
 
 
 def decide(failure: Failure, facts: Facts) -> Outcome:
-    """The one place that maps a failure to what the client gets (DESIGN.md "Failure
-    mapping"); pure, and tested as a table."""
+    """The one place that maps a failure to what the client gets (docs/architecture.md,
+    "Where decisions live"); pure, and tested as a table (docs/architecture.md, "Tests and
+    seams")."""
     status, termination = _ROWS[failure]
     server_fault = failure in _SERVER_SIDE
     client_fault = failure in _CLIENT_SIDE

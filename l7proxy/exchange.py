@@ -23,8 +23,9 @@ from .runtime import ClientInfo
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard Proxy-Connection and the h2c upgrade
-# fields RELIABILITY.md asks us to strip. Transfer-Encoding is hop-by-hop too, but it is the
-# framing: h11 needs it to frame the body, so it stays.
+# field HTTP2-Settings: h11 cannot speak h2c to the server (docs/architecture.md, "Bad input").
+# Transfer-Encoding is hop-by-hop too, but it is the framing: h11 needs it to frame the body, so
+# it stays.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -41,9 +42,9 @@ PROXY_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-port", b"x-forwarded-
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-# Request head limits (RELIABILITY.md §5): HAProxy tune.bufsize 16 KiB for the whole head,
-# tune.http.maxhdr 101 headers; the request-target limit follows Pound's MaxURI practice and
-# RFC 9112 §3's advice to support at least 8000 octets.
+# Request head limits (docs/architecture.md, "Bad input"): HAProxy tune.bufsize 16 KiB for the
+# whole head, tune.http.maxhdr 101 headers; the request-target limit follows Pound's MaxURI
+# practice and RFC 9112 §3's advice to support at least 8000 octets.
 MAX_REQUEST_TARGET = 8192
 MAX_HEADER_COUNT = 101
 MAX_HEAD_BYTES = 32768
@@ -118,14 +119,15 @@ class RequestScan:
         self.content_length = content_length  # the (last) value as h11 kept it
         self.tokens = tokens  # Connection options, lower case
         # The protocol asked for when lbproxy may tunnel it (WebSocket and the like); never h2c,
-        # which h11 cannot speak on the other side (RELIABILITY.md §7).
+        # which h11 cannot speak on the other side (docs/architecture.md, "Bad input").
         if b"upgrade" not in tokens or upgrade is None or b"h2c" in upgrade.lower():
             upgrade = None
         self.upgrade = upgrade
 
 
 def check_head_bytes(data: bytes | bytearray) -> None:
-    """Refuse obs-fold in a request head: h11 would unfold it silently."""
+    """Refuse obs-fold in a request head: h11 would unfold it silently, and a server behind us
+    might not (docs/architecture.md, "Bad input")."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[:end]
     if b"\n " in head or b"\n\t" in head:
@@ -146,7 +148,7 @@ def check_request(
     headers: Headers,
     scan: RequestScan | None = None,
 ) -> RequestProblem | None:
-    """What h11 accepts but a proxy must refuse (RELIABILITY.md, requests §1-5)."""
+    """What h11 accepts but a proxy must refuse (docs/architecture.md, "Bad input")."""
     if http_version not in (b"1.1", b"1.0"):
         # HTTP/2's preface (PRI * HTTP/2.0) and any other major version: never forwarded.
         return RequestProblem(505, f"HTTP/{http_version.decode('ascii', 'replace')}")

@@ -204,7 +204,8 @@ class Relay:
 
     async def _server_event(self, out: list[bytes], *, parse: bool = True) -> h11.Event:
         """The next event from the server. Client-bound bytes in ``out`` are written first
-        whenever a read must wait, so what is ready goes out in one write (PERFORMANCE.md).
+        whenever a read must wait, so what is ready goes out in one write (docs/architecture.md,
+        "Speed").
 
         ``parse=False`` when h11 has just said NEED_DATA.
         """

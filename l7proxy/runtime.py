@@ -1,8 +1,9 @@
 """What every client connection of one running proxy shares, and the facts of one accept.
 
-No I/O happens here: these are values and the state the trio thread owns (DESIGN.md principle
-2). Connections reach the shared state only through the small protocols below, so this module
-imports nothing of ``connection.py`` (docs/architecture.md, "Import directions").
+No I/O happens here: these are values and the state the trio thread owns (docs/architecture.md,
+"Frozen configuration, mutable runtime state"). Connections reach the shared state only through
+the small protocols below, so this module imports nothing of ``connection.py``
+(docs/architecture.md, "Import directions").
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A thin trio stream over a non-blocking stdlib socket.
 
-trio's SocketStream costs up to 13% of a proxied request (PERFORMANCE.md); this one does one
-checkpoint, then tries the system call, and waits for readiness only when it would block.
+trio's SocketStream costs up to 13% of a proxied request (docs/architecture.md, "Speed"); this
+one does one checkpoint, then tries the system call, and waits for readiness only when it would
+block.
 It is a full ``trio.abc.HalfCloseableStream``, so ``trio.SSLStream`` can wrap it.
 """
 

@@ -231,7 +231,8 @@ def restrict_groups(context: ssl.SSLContext, groups: str = GROUPS) -> bool:
 
 
 def rotate_ticket_keys(context: ssl.SSLContext) -> bool:
-    """New random session-ticket keys: tickets issued before no longer resume (FEATURES L12).
+    """New random session-ticket keys: tickets issued before no longer resume, so a returning
+    client sees a reloaded certificate (docs/architecture.md, "TLS").
 
     False where libssl cannot be reached; the old keys then stay until the process restarts.
     """

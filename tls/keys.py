@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ec:p256", "ec:p384")
-DEFAULT_KEY_TYPE = "rsa:2048"  # widest compatibility, as FEATURES.md C2 asks
+DEFAULT_KEY_TYPE = "rsa:2048"  # widest compatibility (docs/architecture.md, "TLS")
 _CURVES: dict[str, ec.EllipticCurve] = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
 
 
