@@ -29,6 +29,7 @@ from .model import (
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
 from .scalars import parse_address, parse_duration
+from .service_reader import SERVICE_GLOBAL_KEYS, ServiceReader
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
 
@@ -42,7 +43,7 @@ _RULE_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 _UNQUOTED_IPV6_RE = re.compile(r"(^|[\s,{\[])\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\]")
 
 TOP_KEYS = ("global", "virtual_servers", "pools")
-GLOBAL_KEYS = ("state_dir", "grace", "log_level", "access_log", "stats")
+GLOBAL_KEYS = ("state_dir", "grace", "log_level", "access_log", "stats", *SERVICE_GLOBAL_KEYS)
 STATS_KEYS = ("bind", "path")
 VS_KEYS = (
     "label",
@@ -158,7 +159,7 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return message
 
 
-class _Builder(PoolReader, ListenerReader):
+class _Builder(PoolReader, ListenerReader, ServiceReader):
     """One pass over the document; each method returns None when its part had a problem."""
 
     def __init__(self, problems: Problems, base_dir: str, source: str) -> None:
@@ -233,16 +234,24 @@ class _Builder(PoolReader, ListenerReader):
         stats_entry = m.get("stats")
         if stats_entry is not None:
             stats = self.stats(stats_entry)
-        if None in (state_dir, grace, log_level, access_log):
+        log_targets = self.log_targets(m.get("log"))
+        user, group = self.user_and_group(m)
+        pidfile_entry = m.get("pidfile")
+        pidfile = self.path_value(pidfile_entry, None) if pidfile_entry else None
+        if None in (state_dir, grace, log_level, access_log, log_targets):
             return None
         assert state_dir is not None and grace is not None
-        assert log_level is not None and access_log is not None
+        assert log_level is not None and access_log is not None and log_targets is not None
         return GlobalSettings(
             state_dir=state_dir,
             grace=grace,
             log_level=log_level,
             access_log=access_log,
             stats=stats,
+            log=log_targets,
+            user=user,
+            group=group,
+            pidfile=pidfile,
         )
 
     def stats(self, entry: Entry) -> StatsSettings | None:

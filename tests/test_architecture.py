@@ -26,6 +26,8 @@ EDGE_MODULES = {
     "l7proxy/demo.py",
     "l7proxy/stats.py",
     "l7proxy/logsink.py",
+    "l7proxy/log_targets.py",
+    "l7proxy/service.py",
     "balancing/checker.py",
 }
 
