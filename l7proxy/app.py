@@ -484,8 +484,11 @@ async def _handle_signals(
                 service.notifier.ready(status_text(handle))
             continue
         if signum == signal.SIGUSR1:
-            service.outputs.reopen()
-            log.info("SIGUSR1: log files reopened")
+            failed = service.outputs.reopen()
+            if failed:
+                log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
+            else:
+                log.info("SIGUSR1: log files reopened")
             continue
         log.info("%s: shutting down", signal.Signals(signum).name)
         service.notifier.stopping()

@@ -45,8 +45,9 @@ class Output:
         """``text`` is the record with time, level and logger name, for text targets."""
         raise NotImplementedError
 
-    def reopen(self) -> None:
-        """SIGUSR1: only files have something to do."""
+    def reopen(self) -> bool:
+        """SIGUSR1: only files have something to do. False when the reopen failed."""
+        return True
 
     def close(self) -> None:
         """Release the descriptor; standard streams stay open."""
@@ -101,7 +102,7 @@ class FileOutput(Output):
     def diagnostic(self, record: logging.LogRecord, text: str) -> None:
         self._write((text + "\n").encode("utf-8", "replace"), 1)
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
         try:
             fd = self._open()
         except OSError as error:
@@ -113,12 +114,13 @@ class FileOutput(Output):
                     self.path,
                     error.strerror or error,
                 )
-            return
+            return False
         old, self.fd = self.fd, fd
         os.close(old)
         if self._reopen_failed:
             self._reopen_failed = False
             log.warning("log file %s: reopened", self.path)
+        return True
 
     def close(self) -> None:
         os.close(self.fd)
@@ -216,9 +218,9 @@ class LogOutputs:
         for output in self.access:
             output.access_lines(lines, when)
 
-    def reopen(self) -> None:
-        for output in self.outputs:
-            output.reopen()
+    def reopen(self) -> int:
+        """Reopen every file; the number that failed (and keep their old files)."""
+        return sum(0 if output.reopen() else 1 for output in self.outputs)
 
     def close(self) -> None:
         for output in self.outputs:

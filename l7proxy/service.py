@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import importlib
 import os
 import pwd
 import socket
@@ -16,6 +17,18 @@ import time
 from dataclasses import dataclass
 
 PIDFILE_MODE = 0o644
+# Modules the proxy imports only when it needs them (a reload, the first check, a host name
+# to encode). The user it drops to may not be able to read the interpreter's files (a Python
+# installed under /root), so they are imported before the switch.
+LATE_IMPORTS = (
+    "config.loader",
+    "tls.store",
+    "tls.server_tls",
+    "balancing.checker",
+    "encodings.idna",
+    "encodings.ascii",
+    "encodings.latin_1",
+)
 
 
 class ServiceError(Exception):
@@ -61,12 +74,17 @@ def resolve_identity(user: str, group: str | None) -> Identity:
     else:
         raise ServiceError(f"user {user} has no passwd entry: give its group too")
     identity = Identity(user, uid, gid)
-    if os.geteuid() != 0 and (os.geteuid(), os.getegid()) != (uid, gid):
+    check_can_become(identity, os.geteuid(), os.getegid())
+    return identity
+
+
+def check_can_become(identity: Identity, euid: int, egid: int) -> None:
+    """Root may become anyone; anyone else only who it already is."""
+    if euid != 0 and (euid, egid) != (identity.uid, identity.gid):
         raise ServiceError(
-            f"user: {user!r}: lbproxy runs as uid {os.geteuid()}, not as root, so it cannot "
+            f"user: {identity.user!r}: lbproxy runs as uid {euid}, not as root, so it cannot "
             "switch users; start it as root, or as that user without the user: setting"
         )
-    return identity
 
 
 def hand_over(path: str, identity: Identity) -> None:
@@ -96,6 +114,8 @@ def drop_privileges(identity: Identity) -> None:
         identity.gid,
     ):
         return  # already that user (systemd's User=)
+    for name in LATE_IMPORTS:
+        importlib.import_module(name)
     try:
         os.setgroups([])
         os.setgid(identity.gid)
@@ -138,7 +158,7 @@ def _running_lbproxy(pid: int) -> bool:
 def check_pidfile(path: str) -> None:
     """Refuse to start when ``path`` names a live lbproxy; a stale file is fine."""
     try:
-        with open(path, encoding="ascii", errors="replace") as stream:
+        with open(path, encoding="utf-8", errors="replace") as stream:
             text = stream.read(64).strip()
     except FileNotFoundError:
         return
@@ -167,7 +187,7 @@ def remove_pidfile(path: str) -> None:
     """Remove the pidfile if it is still ours. After dropping privileges its directory may
     not be ours to change: then it stays, and the next start sees it is stale."""
     try:
-        with open(path, encoding="ascii", errors="replace") as stream:
+        with open(path, encoding="utf-8", errors="replace") as stream:
             if stream.read(64).strip() != str(os.getpid()):
                 return
         os.unlink(path)
