@@ -3,6 +3,7 @@ privileges, the unit file."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import os
 import pathlib
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import trustme
 
 from tests.e2e.process import ROOT, STARTUP_TIMEOUT, free_port, lbproxy_command, wait_listening
 
@@ -332,3 +334,43 @@ def test_the_unit_file_verifies(tmp_path: pathlib.Path) -> None:
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
     ):
         assert line in UNIT.read_text().splitlines(), line
+
+
+def test_a_certificate_near_its_end_is_warned_about_at_start_and_at_reload(
+    tmp_path: pathlib.Path, ca: trustme.CA
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    soon = ca.issue_cert("soon.example.com", not_after=now + datetime.timedelta(days=10, hours=1))
+    later = ca.issue_cert("later.example.com", not_after=now + datetime.timedelta(days=90))
+    for name, cert in (("soon", soon), ("later", later)):
+        path = tmp_path / f"{name}.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+        path.chmod(0o600)
+    port, backend = free_port(), listening_socket()
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "virtual_servers:\n"
+        "  - label: www\n"
+        f'    bind: {{address: "127.0.0.1:{port}", tls: {{certificate: [soon.pem, later.pem]}}}}\n'
+        "    health_check: {enabled: false}\n"
+        f'    real_servers: [{{label: a, address: "127.0.0.1:{backend.getsockname()[1]}"}}]\n'
+    )
+    warning = (
+        f"WARNING lbproxy.tls: certificate {tmp_path / 'soon.pem'} (soon.example.com) "
+        "expires in 10 day(s), on "
+    )
+    with started(config) as proc:
+        wait_listening("127.0.0.1", port, proc)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while stderr_of(config).count(warning) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        while "SIGHUP: configuration reloaded" not in stderr_of(config):
+            assert time.monotonic() < deadline, stderr_of(config)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    text = stderr_of(config)
+    assert text.count(warning) == 2, text  # at start and at the reload
+    assert "later.example.com" not in text
+    backend.close()
