@@ -276,6 +276,11 @@ def test_started_as_root_it_serves_a_privileged_port_as_nobody(tmp_path: pathlib
             with started(config) as proc:
                 wait_listening("127.0.0.1", port, proc)
                 wait_listening("127.0.0.1", tls_port, proc)
+                # The kernel queues connections from the bind on; the switch comes just after.
+                deadline = time.monotonic() + STARTUP_TIMEOUT
+                while "running as user nobody" not in stderr_of(config):
+                    assert time.monotonic() < deadline and proc.poll() is None, stderr_of(config)
+                    time.sleep(0.05)
                 ids = ids_of(proc.pid)
                 assert ids["Uid"] == [str(nobody.pw_uid)] * 4
                 assert ids["Gid"] == [str(nobody.pw_gid)] * 4
@@ -286,7 +291,6 @@ def test_started_as_root_it_serves_a_privileged_port_as_nobody(tmp_path: pathlib
                 assert all(p.stat().st_uid == nobody.pw_uid for p in state.iterdir())
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=20) == 0
-            assert "running as user nobody" in stderr_of(config)
             assert "Traceback" not in stderr_of(config)
         finally:
             backend.kill()
