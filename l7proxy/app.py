@@ -23,7 +23,7 @@ from config.model import Address, ProxyConfig
 
 from . import stats
 from .cert_expiry import expiry_warnings
-from .log_targets import LogOutputError, LogOutputs, OutputsHandler
+from .log_targets import DIAGNOSTIC_FORMAT, LogOutputError, LogOutputs, OutputsHandler
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
@@ -324,7 +324,7 @@ def setup_logging(level: str, outputs: LogOutputs | None = None) -> None:
         root.addHandler(OutputsHandler(outputs))
     elif not root.handlers:
         errors = logging.StreamHandler(sys.stderr)
-        errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        errors.setFormatter(logging.Formatter(DIAGNOSTIC_FORMAT))
         root.addHandler(errors)
 
 
