@@ -63,6 +63,15 @@ def get(port: int, path: str = "/") -> int:
         conn.close()
 
 
+def wait_for_text(path: pathlib.Path, text: str) -> None:
+    """Until ``path`` holds ``text``: the listening socket answers from the bind on, and what
+    the proxy does next (the pidfile, the switch of user) comes just after."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not (path.exists() and text in path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{text!r} never in {path}"
+        time.sleep(0.05)
+
+
 def listening_socket() -> socket.socket:
     """A real server that only accepts: enough for TCP health checks, and it sees each probe."""
     sock = socket.socket()
@@ -180,7 +189,7 @@ def test_pidfile_written_refuses_a_second_start_and_is_removed(tmp_path: pathlib
     second = tmp_path / "second.yaml"
     second.write_text(config_text(other_port, [backend.getsockname()[1]], f"pidfile: {pidfile}"))
     with started(first) as proc:
-        wait_listening("127.0.0.1", port, proc)
+        wait_for_text(pidfile, f"{proc.pid}\n")
         assert pidfile.read_text() == f"{proc.pid}\n"
         refused = subprocess.run(
             [*lbproxy_command(), "run", "-c", str(second)],
@@ -201,7 +210,7 @@ def test_pidfile_written_refuses_a_second_start_and_is_removed(tmp_path: pathlib
     try:
         pidfile.write_text(f"{sleeper.pid}\n")
         with started(first) as proc:
-            wait_listening("127.0.0.1", port, proc)
+            wait_for_text(pidfile, f"{proc.pid}\n")
             assert pidfile.read_text() == f"{proc.pid}\n"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
@@ -276,11 +285,7 @@ def test_started_as_root_it_serves_a_privileged_port_as_nobody(tmp_path: pathlib
             with started(config) as proc:
                 wait_listening("127.0.0.1", port, proc)
                 wait_listening("127.0.0.1", tls_port, proc)
-                # The kernel queues connections from the bind on; the switch comes just after.
-                deadline = time.monotonic() + STARTUP_TIMEOUT
-                while "running as user nobody" not in stderr_of(config):
-                    assert time.monotonic() < deadline and proc.poll() is None, stderr_of(config)
-                    time.sleep(0.05)
+                wait_for_text(config.with_suffix(".err"), "running as user nobody")
                 ids = ids_of(proc.pid)
                 assert ids["Uid"] == [str(nobody.pw_uid)] * 4
                 assert ids["Gid"] == [str(nobody.pw_gid)] * 4
