@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.e2e.process import backend, free_port, wait_listening
-from tests.e2e.test_service import get, started
+from tests.e2e.test_service import get, started, stderr_of
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def test_syslog_gets_access_and_diagnostics_and_a_dead_one_costs_no_request(
         assert get(port, "/first") == 200
         messages = receive_until(receiver, '"GET /first HTTP/1.1"')
         parsed = [pattern.fullmatch(m) for m in messages]
-        assert all(parsed), messages
+        assert all(parsed), (messages, stderr_of(config))
         by_text = {p["msg"]: p for p in parsed if p is not None}
         access = next(p for text, p in by_text.items() if "GET /first" in text)
         listening = next(p for text, p in by_text.items() if "listening: www on" in text)
@@ -86,7 +86,7 @@ def test_syslog_gets_access_and_diagnostics_and_a_dead_one_costs_no_request(
         receiver.close()  # the syslog server goes away
         assert [get(port, f"/after/{i}") for i in range(REQUESTS)] == [200] * REQUESTS
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=20) == 0, stderr_of(config)
 
 
 def wait_for(path: pathlib.Path, needle: str, timeout: float = 10.0) -> str:
