@@ -18,11 +18,28 @@ __all__ = ["autojump_clock"]  # the fixture, used by name
 LOG = logging.getLogger("lbproxy.test-first-round")
 
 
+async def first_rounds(pool: Pool, seconds: float) -> tuple[float, list[float]]:
+    """Run the checks of ``pool`` for ``seconds``: the start time and each first-round call."""
+    done: list[float] = []
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(
+            partial(
+                run_checks,
+                new_states([pool]),
+                log=LOG,
+                on_first_round=lambda: done.append(trio.current_time()),
+            )
+        )
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return start, done
+
+
 async def test_first_round_ends_after_the_last_first_probe(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     probes: list[float] = []
-    done: list[float] = []
 
     async def probed(stream: trio.SocketStream) -> None:
         probes.append(trio.current_time())
@@ -39,43 +56,22 @@ async def test_first_round_ends_after_the_last_first_probe(
                 ),
                 health_check=HealthCheck(interval=3.0, timeout=1.0),
             )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(
-                        run_checks,
-                        new_states([pool]),
-                        log=LOG,
-                        on_first_round=lambda: done.append(trio.current_time()),
-                    )
-                )
-                await trio.sleep(10)
-                nursery.cancel_scope.cancel()
+            start, done = await first_rounds(pool, 10)
     # Three tasks spread over 3 s: probes at 0 and 1 s, the maintenance server's turn at 2 s
     # (not probed, but its turn counts); then once only, whatever the later rounds do.
     assert len(done) == 1
     assert done[0] >= max(probes[:2])
-    assert round(done[0] - probes[0], 1) == 2.0
+    assert round(done[0] - start, 1) == 2.0
 
 
 async def test_nothing_to_check_is_a_first_round_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    done: list[float] = []
     pool = Pool(
         name="www",
         real_servers=(RealServer("a", Address("127.0.0.1", 9)),),
         health_check=HealthCheck(enabled=False),
     )
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            start = trio.current_time()
-            await nursery.start(
-                partial(
-                    run_checks,
-                    new_states([pool]),
-                    log=LOG,
-                    on_first_round=lambda: done.append(trio.current_time()),
-                )
-            )
-            nursery.cancel_scope.cancel()
+        start, done = await first_rounds(pool, 0)
     assert done == [start]

@@ -79,12 +79,12 @@ def test_user_group_and_pidfile() -> None:
         ("log: []", "2:8: global.log", "must not be empty"),
         ("log: {format: rfc5424}", "2:8: global.log.target", "required key is missing"),
         (
-            "log: " + "{target: stdout, facility: local8}",
+            "log: {target: stdout, facility: local8}",
             "2:35: global.log.facility",
             "'local8' is not",
         ),
         (
-            "log: " + "{target: stdout, format: json}",
+            "log: {target: stdout, format: json}",
             "2:33: global.log.format",
             "'json' is not one of",
         ),
