@@ -188,6 +188,7 @@ async def _check_loop(
     offset: float,
     log: logging.Logger,
     on_change: OnChange | None,
+    first_done: Callable[[], None] | None = None,
 ) -> None:
     await trio.sleep(offset)
     while True:
@@ -204,6 +205,9 @@ async def _check_loop(
                     log.warning(message)
                     if on_change is not None:
                         on_change(server)
+        if first_done is not None:
+            first_done()
+            first_done = None
         # Measured from the start: a slow check does not push the schedule back.
         await trio.sleep_until(started + next_check_delay(server, check))
 
@@ -213,6 +217,7 @@ async def run_checks(
     *,
     log: logging.Logger,
     on_change: OnChange | None = None,
+    on_first_round: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check every server (and fallback) whose check is enabled, until cancelled.
@@ -220,7 +225,8 @@ async def run_checks(
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
     ``on_change`` is called after each health transition (the proxy cuts short the requests
     still waiting on a server that went DOWN). Reports started once every check task is
-    scheduled.
+    scheduled. ``on_first_round`` is called once, when every server has had its first check
+    (servers in maintenance count as checked; with nothing to check, at once).
     """
     # Each server's own check: the pool's for its real servers, the fallback's for the fallback.
     targets = [
@@ -229,9 +235,19 @@ async def run_checks(
         for state in pool.all_states()
         if state.check.enabled
     ]
+    waiting = len(targets)
+
+    def one_done() -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0 and on_first_round is not None:
+            on_first_round()
+
+    if not targets and on_first_round is not None:
+        on_first_round()
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):
             offset = check.interval * index / len(targets)
-            nursery.start_soon(_check_loop, state, check, offset, log, on_change)
+            nursery.start_soon(_check_loop, state, check, offset, log, on_change, one_done)
         task_status.started()
         await trio.sleep_forever()

@@ -34,6 +34,7 @@ from .model import (
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
 from .scalars import MAX_PORT, parse_address, parse_duration, parse_network
+from .service_reader import SERVICE_GLOBAL_KEYS, ServiceReader
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
 
@@ -58,6 +59,7 @@ GLOBAL_KEYS = (
     "stats",
     "admin_socket",
     "state_file",
+    *SERVICE_GLOBAL_KEYS,
 )
 STATS_KEYS = ("bind", "path", "auth")
 STATS_AUTH_KEYS = ("user", "password_file")
@@ -178,7 +180,7 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return message
 
 
-class _Builder(PoolReader, ListenerReader):
+class _Builder(PoolReader, ListenerReader, ServiceReader):
     """One pass over the document; each method returns None when its part had a problem."""
 
     def __init__(self, problems: Problems, base_dir: str, source: str) -> None:
@@ -261,14 +263,18 @@ class _Builder(PoolReader, ListenerReader):
         admin_socket = self.admin_socket(admin_entry) if admin_entry is not None else None
         state_entry = m.get("state_file")
         state_file = self.path_value(state_entry, None)
-        if None in (state_dir, grace, log_level, access_log):
+        log_targets = self.log_targets(m.get("log"))
+        user, group = self.user_and_group(m)
+        pidfile_entry = m.get("pidfile")
+        pidfile = self.path_value(pidfile_entry, None) if pidfile_entry else None
+        if None in (state_dir, grace, log_level, access_log, log_targets):
             return None
         if (admin_entry is not None and admin_socket is None) or (
             state_entry is not None and state_file is None
         ):
             return None
         assert state_dir is not None and grace is not None
-        assert log_level is not None and access_log is not None
+        assert log_level is not None and access_log is not None and log_targets is not None
         return GlobalSettings(
             state_dir=state_dir,
             grace=grace,
@@ -277,6 +283,10 @@ class _Builder(PoolReader, ListenerReader):
             stats=stats,
             admin_socket=admin_socket,
             state_file=state_file,
+            log=log_targets,
+            user=user,
+            group=group,
+            pidfile=pidfile,
         )
 
     def admin_socket(self, entry: Entry) -> AdminSocketSettings | None:

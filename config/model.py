@@ -29,6 +29,25 @@ DEFAULT_SOURCE_MASK6 = 64
 DEFAULT_SOURCE_TABLE_SIZE = 100_000  # bounded like a stick-table `size 100k`
 DEFAULT_STATE_DIR = "./lbproxy-state"
 DEFAULT_RETRIES = 3  # HAProxy `retries` default (DEF_RETRIES)
+DEFAULT_SYSLOG_PORT = 514
+DEFAULT_SYSLOG_FACILITY = "local0"  # HAProxy's usual `log /dev/log local0`
+
+# RFC 5424 section 6.2.1 facility codes, by the names syslog.conf uses.
+SYSLOG_FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
 
 
 class Balance(enum.Enum):
@@ -283,6 +302,40 @@ class AdminSocketSettings:
     mode: int = DEFAULT_ADMIN_SOCKET_MODE
 
 
+class LogKind(enum.Enum):
+    STDOUT = "stdout"  # access lines on stdout, diagnostics on stderr (the default)
+    STDERR = "stderr"  # both on stderr
+    FILE = "file"  # both in one file, reopened on SIGUSR1
+    UDP = "udp"  # syslog datagrams to HOST:PORT
+    UNIX = "unix"  # syslog datagrams to a unix socket such as /dev/log
+
+
+class SyslogFormat(enum.Enum):
+    RFC3164 = "rfc3164"
+    RFC5424 = "rfc5424"
+
+
+@dataclass(frozen=True, slots=True)
+class LogTarget:
+    """Where log lines go; ``access`` False keeps the access lines out of this target."""
+
+    kind: LogKind
+    path: str | None = None  # FILE and UNIX
+    address: Address | None = None  # UDP
+    format: SyslogFormat = SyslogFormat.RFC3164
+    facility: str = DEFAULT_SYSLOG_FACILITY
+    access: bool = True
+
+    def __str__(self) -> str:
+        if self.kind is LogKind.UDP:
+            return f"udp://{self.address}"
+        if self.kind is LogKind.UNIX:
+            return f"unix://{self.path}"
+        if self.kind is LogKind.FILE:
+            return str(self.path)
+        return str(self.kind.value)
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalSettings:
     state_dir: str = DEFAULT_STATE_DIR
@@ -292,6 +345,10 @@ class GlobalSettings:
     stats: StatsSettings | None = None
     admin_socket: AdminSocketSettings | None = None  # off unless configured
     state_file: str | None = None  # HAProxy server-state-file: runtime changes survive a restart
+    log: tuple[LogTarget, ...] = (LogTarget(LogKind.STDOUT),)
+    user: str | None = None  # name or number; privileges are dropped to it after binding
+    group: str | None = None  # default: the user's primary group
+    pidfile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Build the runtime from a configuration and run it: listeners, checks, signals, shutdown.
 
 ``serve`` is the whole proxy as one trio task (tests start it in-process with port 0 binds and
-get a ``ProxyHandle`` back); ``run`` adds logging and signals for the ``lbproxy run`` command.
+get a ``ProxyHandle`` back); ``run`` adds logging, signals and the service duties (privileges,
+pidfile, systemd notifications) for the ``lbproxy run`` command.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,24 @@ import trio
 
 from balancing.state import carry_over, new_states
 from config.model import Address, AdminSocketSettings, ProxyConfig
+from tls.server_tls import log_expiry_warnings
 
 from . import admin, admin_socket, changes, stats
+from .log_targets import DIAGNOSTIC_FORMAT, LogOutputError, LogOutputs, OutputsHandler
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
 from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
+from .service import (
+    Identity,
+    Notifier,
+    ServiceError,
+    check_pidfile,
+    drop_privileges,
+    hand_over,
+    remove_pidfile,
+    resolve_identity,
+    write_pidfile,
+)
 from .upstream import Connector, UpstreamPool, connect_tcp
 
 if TYPE_CHECKING:
@@ -34,6 +48,7 @@ log = logging.getLogger("lbproxy")
 
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
+CERT_CHECK_INTERVAL = 24 * 3600.0  # expiry warnings once a day, besides start and reload
 
 
 class StartupError(Exception):
@@ -66,6 +81,8 @@ class ProxyHandle:
     bound: list[ListeningSocket]
     stop_event: trio.Event = field(default_factory=trio.Event)
     sink: AccessLogSink = field(default_factory=AccessLogSink)
+    # Set when every server has had its first health check (systemd's READY=1 waits for it).
+    first_checks: trio.Event = field(default_factory=trio.Event)
     _accepts: trio.Nursery | None = None
     _connections: trio.Nursery | None = None
     _checks: trio.Nursery | None = None
@@ -224,6 +241,7 @@ class ProxyHandle:
                     runtime.pools,
                     log=logging.getLogger("lbproxy.health"),
                     on_change=runtime.server_changed,
+                    on_first_round=self.first_checks.set,
                 )
 
         self._checks.start_soon(checking)
@@ -302,19 +320,37 @@ async def serve(
     task_status: trio.TaskStatus[ProxyHandle] = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ProxyHandle], None] | None = None,
     connector: Connector = connect_tcp,
+    outputs: LogOutputs | None = None,
+    before_serving: Callable[[ProxyHandle], None] | None = None,
 ) -> None:
     """Run the proxy until ``handle.stop()``; then drain within the grace period and return.
 
     ``connector`` opens connections to real servers (tests pass scripted in-memory ones).
-    Raises StartupError (nothing was started) when a bind or certificate fails.
+    Access lines go to ``outputs`` (opened here from ``global.log`` when not given, and closed
+    at the end). ``before_serving`` runs once every socket is bound and every key read, before
+    anything is accepted: where ``run`` drops privileges. Raises StartupError (nothing was
+    started) when a bind, a certificate or a log target fails.
     """
-    sink = AccessLogSink()
+    owned = outputs is None
+    if outputs is None:
+        try:
+            outputs = LogOutputs.open(config.global_.log)
+        except LogOutputError as error:
+            raise StartupError(str(error)) from error
+    sink = AccessLogSink(outputs=outputs)
     access_log = sink if config.global_.access_log else None
     upstream = UpstreamPool(connector)
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
-    handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
+    try:
+        handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
+    except StartupError:
+        if owned:
+            outputs.close()
+        raise
     try:
         admin_socket.load_state(runtime)
+        if before_serving is not None:
+            before_serving(handle)
         async with trio.open_nursery() as root:
             root.start_soon(sink.run)
             handle._checks = root
@@ -347,28 +383,113 @@ async def serve(
         admin_socket.save_state(runtime)
         runtime.upstream.close_all()
         sink.flush()
+        if owned:
+            outputs.close()
 
 
-def setup_logging(level: str) -> None:
-    """Diagnostics to stderr; access log lines go to stdout through the AccessLogSink."""
+def setup_logging(level: str, outputs: LogOutputs | None = None) -> None:
+    """Diagnostics to the log targets (``outputs``; without them, stderr); access log lines
+    go to the same targets through the AccessLogSink."""
     # The logging module's documented savings: no thread, process or multiprocessing lookups.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     root = logging.getLogger("lbproxy")
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    if not root.handlers:
+    if outputs is not None:
+        for old in [h for h in root.handlers if isinstance(h, OutputsHandler)]:
+            root.removeHandler(old)
+        root.addHandler(OutputsHandler(outputs))
+    elif not root.handlers:
         errors = logging.StreamHandler(sys.stderr)
-        errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        errors.setFormatter(logging.Formatter(DIAGNOSTIC_FORMAT))
         root.addHandler(errors)
+
+
+def _teardown_logging(outputs: LogOutputs) -> None:
+    root = logging.getLogger("lbproxy")
+    for handler in [h for h in root.handlers if isinstance(h, OutputsHandler)]:
+        if handler.outputs is outputs:
+            root.removeHandler(handler)
+    outputs.close()
+
+
+def warn_expiring(handle: ProxyHandle) -> None:
+    """The daily reminder: a warning per served certificate that is expired or has fewer than
+    30 days left (loading certificates, at start and at reload, warns by itself)."""
+    now = datetime.datetime.now(datetime.UTC)
+    tls_log = logging.getLogger("lbproxy.tls")
+    for b in handle.bound:
+        if b.tls_server is not None:
+            log_expiry_warnings(tls_log, b.tls_server.certificate_statuses(), now)
+
+
+def status_text(handle: ProxyHandle) -> str:
+    """systemd's STATUS= line: what is served and how many servers are up."""
+    runtime = handle.runtime
+    servers = [s for pool in runtime.pools.values() for s in pool.all_states()]
+    up = sum(1 for s in servers if s.status_text() == "UP")
+    count = len(runtime.config.virtual_servers)
+    return f"serving {count} virtual server(s), {up}/{len(servers)} server(s) up"
+
+
+@dataclass
+class Service:
+    """What ``run`` does besides serving: log targets, the user to become, the pidfile and
+    systemd's notifications. Built before anything binds (so errors come first)."""
+
+    outputs: LogOutputs
+    identity: Identity | None = None
+    pidfile: str | None = None
+    notifier: Notifier = field(default_factory=Notifier)
+    ready: bool = False
+
+    def before_serving(self, handle: ProxyHandle) -> None:
+        """Bound and keys read: pidfile, state directory, then privileges."""
+        try:
+            if self.pidfile is not None:
+                write_pidfile(self.pidfile)
+            if self.identity is not None:
+                hand_over(handle.runtime.config.global_.state_dir, self.identity)
+                drop_privileges(self.identity)
+                log.info(
+                    "running as user %s (uid %d, gid %d)",
+                    self.identity.user,
+                    self.identity.uid,
+                    self.identity.gid,
+                )
+        except ServiceError as error:
+            raise StartupError(str(error)) from error
+
+    async def announce_ready(self, handle: ProxyHandle) -> None:
+        """READY=1 once the first health checks are done: systemd then starts what depends on
+        the proxy, and ``systemctl start`` returns."""
+        await handle.first_checks.wait()
+        self.ready = True
+        status = status_text(handle)
+        log.info("ready: %s", status)
+        self.notifier.ready(status)
 
 
 Companion = Callable[..., Awaitable[None]]
 
 
+# Settings read once at start: a reload that changes them says so instead of half-applying.
+RESTART_ONLY = ("log", "user", "group", "pidfile")
+
+
 def _on_sighup(handle: ProxyHandle, config_path: str | None) -> None:
     """SIGHUP: reload the configuration file (certificates included); without a file (the
     demo), reload the certificate files. A file that fails to load changes nothing."""
+    before = handle.runtime.config.global_
+    _reload(handle, config_path)
+    after = handle.runtime.config.global_
+    for key in RESTART_ONLY:
+        if getattr(before, key) != getattr(after, key):
+            log.warning("SIGHUP: global.%s changed; it takes effect at the next restart", key)
+
+
+def _reload(handle: ProxyHandle, config_path: str | None) -> None:
     if config_path is None:
         problems = handle.reload_certificates()
         for problem in problems:
@@ -391,18 +512,28 @@ def _on_sighup(handle: ProxyHandle, config_path: str | None) -> None:
         log.info("SIGHUP: %s", note)
 
 
+async def _expiry_timer(handle: ProxyHandle) -> None:
+    while True:
+        await trio.sleep(CERT_CHECK_INTERVAL)
+        warn_expiring(handle)
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
 async def _main(
     config: ProxyConfig,
     config_path: str | None,
     on_started: Callable[[ProxyHandle], None] | None,
     companions: Sequence[Companion],
+    service: Service,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as outer:
             for companion in companions:
                 await outer.start(companion)
             async with trio.open_nursery() as inner:
-                handle: ProxyHandle = await inner.start(_serve_task, config)
+                handle: ProxyHandle = await inner.start(_serve_task, config, service)
                 for b in handle.bound:
                     kind = "stats" if b.served is None else b.served.vs.label
                     tls = " (TLS)" if b.tls_server is not None else ""
@@ -410,20 +541,51 @@ async def _main(
                     log.info("listening: %s on %s:%s%s", kind, host, port, tls)
                 if on_started is not None:
                     on_started(handle)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        _on_sighup(handle, config_path)
-                        continue
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    handle.stop()
-                    break
+                async with trio.open_nursery() as duties:
+                    duties.start_soon(service.announce_ready, handle)
+                    duties.start_soon(_expiry_timer, handle)
+                    await _handle_signals(signals, handle, config_path, service)
+                    duties.cancel_scope.cancel()
             outer.cancel_scope.cancel()
 
 
-async def _serve_task(
-    config: ProxyConfig, *, task_status: trio.TaskStatus[ProxyHandle] = trio.TASK_STATUS_IGNORED
+async def _handle_signals(
+    signals: AsyncIterator[int], handle: ProxyHandle, config_path: str | None, service: Service
 ) -> None:
-    await serve(config, task_status=task_status)
+    """SIGHUP reloads, SIGUSR1 reopens the log files, SIGTERM and SIGINT stop."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            if service.ready:
+                service.notifier.reloading()
+            _on_sighup(handle, config_path)
+            if service.ready:
+                service.notifier.ready(status_text(handle))
+            continue
+        if signum == signal.SIGUSR1:
+            failed = service.outputs.reopen()
+            if failed:
+                log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
+            else:
+                log.info("SIGUSR1: log files reopened")
+            continue
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        service.notifier.stopping()
+        handle.stop()
+        return
+
+
+async def _serve_task(
+    config: ProxyConfig,
+    service: Service,
+    *,
+    task_status: trio.TaskStatus[ProxyHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(
+        config,
+        task_status=task_status,
+        outputs=service.outputs,
+        before_serving=service.before_serving,
+    )
 
 
 def _leaves(group: BaseExceptionGroup[StartupError]) -> list[BaseException]:
@@ -449,16 +611,37 @@ def run(
     ``companions`` are tasks started (``nursery.start``) before the proxy and cancelled after it
     stopped: the demo's built-in real servers.
     """
-    setup_logging(config.global_.log_level)
+    settings = config.global_
+    try:
+        outputs = LogOutputs.open(settings.log)
+    except LogOutputError as problem:
+        print(f"lbproxy: {problem}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+    setup_logging(settings.log_level, outputs)
+    service = Service(outputs, pidfile=settings.pidfile)
+    try:
+        if settings.user is not None:
+            service.identity = resolve_identity(settings.user, settings.group)
+        if settings.pidfile is not None:
+            check_pidfile(settings.pidfile)
+    except ServiceError as refused:
+        print(f"lbproxy: {refused}", file=sys.stderr)
+        _teardown_logging(outputs)
+        return EXIT_STARTUP_FAILED
     if config_path:
         log.info("configuration %s loaded", config_path)
     for warning in config.warnings:
         log.warning("%s", warning)
     status = EXIT_OK
     try:
-        trio.run(_main, config, config_path, on_started, companions)
+        trio.run(_main, config, config_path, on_started, companions, service)
     except* StartupError as group:
         for error in _leaves(group):
             print(f"lbproxy: {error}", file=sys.stderr)
         status = EXIT_STARTUP_FAILED
+    finally:
+        if settings.pidfile is not None:
+            remove_pidfile(settings.pidfile)
+        service.notifier.close()
+        _teardown_logging(outputs)
     return status
