@@ -25,6 +25,12 @@ from .algorithms import HashRing, LeastConnections, SmoothRoundRobin
 from .persistence import SourceTable
 
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+_CLASS_OF = ("other", *RESPONSE_CLASSES[:5], "other", "other", "other", "other")
+
+
+def response_class(status: int) -> str:
+    """The hrsp_* column a status counts in (a tuple lookup: this runs per response)."""
+    return _CLASS_OF[status // 100] if 0 <= status < 1000 else "other"
 
 
 class Health(enum.Enum):
@@ -50,18 +56,32 @@ class RateCounter:
     max: int = 0  # the highest rate seen (rate_max)
 
     def hit(self, now: float | None = None) -> None:
+        # Per request: the common case (same period) is one clock read, one compare, one add;
+        # the highest rate is brought up to date only when a period ends, and by ``peak``.
         now = self.clock() if now is None else now
-        if self.period_start is None:
+        start = self.period_start
+        if start is None or now - start >= 1.0:
+            self._roll(now)
+        self.current += 1
+
+    def _roll(self, now: float) -> None:
+        start = self.period_start
+        if start is None:
             self.period_start = now
-        elapsed = now - self.period_start
+            return
+        # The period that ends reached at least its own count.
+        self.max = max(self.max, self.current, self.rate(now))
+        elapsed = now - start
         if elapsed >= 2.0:
             self.previous, self.current = 0, 0
-            self.period_start += int(elapsed)
-        elif elapsed >= 1.0:
+            self.period_start = start + int(elapsed)
+        else:
             self.previous, self.current = self.current, 0
-            self.period_start += 1.0
-        self.current += 1
-        self.max = max(self.max, self.rate(now))
+            self.period_start = start + 1.0
+
+    def peak(self, now: float | None = None) -> int:
+        """The highest rate seen (rate_max), the current one included."""
+        return max(self.max, self.rate(now))
 
     def rate(self, now: float | None = None) -> int:
         now = self.clock() if now is None else now
@@ -104,8 +124,7 @@ class ServerCounters:
     session_rate: RateCounter = field(default_factory=RateCounter)
 
     def record_response(self, status: int) -> None:
-        key = f"{status // 100}xx" if 100 <= status <= 599 else "other"
-        self.responses[key] += 1
+        self.responses[response_class(status)] += 1
 
     def health_changed(self, health: Health, now: float) -> None:
         """Count one health transition that happened at ``now``."""

@@ -90,6 +90,8 @@ class ClientConnection:
         self.client_ip = client.ip.encode("ascii")
         self.forward_tail = [*forwarded_tail(client, served.port), *tls_headers]
         self.keep_forwarded_for = trusted_peer(client.ip, served.vs.forwardfor_trusted)
+        self.frontend = runtime.frontend(served.vs.label)
+        self.default_host = local_authority(client)  # for a request without Host
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
         self.deadline = math.inf
@@ -354,7 +356,7 @@ class ClientConnection:
         """Do what the failure table said; True when the connection may carry another."""
         ex.termination = outcome.termination
         if outcome.client_fault:
-            self.runtime.frontend(self.vs.label).request_errors += 1
+            self.frontend.request_errors += 1
         if outcome.abort:
             self.stream.abort()
         elif outcome.status is not None:
@@ -365,7 +367,7 @@ class ClientConnection:
     def _log(self, ex: ExchangeState) -> None:
         ex.bytes_in = self.received - self.logged_in
         self.logged_in = self.received
-        frontend = self.runtime.frontend(self.vs.label)
+        frontend = self.frontend
         frontend.record(ex.status, ex.bytes_in, ex.bytes_out)
         server = self.server
         if server is not None:
@@ -414,7 +416,7 @@ class ClientConnection:
             forwardfor=self.vs.forwardfor,
             tail=self.forward_tail,
             drop=CLIENT_HEADER_NAMES,
-            default_host=local_authority(self.client),
+            default_host=self.default_host,
             keep_forwarded_for=self.keep_forwarded_for,
         )
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
@@ -499,7 +501,7 @@ class ClientConnection:
         self, host: bytes, target: bytes, status: int, ex: ExchangeState
     ) -> bool:
         """``redirect_to_https``: same host and path on the TLS port."""
-        authority = host or local_authority(self.client)
+        authority = host or self.default_host
         location = https_redirect_target(authority, target, self.vs.https_port())
         ex.status = status
         ex.termination = "LR"

@@ -7,8 +7,7 @@ the same ones are tried again after a short back-off, up to the pool's ``retries
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -32,6 +31,9 @@ MAX_CONNECT_ATTEMPTS = 8
 RETRY_BACKOFF = 0.1
 
 
+NOBODY: frozenset[str] = frozenset()  # no server excluded: the usual case, made once
+
+
 class Timekeeper(Protocol):
     """The client connection's deadline: paused while a connect keeps its own time."""
 
@@ -40,9 +42,8 @@ class Timekeeper(Protocol):
     def wait_for_server(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What the choice depends on."""
+class Request(NamedTuple):
+    """What the choice depends on (made per request)."""
 
     cookie_label: str | None
     client_ip: str
@@ -69,7 +70,7 @@ async def connect_server(
                 cookie_label=request.cookie_label,
                 client_ip=request.client_ip,
                 now=trio.current_time(),
-                exclude=frozenset(exclude | refused) if refused else frozenset(exclude),
+                exclude=frozenset(exclude | refused) if refused or exclude else NOBODY,
             )
         except NoServerAvailable:
             if not refused or failures > request.retries:

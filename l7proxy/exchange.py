@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import h11
 
@@ -137,6 +138,21 @@ def check_head_bytes(data: bytes | bytearray) -> None:
 # RFC 3986 host: an IP-literal in brackets, or a reg-name (IPv4 addresses are reg-names here);
 # then an optional port. Anything else in Host is refused (RFC 9112 §3.2: 400).
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?\Z")
+_GOOD_HOSTS: set[bytes] = set()  # Host values seen valid: most requests repeat a few
+_GOOD_HOSTS_MAX = 1024
+
+
+def _valid_host(host: bytes) -> bool:
+    if host in _GOOD_HOSTS:
+        return True
+    if _HOST.match(host) is None:
+        return False
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(host)
+    return True
+
+
 # A Content-Length longer than this is no body anybody sends (h11 would wait for it).
 MAX_CONTENT_LENGTH_DIGITS = 15
 
@@ -168,7 +184,7 @@ def check_request(
         return RequestProblem(400, "Transfer-Encoding in an HTTP/1.0 request")
     if scan.hosts > 1:
         return RequestProblem(400, "more than one Host header")
-    if scan.host is not None and _HOST.match(scan.host) is None:
+    if scan.host is not None and not _valid_host(scan.host):
         return RequestProblem(400, "invalid Host header")
     if scan.content_length is not None and (
         len(scan.content_length) > MAX_CONTENT_LENGTH_DIGITS or not scan.content_length.isdigit()
@@ -423,9 +439,9 @@ def splice_head(head: bytes, rest: Headers) -> bytes:
 _FIELD_SEPARATOR = b": "
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseRewrite:
-    """What lbproxy changes in the responses of the server chosen for one request."""
+class ResponseRewrite(NamedTuple):
+    """What lbproxy changes in the responses of the server chosen for one request (made per
+    attempt: a named tuple is cheaper to make than a frozen dataclass)."""
 
     set_cookie: bytes | None = None  # a Set-Cookie value: the persistence cookie, or its clearing
     nocache: bool = False  # HAProxy ``nocache``: the response that sets the cookie is private

@@ -65,26 +65,10 @@ class ClientSide(Protocol):
     def upload_done(self) -> None: ...
 
 
-class Awaited:
-    """A request waiting for its response head (Runtime.awaiting): a DOWN cuts it short."""
-
-    __slots__ = ("conn", "went_down")
-
-    def __init__(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-        self.went_down = False
-
-    def cut(self) -> None:
-        # Closing the server connection wakes the waiting read, which then sees an end before
-        # any byte of a response.
-        self.went_down = True
-        self.conn.stream.close()
-
-
 class Relay:
     """Moves one exchange between ``client`` and ``conn``; writes what happened into ``ex``."""
 
-    __slots__ = ("awaited", "client", "conn", "ex", "rewrite", "runtime", "server", "timeout")
+    __slots__ = ("client", "conn", "ex", "rewrite", "runtime", "server", "went_down")
 
     def __init__(
         self,
@@ -101,7 +85,14 @@ class Relay:
         self.server = server
         self.rewrite = rewrite
         self.runtime = runtime
-        self.awaited = Awaited(conn)
+        self.went_down = False  # the server was marked DOWN while this waited for its head
+
+    def cut(self) -> None:
+        """Runtime.awaiting: the server went DOWN while this request waited for its response
+        head. Closing the server connection wakes the waiting read, which then sees an end
+        before any byte of a response."""
+        self.went_down = True
+        self.conn.stream.close()
 
     async def run(self, head: h11.Request, rest: Headers, has_body: bool) -> None:
         """Send the request and relay the response; ExchangeFailed when either side fails."""
@@ -243,12 +234,15 @@ class Relay:
     async def _relay_response(self) -> None:
         """Server response → client; each read pushes the connection's deadline on."""
         out: list[bytes] = []
-        waiting = self.runtime.awaiting.setdefault(self.server, set())
-        waiting.add(self.awaited)  # until the response head arrives
+        awaiting = self.runtime.awaiting
+        waiting = awaiting.get(self.server)
+        if waiting is None:
+            waiting = awaiting[self.server] = set()
+        waiting.add(self)  # until the response head arrives
         try:
             response = await self._response_head(out)
         except ExchangeFailed as failure:
-            if self.awaited.went_down:
+            if self.went_down:
                 raise ExchangeFailed(Failure.SERVER_DOWN) from failure
             if failure.kind is Failure.BAD_RESPONSE and not self.conn.response_bytes:
                 # h11 calls an end before any byte a protocol error; it is a plain close.
@@ -259,7 +253,7 @@ class Relay:
                 raise ExchangeFailed(Failure.BAD_RESPONSE, cause) from failure
             raise
         finally:
-            waiting.discard(self.awaited)
+            waiting.discard(self)
         if response is not None:
             await self._relay_body(response, out)
 

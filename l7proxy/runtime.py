@@ -12,7 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from balancing.state import RESPONSE_CLASSES, Health, PoolState, RateCounter, ServerState
+from balancing.state import (
+    RESPONSE_CLASSES,
+    Health,
+    PoolState,
+    RateCounter,
+    ServerState,
+    response_class,
+)
 from config.model import Bind, ProxyConfig, VirtualService
 
 if TYPE_CHECKING:
@@ -75,8 +82,7 @@ class FrontendCounters:
         self.request_rate.hit()
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
-        key = f"{status // 100}xx" if 100 <= status <= 599 else "other"
-        self.responses[key] += 1
+        self.responses[response_class(status)] += 1
 
 
 class IdleClient(Protocol):
