@@ -9,6 +9,7 @@ on one real server is relay.py's. Failures of one connection stay in it (docs/ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,6 +59,10 @@ READ_SIZE = 65536
 DEADLINE_SLACK_SHARE = 0.01
 DEADLINE_SLACK_MAX = 0.3
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+# Lingering close after an error answer: how long, and how much is read and dropped at most
+# (HAProxy lingers on by default; nginx's lingering_time 30 s is for uploads: ours is short).
+LINGER_TIME = 1.0
+LINGER_BYTES = 1 << 20
 
 
 class ClientStream(Protocol):
@@ -66,6 +71,8 @@ class ClientStream(Protocol):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def send_eof(self) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -103,6 +110,7 @@ class ClientConnection:
         self.received = 0  # bytes from the client; what came since the last log line counts
         self.logged_in = 0  # for the request that line is about
         self.chunks: ChunkedBody | None = None  # the chunked body being received
+        self.linger = False  # an error answer closes the connection: let the client read it
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -191,6 +199,24 @@ class ClientConnection:
             await self._serve_requests()
         if self.scope.cancelled_caught and not self.stopping:
             await self._timed_out()
+        if self.linger:
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """After an error answer that closes the connection, let the client read it: stop
+        sending, then read and drop what it still sends, for a moment (HAProxy's lingering
+        close). Closing with unread bytes would make the kernel reset the connection and
+        destroy the answer on its way (a client that sent an HTTP/2 preface, an early 413)."""
+        with trio.move_on_after(LINGER_TIME):
+            with contextlib.suppress(*_GONE):
+                await self.stream.send_eof()  # TLS has no half-close: reading is enough
+            drained = 0
+            with contextlib.suppress(*_GONE):
+                while drained < LINGER_BYTES:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if not data:
+                        return
+                    drained += len(data)
 
     def _set_deadline(self, phase: Phase, timeout: float) -> None:
         """Enter ``phase``, which must end within ``timeout`` from now."""
@@ -361,6 +387,7 @@ class ClientConnection:
             self.stream.abort()
         elif outcome.status is not None:
             ex.status = outcome.status
+            self.linger = outcome.close
             await self._answer(canned(outcome.status, close=outcome.close))
         return not outcome.close and self._client_can_continue()
 

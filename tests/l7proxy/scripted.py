@@ -45,6 +45,9 @@ class MemoryEnd:
             self.stream.send_stream.close()  # type: ignore[attr-defined]
             self.stream.receive_stream.close()  # type: ignore[attr-defined]
 
+    async def send_eof(self) -> None:
+        await self.stream.send_stream.aclose()
+
     def abort(self) -> None:
         self.aborted = True
         self.close()

@@ -187,3 +187,28 @@ async def test_head_request_gets_its_error_page_head_without_a_body() -> None:
             assert more.startswith(b"HTTP/1.1 503 ")
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_error_answer_closes_lingering() -> None:
+    """After an error answer the proxy stops sending but reads and drops what the client still
+    sends, for a moment (HAProxy's lingering close), instead of resetting a connection whose
+    answer may still be on its way (curl --http2-prior-knowledge sends more right after the
+    preface)."""
+    settings = b"\x00\x00\x0c\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00\x64" * 2
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web1")
+            port = await serve_one(nursery, web)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            reply = b""
+            while chunk := await stream.receive_some(65536):  # up to the proxy's FIN
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 505 ")
+            assert reply.endswith(b"</html>\n")
+            for _ in range(3):  # still read by the proxy: no reset, so no broken pipe
+                await stream.send_all(settings)
+                await trio.sleep(0.05)
+            assert web.connections == 0
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
