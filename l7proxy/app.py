@@ -153,7 +153,6 @@ class ProxyHandle:
             self._start_admin()
         except StartupError as error:
             notes.append(f"{error}; the runtime API is off until the next reload")
-        notes.extend(config.warnings)
         notes.append(changes.describe(before, config, served_before, _served(bound)))
         return notes
 
@@ -499,7 +498,8 @@ def _reload(handle: ProxyHandle, config_path: str | None) -> None:
     from config.loader import ConfigError, load_file
 
     try:
-        notes = handle.reload(load_file(config_path))
+        config = load_file(config_path)
+        notes = handle.reload(config)
     except ConfigError as error:
         for problem in error.problems:
             log.error("reload refused: %s", problem)
@@ -508,6 +508,8 @@ def _reload(handle: ProxyHandle, config_path: str | None) -> None:
     except StartupError as error:
         log.error("SIGHUP: reload refused: %s; still serving the previous configuration", error)
         return
+    for warning in config.warnings:
+        log.warning("SIGHUP: %s", warning)
     for note in notes:
         log.info("SIGHUP: %s", note)
 
