@@ -105,6 +105,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(http_port=args.port, https_port=args.tls_port, stats_port=args.stats_port)
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    """Translate haproxy.cfg and/or pound.cfg; the YAML to -o (or stdout), the report to stderr
+    (and to --report). Exit 0 all carried, 1 something that changes traffic was not, 2 unreadable."""
+    from config.importers.pipeline import EXIT_UNREADABLE, import_configs
+
+    if args.haproxy is None and args.pound is None:
+        print("lbproxy import: give --haproxy FILE, --pound FILE or both", file=sys.stderr)
+        return EXIT_USAGE
+    result = import_configs(args.haproxy, args.pound)
+    if result.error is not None:
+        print(f"lbproxy import: {result.error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        if result.yaml_text is not None:
+            if args.output in (None, "-"):
+                sys.stdout.write(result.yaml_text)
+            else:
+                with open(args.output, "w", encoding="utf-8") as handle:
+                    handle.write(result.yaml_text)
+        if args.report is not None:
+            with open(args.report, "w", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in result.report)
+    except OSError as error:
+        print(f"lbproxy import: {error.filename}: cannot write: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for line in result.report:
+        print(line, file=sys.stderr)
+    return result.status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbproxy",
@@ -128,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tls-port", type=int, default=8443, help="HTTPS port (default 8443)")
     demo.add_argument("--stats-port", type=int, default=8404, help="stats port (default 8404)")
     demo.set_defaults(func=_cmd_demo)
+
+    imp = sub.add_parser(
+        "import",
+        help="translate haproxy.cfg and/or pound.cfg into an lbproxy configuration",
+        description="Exit 0: everything that changes traffic was carried; 1: something was not "
+        "(the YAML is written, the report lists it); 2: a file cannot be read.",
+    )
+    imp.add_argument("--haproxy", metavar="FILE", help="haproxy.cfg to translate")
+    imp.add_argument("--pound", metavar="FILE", help="pound.cfg to translate")
+    imp.add_argument("-o", "--output", metavar="FILE", help="write the YAML here (default: stdout)")
+    imp.add_argument("--report", metavar="FILE", help="also write the report here (always on stderr)")
+    imp.set_defaults(func=_cmd_import)
 
     toolkit.register(sub)
     ctl.register(sub)
