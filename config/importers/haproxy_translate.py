@@ -141,6 +141,8 @@ def _is_http(section: Section) -> bool:
     for line in section.all_lines:
         if line.keyword in _HTTP_HINTS or line.words[:2] in (("option", "httplog"), ("option", "forwardfor")):
             return True
+        if line.keyword == "acl" and len(line.args) > 1 and re.match(r"(req\.)?(hdr|path|url|method|cook|urlp)", line.args[1]):
+            return True
     return False
 
 
@@ -347,7 +349,12 @@ class HaproxyTranslator:
         redirect_to_https: dict[str, Any] | None = None
         is_listen = section.kind == "listen"
         own_backend = Backend(section.name, where, {}) if is_listen else None
-        lines = section.all_lines
+        lines = list(section.all_lines)
+        # A backend's redirects and denies apply to every request when it is the only backend.
+        named_default = next((ln.args[0] for ln in lines if ln.keyword == "default_backend" and ln.args), None)
+        default_section = self.backends.get(named_default or "")
+        if default_section is not None and not any(ln.keyword == "use_backend" for ln in lines):
+            lines += [ln for ln in default_section.lines if _is_request_action(ln)]
 
         def cond_of(line: Line, words: list[str]) -> Condition | None:
             if not words:
@@ -641,6 +648,15 @@ class HaproxyTranslator:
             return
         if kw in {"balance", "server", "retries", "default-server", "stick-table", "stick"}:
             return
+        if kw == "maxconn":
+            self.note(line, "a backend's maxconn: set maxconn on its real servers", traffic=False)
+            return
+        if kw in {"redirect", "block", "use_backend", "default_backend", "bind", "monitor-uri"}:
+            self.note(line, f"{kw} inside a backend has no lbproxy equivalent / move it to the virtual server")
+            return
+        if kw.startswith("."):
+            self.note(line, "conditional blocks (.if/.else/.endif) are not evaluated: the lines of every branch were read")
+            return
         self.note(line, "unknown to the importer")
 
     # ---- backends and pools
@@ -664,7 +680,7 @@ class HaproxyTranslator:
         if section is None:
             self.note(line, f"no backend named {name}")
             return None
-        if not _is_http(section):
+        if _section_mode(section) == "tcp":
             self.note(line, f"backend {name} is mode tcp, which lbproxy cannot proxy")
             return None
         self.used_backends.add(name)
@@ -682,6 +698,10 @@ class HaproxyTranslator:
         for ln in section.all_lines:
             inherited = ln in section.inherited
             if self._backend_line(ln, backend, inherited):
+                continue
+            if _is_request_action(ln):
+                if not inherited:
+                    backend.vs_lines.append(ln)  # carried by the frontend when it is the only backend
                 continue
             kw = ln.keyword
             if kw in {"acl", "mode"}:
@@ -1258,6 +1278,12 @@ class HaproxyTranslator:
 _FACILITIES = {"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
                "auth2", "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2",
                "local3", "local4", "local5", "local6", "local7"}
+
+
+def _is_request_action(line: Line) -> bool:
+    return line.keyword in {"redirect", "block"} or (
+        line.keyword == "http-request" and line.args[:1] in (("redirect",), ("deny",), ("tarpit",), ("allow",))
+    )
 
 
 def _after(words: list[str] | tuple[str, ...], key: str) -> str | None:

@@ -155,6 +155,19 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
     pound.virtual_servers = kept
 
 
+_VS_ORDER = ("label", "bind", "acls", "forwardfor", "timeouts", "limits", "methods", "redirect_to_https",
+             "redirects", "deny", "request_headers", "response_headers", "error_pages", "rewrite_location",
+             "balance", "persistence", "health_check", "retries", "fallback", "fallback_mode", "real_servers",
+             "rules")
+
+
+def _ordered(data: dict[str, Any]) -> dict[str, Any]:
+    """The virtual server's keys in the order of docs/configuration.md: where it listens, what it
+    does to requests, its pool, then its rules."""
+    rank = {key: i for i, key in enumerate(_VS_ORDER)}
+    return dict(sorted(data.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
 def assemble(translations: list[Translation], report: Report) -> dict[str, Any]:
     document: dict[str, Any] = {}
     global_: dict[str, Any] = {}
@@ -164,12 +177,14 @@ def assemble(translations: list[Translation], report: Report) -> dict[str, Any]:
                 global_.setdefault("log", []).extend(v for v in value if v not in global_.get("log", []))
             else:
                 global_.setdefault(key, value)
+    if "group" in global_ and "user" not in global_:
+        del global_["group"]  # lbproxy drops privileges to a user; a group alone means nothing
     if global_:
         document["global"] = global_
     servers: list[Any] = []
     for t in translations:
         for vs in t.virtual_servers:
-            data = dict(vs.data)
+            data = _ordered(vs.data)
             if "rules" in data and vs.rule_comments:
                 data["rules"] = [Commented(rule, comment) for rule, comment in zip(data["rules"], vs.rule_comments, strict=False)]
             servers.append(Commented(data, vs.comment))

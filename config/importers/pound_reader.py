@@ -105,7 +105,8 @@ def _lines(path: str, read_text: ReadText, report: Report, depth: int, include_d
             try:
                 out += _lines(target, read_text, report, depth + 1, include_dir)
             except (OSError, UnicodeDecodeError) as error:
-                raise PoundReadError(f"{where}: Include {target}: {_cause(error)}") from error
+                # Pound would refuse to start; the rest of the file is still worth importing.
+                report.add(where, f"Include {target}", f"{_cause(error)}: its directives were not read / import on the machine that has it")
             continue
         out.append((where, words))
     return out
