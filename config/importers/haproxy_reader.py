@@ -212,7 +212,8 @@ def _inherit(sections: list[Section], report: Report) -> None:
     for section in sections:
         if section.kind not in PROXY_KINDS and section.kind != "defaults":
             continue
-        parent = last
+        # A defaults section starts afresh unless it names one with `from` (HAProxy resets them).
+        parent = None if section.kind == "defaults" else last
         if section.from_defaults is not None:
             parent = named.get(section.from_defaults)
             if parent is None:

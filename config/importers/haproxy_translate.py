@@ -51,9 +51,13 @@ GLOBAL_NOT_NEEDED = {"daemon", "nbproc", "nbthread", "cpu-map", "chroot", "maxco
                      "profiling.tasks", "cluster-secret", "pp2-never-send-local", "h1-case-adjust-bogus-client",
                      "numa-cpu-mapping", "ssl-mode-async", "stats-file", "httpclient.resolvers.prefer"}
 
-HEADER_FORBIDDEN = {"content-length", "transfer-encoding", "connection", "host"}
+# lbproxy refuses rules on the fields that carry framing or routing (docs/configuration.md).
+HEADER_FORBIDDEN = {"content-length", "transfer-encoding", "connection", "host", "expect", "upgrade",
+                    "keep-alive", "te", "trailer", "proxy-connection", "proxy-authenticate",
+                    "proxy-authorization"}
 LBPROXY_SETS = {"x-forwarded-proto", "x-forwarded-port", "x-forwarded-host"}
-SAMPLE_FETCHES = {"src", "src_port", "dst", "dst_port", "ssl_fc", "srv_name"}
+SAMPLE_FETCHES = {"src", "src_port", "dst", "dst_port", "ssl_fc", "srv_name", "host", "hdr(host)",
+                  "req.hdr(host)", "method", "path", "query", "url", "base"}
 _FETCH_IN_FORMAT_RE = re.compile(r"%\[([^\]]*)\]")
 _SERVER_ARGS = {"weight", "inter", "fastinter", "downinter", "rise", "fall", "cookie", "addr", "port",
                 "maxconn", "maxqueue", "minconn", "slowstart", "verify", "ca-file", "crl-file", "sni",
@@ -389,11 +393,11 @@ class HaproxyTranslator:
                 entry, cwords = self._redirect(line, rwords)
                 if entry is None:
                     continue
-                cond = cond_of(line, cwords)
-                if cond is None or cond is NEVER:
-                    continue
                 if entry.get("scheme") == "https" and self._plain_only_https(cwords, acls, ctx):
                     redirect_to_https = {k: v for k, v in entry.items() if k == "code"}
+                    continue
+                cond = cond_of(line, cwords)
+                if cond is None or cond is NEVER:
                     continue
                 if entry.get("scheme") == "https" and ctx.ssl is not False:
                     self.note(line, "a scheme redirect that does not depend on ssl_fc alone would loop on TLS binds in lbproxy / use redirect_to_https")
@@ -555,11 +559,14 @@ class HaproxyTranslator:
             entry["code"] = int(code) if code.isdigit() else code
         else:
             entry["code"] = 302
-        if "%[" in target:
-            self.note(line, "a redirect target built from the request cannot be carried")
-            return None, []
+        for fetch in _FETCH_IN_FORMAT_RE.findall(target):
+            if fetch not in SAMPLE_FETCHES:
+                self.note(line, f"a redirect target built from %[{fetch}] cannot be carried")
+                return None, []
         entry[kind] = target
-        extras = [w for w in head[2:] if w not in {"code", code}]
+        if "drop-query" in head and kind != "location":
+            entry["drop_query"] = True
+        extras = [w for w in head[2:] if w not in {"code", code, "drop-query"}]
         if extras:
             self.note(line, f"redirect options {' '.join(extras)} are not carried", traffic=True)
         return entry, cwords
@@ -1172,13 +1179,13 @@ class HaproxyTranslator:
             return None
         for fetch in _FETCH_IN_FORMAT_RE.findall(value):
             if fetch not in SAMPLE_FETCHES:
-                self.note(line, f"%[{fetch}] is not one of lbproxy's values (src, src_port, dst, dst_port, ssl_fc, srv_name)")
+                self.note(line, f"%[{fetch}] is not one of lbproxy's values (src, src_port, dst, dst_port, ssl_fc, srv_name, host, method, path, query, url)")
                 return None
         stripped = _FETCH_IN_FORMAT_RE.sub("", value).replace("%%", "")
         if "%" in stripped:
             self.note(line, "log-format variables other than %[...] cannot be carried")
             return None
-        return {verb: {name: value}}
+        return {verb: {name: value.strip()}}
 
     def _delete_entry(self, line: Line, name: str) -> dict[str, Any] | None:
         if name.lower() in LBPROXY_SETS:

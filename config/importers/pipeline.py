@@ -141,21 +141,21 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
                     vs.data.setdefault(key, {}).update(listener.data[key])
                 else:
                     vs.data.setdefault(key, []).extend(listener.data[key])
-        if "methods" in listener.data and "methods" not in vs.data:
-            level = listener.data["methods"].get("xhttp")
-            vs.data["methods"] = listener.data["methods"]
-            if level is not None and level < 3:
+        if "xhttp" in listener.data and "xhttp" not in vs.data and "methods" not in vs.data:
+            level = listener.data["xhttp"]
+            vs.data["xhttp"] = level
+            if level < 4:
                 where, _, _ = listener.comment.partition(": ")
                 file, _, line = where.rpartition(":")
                 report.add(Where(file, int(line) if line.isdigit() else 0), "xHTTP",
-                           f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies that to the plain binds too, where HAProxy allowed every method / raise methods.xhttp or list methods",
+                           f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies that to the plain binds too, where HAProxy allowed every method / raise xhttp or list methods",
                            traffic=True)
         if "rewrite_location" in listener.data and listener.data["rewrite_location"] is False:
             vs.data["rewrite_location"] = False
     pound.virtual_servers = kept
 
 
-_VS_ORDER = ("label", "bind", "acls", "forwardfor", "timeouts", "limits", "methods", "redirect_to_https",
+_VS_ORDER = ("label", "bind", "acls", "forwardfor", "timeouts", "limits", "methods", "xhttp", "redirect_to_https",
              "redirects", "deny", "request_headers", "response_headers", "error_pages", "rewrite_location",
              "balance", "persistence", "health_check", "retries", "fallback", "fallback_mode", "real_servers",
              "rules")

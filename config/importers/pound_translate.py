@@ -220,7 +220,7 @@ class PoundTranslator:
                 tls.pop("verify")
             bind = {"address": bind_address, "tls": tls or True}
         vs["bind"] = bind
-        vs["methods"] = {"xhttp": methods_level}
+        vs["xhttp"] = methods_level  # written even at Pound's default: lbproxy's default is every method
         services = [s for s in (d.children or []) if s.keyword == "service"] + top_services
         pool_data, rules, rule_comments, redirects = self._services(d, services, vs_label, denies)
         if pool_data is None:
