@@ -107,7 +107,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     """Translate haproxy.cfg and/or pound.cfg; the YAML to -o (or stdout), the report to stderr
-    (and to --report). Exit 0 all carried, 1 something that changes traffic was not, 2 unreadable."""
+    (and to --report). Exit 0: all carried; 1: something that changes traffic was not carried;
+    2: a file cannot be read.
+    """
     from config.importers.pipeline import EXIT_UNREADABLE, import_configs
 
     if args.haproxy is None and args.pound is None:
@@ -168,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--haproxy", metavar="FILE", help="haproxy.cfg to translate")
     imp.add_argument("--pound", metavar="FILE", help="pound.cfg to translate")
     imp.add_argument("-o", "--output", metavar="FILE", help="write the YAML here (default: stdout)")
-    imp.add_argument("--report", metavar="FILE", help="also write the report here (always on stderr)")
+    imp.add_argument(
+        "--report", metavar="FILE", help="also write the report here (always on stderr)"
+    )
     imp.set_defaults(func=_cmd_import)
 
     toolkit.register(sub)

@@ -44,8 +44,17 @@ PREDEFINED: dict[str, Condition] = {
 }
 
 # Match methods implied by a fetch's name (HAProxy's path_beg is path -m beg, and so on).
-_SUFFIX_METHODS = {"beg": "beg", "end": "end", "reg": "reg", "sub": "sub", "dir": "dir",
-                   "dom": "dom", "len": "len", "cnt": "cnt", "found": "found"}
+_SUFFIX_METHODS = {
+    "beg": "beg",
+    "end": "end",
+    "reg": "reg",
+    "sub": "sub",
+    "dir": "dir",
+    "dom": "dom",
+    "len": "len",
+    "cnt": "cnt",
+    "found": "found",
+}
 _FLAGS_WITH_ARG = {"-m", "-f", "-M"}
 _FETCH_RE = re.compile(r"([a-z0-9_.]+)(?:\(([^)]*)\))?((?:,[a-z0-9_]+(?:\([^)]*\))?)*)$")
 
@@ -66,8 +75,14 @@ def _regex(values: list[str], icase: bool) -> str:
 def _literal_regex(values: list[str], method: str, icase: bool) -> str:
     escaped = [re.escape(v) for v in values]
     body = escaped[0] if len(escaped) == 1 else "(?:" + "|".join(escaped) + ")"
-    pattern = {"beg": f"^{body}", "end": f"{body}$", "sub": body, "str": f"^{body}$",
-               "dir": f"(?:^|/){body}(?:/|$)", "dom": f"(?:^|[./]){body}(?:[./:]|$)"}[method]
+    pattern = {
+        "beg": f"^{body}",
+        "end": f"{body}$",
+        "sub": body,
+        "str": f"^{body}$",
+        "dir": f"(?:^|/){body}(?:/|$)",
+        "dom": f"(?:^|[./]){body}(?:[./:]|$)",
+    }[method]
     return f"(?i){pattern}" if icase else pattern
 
 
@@ -78,7 +93,9 @@ def _path(method: str, values: list[str], icase: bool) -> Condition:
         if method == "reg":
             return {"path_regex": _regex(values, icase)}
         return {"path_regex": _literal_regex(values, method, icase)}
-    key = {"str": "path", "beg": "path_prefix", "end": "path_suffix", "reg": "path_regex"}.get(method)
+    key = {"str": "path", "beg": "path_prefix", "end": "path_suffix", "reg": "path_regex"}.get(
+        method
+    )
     if key is None:
         raise Unsupported(f"path -m {method}")
     if key == "path_regex":
@@ -255,7 +272,11 @@ def parse_expression(words: list[str], acls: AclTable, ctx: Context, use_names: 
             i = end + 1
         else:
             inlined = acls.condition(word)  # raises Unsupported for what cannot be expressed
-            cond = word if use_names and word in acls.entries and inlined not in (ALWAYS, NEVER) else inlined
+            cond = (
+                word
+                if use_names and word in acls.entries and inlined not in (ALWAYS, NEVER)
+                else inlined
+            )
             i += 1
         groups[-1].append(negate(cond) if negated else cond)
     cond = any_of([all_of(group) for group in groups])

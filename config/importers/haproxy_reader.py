@@ -199,7 +199,9 @@ def read(text: str, file: str, env: Mapping[str, str], report: Report) -> list[S
             sections.append(current)
             continue
         if current is None:
-            report.add(where, words[0], "outside any section; HAProxy refuses this line", traffic=False)
+            report.add(
+                where, words[0], "outside any section; HAProxy refuses this line", traffic=False
+            )
             continue
         current.lines.append(Line(where, tuple(words)))
     _inherit(sections, report)

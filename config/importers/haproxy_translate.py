@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conditions import ALWAYS, NEVER, Condition, all_of, negate, with_if
-from .haproxy_acl import AclTable, Context, Unsupported, fetch_condition, parse_expression, split_condition
+from .haproxy_acl import (
+    AclTable,
+    Context,
+    Unsupported,
+    fetch_condition,
+    parse_expression,
+    split_condition,
+)
 from .haproxy_reader import PROXY_KINDS, Line, Section
 from .report import Report, Where
 from .result import Translation, VirtualServerOut
@@ -24,80 +31,416 @@ Exists = Callable[[str], bool]
 
 # Directives whose effect lbproxy has by default or that only shape HAProxy's own process;
 # value: None when equal by default (not reported), else the note (never traffic).
-QUIET = {"mode http", "option httplog", "option http-server-close", "option redispatch",
-         "option http-keep-alive", "log global", "option log-health-checks", "option dontlognull",
-         "option splice-auto", "option contstats", "option http-buffer-request", "no option httpclose",
-         "option abortonclose", "option tcp-smart-accept", "option tcp-smart-connect",
-         "option dontlog-normal", "option log-separate-errors", "option socket-stats", "option nolinger",
-         "option http-pretend-keepalive", "option http-no-delay", "option clitcpka", "option srvtcpka",
-         "option tcpka", "option independent-streams", "option splice-request", "option splice-response",
-         "no option http-server-close", "no option redispatch", "no log", "option httpclose",
-         "option forceclose"}
-PROCESS_ONLY = {"log", "log-format", "log-tag", "capture", "description", "id", "option", "maxconn",
-                "declare", "unique-id-format", "log-format-sd", "error-log-format", "hash-type",
-                "http-reuse", "fullconn", "compression", "email-alert", "rate-limit", "bind-process",
-                "balance-url-param", "grace", "stats", "monitor", "monitor-net", "option",
-                "default-server", "disabled", "enabled", "load-server-state-from-file",
-                "server-state-file-name", "http-send-name-header", "dynamic-cookie-key", "backlog"}
-GLOBAL_NOT_NEEDED = {"daemon", "nbproc", "nbthread", "cpu-map", "chroot", "maxconn", "ulimit-n",
-                     "node", "description", "spread-checks", "log-send-hostname", "log-tag",
-                     "quiet", "master-worker", "noepoll", "nopoll", "nosplice", "uid", "gid",
-                     "stats", "ssl-server-verify", "insecure-fork-wanted", "expose-experimental-directives",
-                     "localpeer", "set-dumpable", "zero-warning", "strict-limits", "busy-polling",
-                     "max-spread-checks", "maxsslconn", "maxcompcpuusage", "maxpipes", "maxsslrate",
-                     "maxconnrate", "maxsessrate", "maxcomprate", "hard-stop-after", "presetenv",
-                     "setenv", "resetenv", "unsetenv", "server-state-base", "server-state-file",
-                     "ssl-dh-param-file", "lua-prepend-path", "debug", "external-check", "ssl-engine",
-                     "profiling.tasks", "cluster-secret", "pp2-never-send-local", "h1-case-adjust-bogus-client",
-                     "numa-cpu-mapping", "ssl-mode-async", "stats-file", "httpclient.resolvers.prefer"}
+QUIET = {
+    "mode http",
+    "option httplog",
+    "option http-server-close",
+    "option redispatch",
+    "option http-keep-alive",
+    "log global",
+    "option log-health-checks",
+    "option dontlognull",
+    "option splice-auto",
+    "option contstats",
+    "option http-buffer-request",
+    "no option httpclose",
+    "option abortonclose",
+    "option tcp-smart-accept",
+    "option tcp-smart-connect",
+    "option dontlog-normal",
+    "option log-separate-errors",
+    "option socket-stats",
+    "option nolinger",
+    "option http-pretend-keepalive",
+    "option http-no-delay",
+    "option clitcpka",
+    "option srvtcpka",
+    "option tcpka",
+    "option independent-streams",
+    "option splice-request",
+    "option splice-response",
+    "no option http-server-close",
+    "no option redispatch",
+    "no log",
+    "option httpclose",
+    "option forceclose",
+}
+PROCESS_ONLY = {
+    "log",
+    "log-format",
+    "log-tag",
+    "capture",
+    "description",
+    "id",
+    "option",
+    "maxconn",
+    "declare",
+    "unique-id-format",
+    "log-format-sd",
+    "error-log-format",
+    "hash-type",
+    "http-reuse",
+    "fullconn",
+    "compression",
+    "email-alert",
+    "rate-limit",
+    "bind-process",
+    "balance-url-param",
+    "grace",
+    "stats",
+    "monitor",
+    "monitor-net",
+    "default-server",
+    "disabled",
+    "enabled",
+    "load-server-state-from-file",
+    "server-state-file-name",
+    "http-send-name-header",
+    "dynamic-cookie-key",
+    "backlog",
+}
+GLOBAL_NOT_NEEDED = {
+    "daemon",
+    "nbproc",
+    "nbthread",
+    "cpu-map",
+    "chroot",
+    "maxconn",
+    "ulimit-n",
+    "node",
+    "description",
+    "spread-checks",
+    "log-send-hostname",
+    "log-tag",
+    "quiet",
+    "master-worker",
+    "noepoll",
+    "nopoll",
+    "nosplice",
+    "uid",
+    "gid",
+    "stats",
+    "ssl-server-verify",
+    "insecure-fork-wanted",
+    "expose-experimental-directives",
+    "localpeer",
+    "set-dumpable",
+    "zero-warning",
+    "strict-limits",
+    "busy-polling",
+    "max-spread-checks",
+    "maxsslconn",
+    "maxcompcpuusage",
+    "maxpipes",
+    "maxsslrate",
+    "maxconnrate",
+    "maxsessrate",
+    "maxcomprate",
+    "hard-stop-after",
+    "presetenv",
+    "setenv",
+    "resetenv",
+    "unsetenv",
+    "server-state-base",
+    "server-state-file",
+    "ssl-dh-param-file",
+    "lua-prepend-path",
+    "debug",
+    "external-check",
+    "ssl-engine",
+    "profiling.tasks",
+    "cluster-secret",
+    "pp2-never-send-local",
+    "h1-case-adjust-bogus-client",
+    "numa-cpu-mapping",
+    "ssl-mode-async",
+    "stats-file",
+    "httpclient.resolvers.prefer",
+}
 
 # lbproxy refuses rules on the fields that carry framing or routing (docs/configuration.md).
-HEADER_FORBIDDEN = {"content-length", "transfer-encoding", "connection", "host", "expect", "upgrade",
-                    "keep-alive", "te", "trailer", "proxy-connection", "proxy-authenticate",
-                    "proxy-authorization"}
+HEADER_FORBIDDEN = {
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "expect",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+}
 LBPROXY_SETS = {"x-forwarded-proto", "x-forwarded-port", "x-forwarded-host"}
-SAMPLE_FETCHES = {"src", "src_port", "dst", "dst_port", "ssl_fc", "srv_name", "host", "hdr(host)",
-                  "req.hdr(host)", "method", "path", "query", "url", "base"}
+SAMPLE_FETCHES = {
+    "src",
+    "src_port",
+    "dst",
+    "dst_port",
+    "ssl_fc",
+    "srv_name",
+    "host",
+    "hdr(host)",
+    "req.hdr(host)",
+    "method",
+    "path",
+    "query",
+    "url",
+    "base",
+}
 _FETCH_IN_FORMAT_RE = re.compile(r"%\[([^\]]*)\]")
-_SERVER_ARGS = {"weight", "inter", "fastinter", "downinter", "rise", "fall", "cookie", "addr", "port",
-                "maxconn", "maxqueue", "minconn", "slowstart", "verify", "ca-file", "crl-file", "sni",
-                "crt", "resolvers", "resolve-prefer", "init-addr", "id", "on-error", "on-marked-down",
-                "on-marked-up", "observe", "error-limit", "agent-port", "agent-inter", "agent-send",
-                "agent-addr", "track", "redir", "ssl-min-ver", "ssl-max-ver", "alpn", "check-alpn",
-                "check-sni", "proto", "pool-max-conn", "pool-purge-delay", "ciphers", "ciphersuites",
-                "namespace", "source", "usesrc", "socks4", "ws", "max-reuse", "pool-low-conn", "tcp-ut",
-                "curves", "sigalgs", "client-sigalgs", "hash-key", "shard", "resolve-opts",
-                "resolve-net", "guid", "init-state", "check-proto", "log-proto", "set-proxy-v2-tlv-fmt",
-                "idle-ping", "check-pool-conn-name", "pool-conn-name", "npn", "tls-tickets"}
-_SERVER_NOT_TRAFFIC = {"id", "observe", "error-limit", "on-error", "on-marked-down", "on-marked-up",
-                       "slowstart", "init-addr", "resolvers", "resolve-prefer", "resolve-opts",
-                       "resolve-net", "agent-check", "agent-port", "agent-inter", "agent-send",
-                       "agent-addr", "fastinter", "downinter", "minconn", "maxqueue", "pool-max-conn",
-                       "pool-purge-delay", "max-reuse", "pool-low-conn", "tfo", "check-send-proxy",
-                       "no-agent-check", "non-stick", "guid", "hash-key", "shard", "log-proto",
-                       "check-alpn", "check-sni", "check-ssl", "no-check-ssl", "alpn", "npn",
-                       "no-tls-tickets", "allow-0rtt", "tcp-ut", "crl-file", "ws", "proto", "idle-ping",
-                       "init-state", "check-proto", "resolve-net", "namespace", "curves", "sigalgs",
-                       "client-sigalgs", "no-sslv3", "no-tlsv10", "no-tlsv11", "no-tlsv12",
-                       "no-tlsv13", "force-tlsv12", "force-tlsv13", "ssl-min-ver", "ssl-max-ver",
-                       "ciphers", "ciphersuites", "tls-tickets", "check-pool-conn-name", "pool-conn-name",
-                       "ssl-reuse", "no-ssl-reuse", "enabled", "no-backup", "no-send-proxy",
-                       "no-send-proxy-v2", "no-ssl", "no-verifyhost", "verifyhost", "check-via-socks4"}
-_BIND_ARGS = {"crt", "crt-list", "alpn", "npn", "ssl-min-ver", "ssl-max-ver", "ciphers", "ciphersuites",
-              "ca-file", "verify", "crl-file", "name", "process", "maxconn", "level", "mode", "user",
-              "group", "uid", "gid", "interface", "namespace", "curves", "ecdhe", "tls-ticket-keys",
-              "ca-sign-file", "ca-sign-pass", "thread", "id", "backlog", "tcp-ut", "mss", "nice",
-              "severity-output", "sigalgs", "client-sigalgs", "ca-ignore-err", "crt-ignore-err",
-              "quic-cc-algo", "proto", "label", "guid-prefix", "default-crt", "ca-verify-file",
-              "accept-netscaler-cip", "idle-ping", "shards", "quic-socket"}
-_BIND_NOT_TRAFFIC = {"name", "process", "maxconn", "level", "mode", "user", "group", "uid", "gid",
-                     "interface", "namespace", "curves", "ecdhe", "tls-ticket-keys", "thread", "id",
-                     "backlog", "tcp-ut", "mss", "nice", "severity-output", "v4v6", "v6only",
-                     "transparent", "defer-accept", "tfo", "no-tls-tickets", "prefer-client-ciphers",
-                     "allow-0rtt", "npn", "alpn", "no-sslv3", "no-tlsv10", "no-tlsv11", "force-tlsv12",
-                     "no-ca-names", "sigalgs", "client-sigalgs", "label", "shards", "idle-ping",
-                     "ssl-max-ver", "crl-file", "ca-ignore-err", "crt-ignore-err", "expose-fd",
-                     "generate-certificates", "ca-sign-file", "ca-sign-pass", "strict-sni"}
+_SERVER_ARGS = {
+    "weight",
+    "inter",
+    "fastinter",
+    "downinter",
+    "rise",
+    "fall",
+    "cookie",
+    "addr",
+    "port",
+    "maxconn",
+    "maxqueue",
+    "minconn",
+    "slowstart",
+    "verify",
+    "ca-file",
+    "crl-file",
+    "sni",
+    "crt",
+    "resolvers",
+    "resolve-prefer",
+    "init-addr",
+    "id",
+    "on-error",
+    "on-marked-down",
+    "on-marked-up",
+    "observe",
+    "error-limit",
+    "agent-port",
+    "agent-inter",
+    "agent-send",
+    "agent-addr",
+    "track",
+    "redir",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "alpn",
+    "check-alpn",
+    "check-sni",
+    "proto",
+    "pool-max-conn",
+    "pool-purge-delay",
+    "ciphers",
+    "ciphersuites",
+    "namespace",
+    "source",
+    "usesrc",
+    "socks4",
+    "ws",
+    "max-reuse",
+    "pool-low-conn",
+    "tcp-ut",
+    "curves",
+    "sigalgs",
+    "client-sigalgs",
+    "hash-key",
+    "shard",
+    "resolve-opts",
+    "resolve-net",
+    "guid",
+    "init-state",
+    "check-proto",
+    "log-proto",
+    "set-proxy-v2-tlv-fmt",
+    "idle-ping",
+    "check-pool-conn-name",
+    "pool-conn-name",
+    "npn",
+    "tls-tickets",
+}
+_SERVER_NOT_TRAFFIC = {
+    "id",
+    "observe",
+    "error-limit",
+    "on-error",
+    "on-marked-down",
+    "on-marked-up",
+    "slowstart",
+    "init-addr",
+    "resolvers",
+    "resolve-prefer",
+    "resolve-opts",
+    "resolve-net",
+    "agent-check",
+    "agent-port",
+    "agent-inter",
+    "agent-send",
+    "agent-addr",
+    "fastinter",
+    "downinter",
+    "minconn",
+    "maxqueue",
+    "pool-max-conn",
+    "pool-purge-delay",
+    "max-reuse",
+    "pool-low-conn",
+    "tfo",
+    "check-send-proxy",
+    "no-agent-check",
+    "non-stick",
+    "guid",
+    "hash-key",
+    "shard",
+    "log-proto",
+    "check-alpn",
+    "check-sni",
+    "check-ssl",
+    "no-check-ssl",
+    "alpn",
+    "npn",
+    "no-tls-tickets",
+    "allow-0rtt",
+    "tcp-ut",
+    "crl-file",
+    "ws",
+    "proto",
+    "idle-ping",
+    "init-state",
+    "check-proto",
+    "namespace",
+    "curves",
+    "sigalgs",
+    "client-sigalgs",
+    "no-sslv3",
+    "no-tlsv10",
+    "no-tlsv11",
+    "no-tlsv12",
+    "no-tlsv13",
+    "force-tlsv12",
+    "force-tlsv13",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "ciphers",
+    "ciphersuites",
+    "tls-tickets",
+    "check-pool-conn-name",
+    "pool-conn-name",
+    "ssl-reuse",
+    "no-ssl-reuse",
+    "enabled",
+    "no-backup",
+    "no-send-proxy",
+    "no-send-proxy-v2",
+    "no-ssl",
+    "no-verifyhost",
+    "verifyhost",
+    "check-via-socks4",
+}
+_BIND_ARGS = {
+    "crt",
+    "crt-list",
+    "alpn",
+    "npn",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "ciphers",
+    "ciphersuites",
+    "ca-file",
+    "verify",
+    "crl-file",
+    "name",
+    "process",
+    "maxconn",
+    "level",
+    "mode",
+    "user",
+    "group",
+    "uid",
+    "gid",
+    "interface",
+    "namespace",
+    "curves",
+    "ecdhe",
+    "tls-ticket-keys",
+    "ca-sign-file",
+    "ca-sign-pass",
+    "thread",
+    "id",
+    "backlog",
+    "tcp-ut",
+    "mss",
+    "nice",
+    "severity-output",
+    "sigalgs",
+    "client-sigalgs",
+    "ca-ignore-err",
+    "crt-ignore-err",
+    "quic-cc-algo",
+    "proto",
+    "label",
+    "guid-prefix",
+    "default-crt",
+    "ca-verify-file",
+    "accept-netscaler-cip",
+    "idle-ping",
+    "shards",
+    "quic-socket",
+}
+_BIND_NOT_TRAFFIC = {
+    "name",
+    "process",
+    "maxconn",
+    "level",
+    "mode",
+    "user",
+    "group",
+    "uid",
+    "gid",
+    "interface",
+    "namespace",
+    "curves",
+    "ecdhe",
+    "tls-ticket-keys",
+    "thread",
+    "id",
+    "backlog",
+    "tcp-ut",
+    "mss",
+    "nice",
+    "severity-output",
+    "v4v6",
+    "v6only",
+    "transparent",
+    "defer-accept",
+    "tfo",
+    "no-tls-tickets",
+    "prefer-client-ciphers",
+    "allow-0rtt",
+    "npn",
+    "alpn",
+    "no-sslv3",
+    "no-tlsv10",
+    "no-tlsv11",
+    "force-tlsv12",
+    "no-ca-names",
+    "sigalgs",
+    "client-sigalgs",
+    "label",
+    "shards",
+    "idle-ping",
+    "ssl-max-ver",
+    "crl-file",
+    "ca-ignore-err",
+    "crt-ignore-err",
+    "expose-fd",
+    "generate-certificates",
+    "ca-sign-file",
+    "ca-sign-pass",
+    "strict-sni",
+}
 
 
 @dataclass(slots=True)
@@ -133,8 +476,22 @@ def _section_mode(section: Section) -> str:
     return mode
 
 
-_HTTP_HINTS = {"http-request", "http-response", "reqadd", "reqrep", "reqirep", "reqdel", "reqidel",
-               "rspadd", "rspdel", "rspidel", "rsprep", "redirect", "cookie", "errorfile"}
+_HTTP_HINTS = {
+    "http-request",
+    "http-response",
+    "reqadd",
+    "reqrep",
+    "reqirep",
+    "reqdel",
+    "reqidel",
+    "rspadd",
+    "rspdel",
+    "rspidel",
+    "rsprep",
+    "redirect",
+    "cookie",
+    "errorfile",
+}
 
 
 def _is_http(section: Section) -> bool:
@@ -143,9 +500,16 @@ def _is_http(section: Section) -> bool:
         return mode == "http"
     # No mode anywhere: HAProxy proxies TCP; a section written for HTTP says so with its keywords.
     for line in section.all_lines:
-        if line.keyword in _HTTP_HINTS or line.words[:2] in (("option", "httplog"), ("option", "forwardfor")):
+        if line.keyword in _HTTP_HINTS or line.words[:2] in (
+            ("option", "httplog"),
+            ("option", "forwardfor"),
+        ):
             return True
-        if line.keyword == "acl" and len(line.args) > 1 and re.match(r"(req\.)?(hdr|path|url|method|cook|urlp)", line.args[1]):
+        if (
+            line.keyword == "acl"
+            and len(line.args) > 1
+            and re.match(r"(req\.)?(hdr|path|url|method|cook|urlp)", line.args[1])
+        ):
             return True
     return False
 
@@ -168,7 +532,9 @@ class HaproxyTranslator:
         self.stats_done = False
 
     # ---- helpers
-    def note(self, line: Line, why: str, *, traffic: bool = True, directive: str | None = None) -> None:
+    def note(
+        self, line: Line, why: str, *, traffic: bool = True, directive: str | None = None
+    ) -> None:
         self.report.add(line.where, directive or _directive(line), why, traffic=traffic)
 
     def _path(self, base: str, path: str) -> str:
@@ -192,20 +558,28 @@ class HaproxyTranslator:
                 elif section.kind != "backend":
                     self._not_http(section)
             elif section.kind not in {"global", "defaults"}:
-                self.report.add(section.where, section.kind,
-                                f"lbproxy has no {section.kind} section; its lines were not read",
-                                traffic=section.kind in {"http-errors", "cache", "program"})
+                self.report.add(
+                    section.where,
+                    section.kind,
+                    f"lbproxy has no {section.kind} section; its lines were not read",
+                    traffic=section.kind in {"http-errors", "cache", "program"},
+                )
         for section in http_proxies:
             if section.kind == "listen" and self._is_stats_only(section):
                 self._stats_listen(section)
         for section in http_proxies:
-            if section.kind in {"frontend", "listen"} and not (section.kind == "listen" and self._is_stats_only(section)):
+            if section.kind in {"frontend", "listen"} and not (
+                section.kind == "listen" and self._is_stats_only(section)
+            ):
                 self._frontend(section)
         for name, section in self.backends.items():
             if section.kind == "backend" and name not in self.used_backends:
-                self.report.add(section.where, f"backend {name}",
-                                "no frontend uses it, so it carries no traffic; it was left out",
-                                traffic=False)
+                self.report.add(
+                    section.where,
+                    f"backend {name}",
+                    "no frontend uses it, so it carries no traffic; it was left out",
+                    traffic=False,
+                )
         return self.out
 
     def _not_http(self, section: Section) -> None:
@@ -234,11 +608,33 @@ class HaproxyTranslator:
             elif kw == "ssl-default-bind-ciphersuites" and args:
                 self.globals.bind_ciphersuites = args[0]
             elif kw == "ssl-default-bind-options":
-                if "no-tlsv12" in args or "ssl-min-ver" in args and _after(args, "ssl-min-ver") == "TLSv1.3":
+                if "no-tlsv12" in args or (
+                    "ssl-min-ver" in args and _after(args, "ssl-min-ver") == "TLSv1.3"
+                ):
                     self.globals.bind_min_version = "1.3"
-                rest = [a for a in args if a not in {"no-sslv3", "no-tlsv10", "no-tlsv11", "no-tlsv12", "ssl-min-ver", "TLSv1.2", "TLSv1.3", "TLSv1.0", "TLSv1.1"}]
+                rest = [
+                    a
+                    for a in args
+                    if a
+                    not in {
+                        "no-sslv3",
+                        "no-tlsv10",
+                        "no-tlsv11",
+                        "no-tlsv12",
+                        "ssl-min-ver",
+                        "TLSv1.2",
+                        "TLSv1.3",
+                        "TLSv1.0",
+                        "TLSv1.1",
+                    }
+                ]
                 if rest:
-                    self.note(line, f"options {' '.join(rest)} have no lbproxy equivalent (TLS 1.2 is the minimum, tickets and ALPN http/1.1 are lbproxy's own)", traffic=False)
+                    self.note(
+                        line,
+                        f"options {' '.join(rest)} have no lbproxy equivalent (TLS 1.2 is the "
+                        f"minimum, tickets and ALPN http/1.1 are lbproxy's own)",
+                        traffic=False,
+                    )
             elif kw in {"user", "group"} and args:
                 g[kw] = args[0]
             elif kw == "pidfile" and args:
@@ -249,13 +645,34 @@ class HaproxyTranslator:
                 path = args[1]
                 if path.startswith("/") and "admin_socket" not in g:
                     g["admin_socket"] = path
-                    self.note(line, "lbproxy's admin socket speaks HAProxy's CLI line protocol for the commands listed in docs/operations.md; its mode is 0600", traffic=False)
+                    self.note(
+                        line,
+                        "lbproxy's admin socket speaks HAProxy's CLI line protocol for the "
+                        "commands listed in docs/operations.md; its mode is 0600",
+                        traffic=False,
+                    )
                 else:
-                    self.note(line, "only one admin socket, on a unix path, is carried", traffic=False)
+                    self.note(
+                        line, "only one admin socket, on a unix path, is carried", traffic=False
+                    )
             elif kw == "stats":
-                self.note(line, "stats timeouts and sockets other than the first have no equivalent", traffic=False)
-            elif kw in {"tune.ssl.default-dh-param"} or kw.startswith("tune.") or kw in GLOBAL_NOT_NEEDED or kw.startswith("ssl-default-server") or kw.startswith("ssl-"):
-                self.note(line, "a setting of HAProxy's process that lbproxy does not need or sets itself", traffic=False)
+                self.note(
+                    line,
+                    "stats timeouts and sockets other than the first have no equivalent",
+                    traffic=False,
+                )
+            elif (
+                kw in {"tune.ssl.default-dh-param"}
+                or kw.startswith("tune.")
+                or kw in GLOBAL_NOT_NEEDED
+                or kw.startswith("ssl-default-server")
+                or kw.startswith("ssl-")
+            ):
+                self.note(
+                    line,
+                    "a setting of HAProxy's process that lbproxy does not need or sets itself",
+                    traffic=False,
+                )
             elif kw == "lua-load":
                 self.note(line, "Lua scripts cannot be carried / rewrite what they do as rules")
             else:
@@ -277,7 +694,12 @@ class HaproxyTranslator:
         elif target.startswith("/"):
             entry = {"target": f"unix://{target}"}
         elif target.startswith("ring@") or target.startswith("fd@"):
-            self.note(line, "log rings and fd@ targets have no equivalent; lbproxy logs to stdout, files or syslog", traffic=False)
+            self.note(
+                line,
+                "log rings and fd@ targets have no equivalent; lbproxy logs to stdout, files or "
+                "syslog",
+                traffic=False,
+            )
             return
         else:
             host = target.removeprefix("udp@").removeprefix("ipv4@")
@@ -286,13 +708,22 @@ class HaproxyTranslator:
             entry["facility"] = facility
         self.out.global_.setdefault("log", []).append(entry)
         if len(rest) > 1:
-            self.note(line, f"log levels ({' '.join(rest[1:])}): lbproxy sends access lines and diagnostics at global.log_level", traffic=False)
+            self.note(
+                line,
+                f"log levels ({' '.join(rest[1:])}): lbproxy sends access lines and diagnostics at "
+                f"global.log_level",
+                traffic=False,
+            )
 
     # ---- stats
     def _is_stats_only(self, section: Section) -> bool:
         own = section.lines
-        has_stats = any(line.keyword == "stats" and line.args[:1] in (("enable",), ("uri",)) for line in own)
-        has_servers = any(line.keyword in {"server", "use_backend", "default_backend"} for line in own)
+        has_stats = any(
+            line.keyword == "stats" and line.args[:1] in (("enable",), ("uri",)) for line in own
+        )
+        has_servers = any(
+            line.keyword in {"server", "use_backend", "default_backend"} for line in own
+        )
         return has_stats and not has_servers
 
     def _stats_listen(self, section: Section) -> None:
@@ -300,23 +731,35 @@ class HaproxyTranslator:
         if section.args:
             binds = list(section.args[:1]) + binds
         if self.stats_done or not binds:
-            self.report.add(section.where, f"listen {section.name}",
-                            "lbproxy has one stats listener (global.stats); this one was left out", traffic=False)
+            self.report.add(
+                section.where,
+                f"listen {section.name}",
+                "lbproxy has one stats listener (global.stats); this one was left out",
+                traffic=False,
+            )
             return
         try:
             address = haproxy_address(binds[0].split(",")[0])
         except ValueError as error:
-            self.report.add(section.where, f"listen {section.name}", f"stats bind: {error}", traffic=False)
+            self.report.add(
+                section.where, f"listen {section.name}", f"stats bind: {error}", traffic=False
+            )
             return
         stats: dict[str, Any] = {"bind": address}
         for line in section.lines:
             if line.keyword == "stats" and line.args[:1] == ("uri",) and len(line.args) > 1:
                 stats["path"] = line.args[1]
             elif line.keyword == "stats" and line.args[:1] == ("auth",):
-                self.note(line, "the password must live in a file: set global.stats.auth {user, password_file}", traffic=False)
-            elif line.keyword == "stats" or line.keyword in {"bind", "mode"}:
-                continue
-            elif line.keyword in {"log", "option", "timeout", "maxconn"}:
+                self.note(
+                    line,
+                    "the password must live in a file: set global.stats.auth {user, password_file}",
+                    traffic=False,
+                )
+            elif (
+                line.keyword == "stats"
+                or line.keyword in {"bind", "mode"}
+                or line.keyword in {"log", "option", "timeout", "maxconn"}
+            ):
                 continue
             else:
                 self.note(line, "not carried on the stats listener", traffic=False)
@@ -326,12 +769,19 @@ class HaproxyTranslator:
     # ---- frontends
     def _frontend(self, section: Section) -> None:
         where = section.where
-        vs_label = label(section.name or f"{section.kind}{where.line}", self.vs_labels | set(self.pool_names.values()))
+        vs_label = label(
+            section.name or f"{section.kind}{where.line}",
+            self.vs_labels | set(self.pool_names.values()),
+        )
         self.vs_labels.add(vs_label)
         vs: dict[str, Any] = {"label": vs_label}
         binds = self._binds(section)
         if not binds:
-            self.report.add(where, f"{section.kind} {section.name}", "no bind line: nothing listens, so it was left out")
+            self.report.add(
+                where,
+                f"{section.kind} {section.name}",
+                "no bind line: nothing listens, so it was left out",
+            )
             return
         vs["bind"] = binds if len(binds) > 1 else binds[0]
         tls_flags = {isinstance(b, dict) and "tls" in b for b in binds}
@@ -355,7 +805,9 @@ class HaproxyTranslator:
         own_backend = Backend(section.name, where, {}) if is_listen else None
         lines = list(section.all_lines)
         # A backend's redirects and denies apply to every request when it is the only backend.
-        named_default = next((ln.args[0] for ln in lines if ln.keyword == "default_backend" and ln.args), None)
+        named_default = next(
+            (ln.args[0] for ln in lines if ln.keyword == "default_backend" and ln.args), None
+        )
         default_section = self.backends.get(named_default or "")
         if default_section is not None and not any(ln.keyword == "use_backend" for ln in lines):
             lines += [ln for ln in default_section.lines if _is_request_action(ln)]
@@ -382,7 +834,11 @@ class HaproxyTranslator:
                 if cond is None:
                     continue
                 if "%[" in target[0]:
-                    self.note(line, "a backend name built from the request cannot be carried / write one rule per backend")
+                    self.note(
+                        line,
+                        "a backend name built from the request cannot be carried / write one rule "
+                        "per backend",
+                    )
                     continue
                 pool = self._named_pool(target[0], line)
                 if pool is None or cond is NEVER:
@@ -400,10 +856,16 @@ class HaproxyTranslator:
                 if cond is None or cond is NEVER:
                     continue
                 if entry.get("scheme") == "https" and ctx.ssl is not False:
-                    self.note(line, "a scheme redirect that does not depend on ssl_fc alone would loop on TLS binds in lbproxy / use redirect_to_https")
+                    self.note(
+                        line,
+                        "a scheme redirect that does not depend on ssl_fc alone would loop on TLS "
+                        "binds in lbproxy / use redirect_to_https",
+                    )
                     continue
                 redirects.append(with_if(entry, cond))
-            elif kw == "block" or (kw == "http-request" and args[:1] in (("deny",), ("tarpit",), ("reject",))):
+            elif kw == "block" or (
+                kw == "http-request" and args[:1] in (("deny",), ("tarpit",), ("reject",))
+            ):
                 rwords = list(args[1:]) if kw == "http-request" else list(args)
                 head, cwords = split_condition(tuple(rwords))
                 cond = cond_of(line, cwords)
@@ -413,9 +875,18 @@ class HaproxyTranslator:
                 if "deny_status" in head:
                     status = int(_after(head, "deny_status") or 403)
                 if kw == "http-request" and args[0] != "deny":
-                    self.note(line, f"{args[0]} is answered at once with {status}, without HAProxy's delay or silent close", traffic=False)
+                    self.note(
+                        line,
+                        f"{args[0]} is answered at once with {status}, without HAProxy's delay or "
+                        f"silent close",
+                        traffic=False,
+                    )
                 for extra in [h for h in head if h not in {"deny_status", str(status)}]:
-                    self.note(line, f"deny option {extra} (a custom answer body) is not carried", traffic=False)
+                    self.note(
+                        line,
+                        f"deny option {extra} (a custom answer body) is not carried",
+                        traffic=False,
+                    )
                     break
                 guard = all_of([negate(a) for a in allows] + [cond])
                 denies.append(with_if({"status": status}, guard))
@@ -424,7 +895,22 @@ class HaproxyTranslator:
                 cond = cond_of(line, cwords)
                 if cond is not None:
                     allows.append(cond)
-            elif kw in {"http-request", "http-response", "reqadd", "rspadd", "reqdel", "reqidel", "rspdel", "rspidel", "reqrep", "reqirep", "rsprep", "rspirep", "reqdeny", "reqideny"}:
+            elif kw in {
+                "http-request",
+                "http-response",
+                "reqadd",
+                "rspadd",
+                "reqdel",
+                "reqidel",
+                "rspdel",
+                "rspidel",
+                "reqrep",
+                "reqirep",
+                "rsprep",
+                "rspirep",
+                "reqdeny",
+                "reqideny",
+            }:
                 self._header_rule(line, acls, ctx, req_headers, rsp_headers, denies)
             elif kw in {"errorfile"} and len(args) >= 2:
                 self._errorfile(line, error_pages)
@@ -436,35 +922,85 @@ class HaproxyTranslator:
                 forwardfor = None
             elif kw == "maxconn" and args and not is_listen:
                 limits["max_connections"] = int(args[0]) if args[0].isdigit() else None
-            elif is_listen and own_backend is not None and self._backend_line(line, own_backend, inherited):
+            elif (
+                is_listen
+                and own_backend is not None
+                and self._backend_line(line, own_backend, inherited)
+            ):
                 continue
-            elif kw in {"balance", "server", "cookie", "retries", "default-server", "stick-table", "stick", "http-check", "fullconn", "hash-type"}:
-                continue  # backend keywords, read with the backend (defaults give them to frontends too)
-            elif kw == "option" and args[:1] and args[0] in {"httpchk", "allbackups", "ssl-hello-chk", "tcp-check", "mysql-check", "pgsql-check", "redis-check", "smtpchk", "ldap-check", "persist", "originalto"} and not is_listen:
+            elif kw in {
+                "balance",
+                "server",
+                "cookie",
+                "retries",
+                "default-server",
+                "stick-table",
+                "stick",
+                "http-check",
+                "fullconn",
+                "hash-type",
+            }:
+                continue  # read with the backend (defaults give them to frontends too)
+            elif (
+                kw == "option"
+                and args[:1]
+                and args[0]
+                in {
+                    "httpchk",
+                    "allbackups",
+                    "ssl-hello-chk",
+                    "tcp-check",
+                    "mysql-check",
+                    "pgsql-check",
+                    "redis-check",
+                    "smtpchk",
+                    "ldap-check",
+                    "persist",
+                    "originalto",
+                }
+                and not is_listen
+            ):
                 continue
             else:
                 self._other(line, inherited)
+        backend: Backend | None
         if is_listen and own_backend is not None:
             backend = own_backend
             self._finish_pool(backend, section)
             self.used_backends.add(section.name)
             if default_backend is not None and default_line is not None:
-                self.note(default_line, "a listen section with servers uses them; default_backend was ignored", traffic=False)
+                self.note(
+                    default_line,
+                    "a listen section with servers uses them; default_backend was ignored",
+                    traffic=False,
+                )
         elif default_backend is not None and default_line is not None:
-            backend_or_none = self._backend(default_backend, default_line)
-            if backend_or_none is None:
-                backend = None
-            else:
-                backend = backend_or_none
+            backend = self._backend(default_backend, default_line)
         else:
             backend = None
         if backend is None or not backend.pool.get("real_servers"):
-            reason = "no default_backend" if default_backend is None else f"default backend {default_backend} has no server lbproxy can carry"
+            reason = (
+                "no default_backend"
+                if default_backend is None
+                else f"default backend {default_backend} has no server lbproxy can carry"
+            )
             vs.update(self._placeholder_pool())
             if rules or redirects or redirect_to_https or denies:
-                self.report.add(where, f"{section.kind} {section.name}", f"{reason}: requests that match no rule get 503 from a pool whose one server is in maintenance, as HAProxy answers them", traffic=False)
+                self.report.add(
+                    where,
+                    f"{section.kind} {section.name}",
+                    f"{reason}: requests that match no rule get 503 from a pool whose one server "
+                    f"is in maintenance, as HAProxy answers them",
+                    traffic=False,
+                )
             else:
-                self.report.add(where, f"{section.kind} {section.name}", f"{reason}: every request gets 503 from a pool whose one server is in maintenance", traffic=False)
+                self.report.add(
+                    where,
+                    f"{section.kind} {section.name}",
+                    f"{reason}: every request gets 503 from a pool whose one server is in "
+                    f"maintenance",
+                    traffic=False,
+                )
         else:
             vs.update(backend.pool)
             timeouts = {**timeouts, **backend.timeouts}
@@ -494,15 +1030,24 @@ class HaproxyTranslator:
             vs["limits"] = limits
         if rules:
             vs["rules"] = [entry for entry, _ in rules]
-        names = _referenced_names([vs.get(k) for k in ("rules", "redirects", "deny", "request_headers", "response_headers")])
+        names = _referenced_names(
+            [
+                vs.get(k)
+                for k in ("rules", "redirects", "deny", "request_headers", "response_headers")
+            ]
+        )
         if names:
             vs["acls"] = {name: acls.condition(name) for name in sorted(names)}
             vs = _move_first(vs, ["label", "bind"], "acls")
         comment = f"{where}: {section.kind} {section.name}"
-        if backend is not None and not is_listen and default_line is not None:
-            comment += f", default_backend {default_backend} ({self.backends[default_backend].where if default_backend in self.backends else default_line.where})"
+        if backend is not None and not is_listen and default_backend is not None:
+            comment += f", default_backend {default_backend} ({backend.where})"
         self.out.virtual_servers.append(
-            VirtualServerOut(vs, comment, rule_comments=[f"{line.where}: {_quoted(line.words)}" for _, line in rules])
+            VirtualServerOut(
+                vs,
+                comment,
+                rule_comments=[f"{line.where}: {_quoted(line.words)}" for _, line in rules],
+            )
         )
 
     def _plain_only_https(self, cwords: list[str], acls: AclTable, ctx: Context) -> bool:
@@ -541,11 +1086,23 @@ class HaproxyTranslator:
     def _forwardfor_options(self, line: Line) -> None:
         args = line.args[1:]
         if "header" in args:
-            self.note(line, f"the client address goes in X-Forwarded-For, not in {_after(args, 'header')}")
+            self.note(
+                line, f"the client address goes in X-Forwarded-For, not in {_after(args, 'header')}"
+            )
         if "except" in args:
-            self.note(line, f"lbproxy adds X-Forwarded-For for every peer (no `except {_after(args, 'except')}`) / use forwardfor: {{trusted: [...]}} to keep the header of trusted proxies", traffic=False)
+            self.note(
+                line,
+                f"X-Forwarded-For is added for every peer (not `except {_after(args, 'except')}`)"
+                " / use forwardfor: {trusted: [...]} to keep the header of trusted proxies",
+                traffic=False,
+            )
         if "if-none" in args:
-            self.note(line, "lbproxy appends the peer to an X-Forwarded-For the client sent (if-none kept it alone)", traffic=False)
+            self.note(
+                line,
+                "lbproxy appends the peer to an X-Forwarded-For the client sent (if-none kept it "
+                "alone)",
+                traffic=False,
+            )
 
     def _redirect(self, line: Line, words: list[str]) -> tuple[dict[str, Any] | None, list[str]]:
         head, cwords = split_condition(tuple(words))
@@ -577,7 +1134,11 @@ class HaproxyTranslator:
             self.note(line, "cannot read the status")
             return
         if not self.exists(path):
-            self.note(line, f"{path} cannot be read here / copy it next to the YAML and add error_pages: {{{code}: FILE}}")
+            self.note(
+                line,
+                f"{path} cannot be read here / copy it next to the YAML and add error_pages: "
+                f"{{{code}: FILE}}",
+            )
             return
         pages[int(code)] = path
 
@@ -589,13 +1150,29 @@ class HaproxyTranslator:
                 return
             name, value = args[0], args[1]
         else:
-            name, value = {"contimeout": "connect", "srvtimeout": "server", "clitimeout": "client"}[kw], args[0] if args else ""
+            name, value = (
+                {"contimeout": "connect", "srvtimeout": "server", "clitimeout": "client"}[kw],
+                args[0] if args else "",
+            )
         ms = haproxy_ms(value)
         if ms is None or ms == 0:
-            self.note(line, "a zero or unreadable timeout (HAProxy: none) cannot be carried; lbproxy's default applies", traffic=False)
+            self.note(
+                line,
+                "a zero or unreadable timeout (HAProxy: none) cannot be carried; lbproxy's default "
+                "applies",
+                traffic=False,
+            )
             return
-        key = {"connect": "connect", "server": "server", "client": "client", "http-keep-alive": "client_idle",
-               "http-request": "header", "tunnel": "tunnel", "queue": "queue", "check": "check"}.get(name)
+        key = {
+            "connect": "connect",
+            "server": "server",
+            "client": "client",
+            "http-keep-alive": "client_idle",
+            "http-request": "header",
+            "tunnel": "tunnel",
+            "queue": "queue",
+            "check": "check",
+        }.get(name)
         if key is None:
             self.note(line, f"timeout {name} has no lbproxy equivalent", traffic=False)
             return
@@ -618,22 +1195,69 @@ class HaproxyTranslator:
         if text in QUIET or line.keyword in {"log", "description"}:
             return
         kw = line.keyword
-        if kw in {"capture", "log-format", "unique-id-format", "declare", "id", "option", "compression",
-                  "http-reuse", "hash-type", "fullconn", "email-alert", "monitor-net", "bind-process",
-                  "stats", "log-tag", "backlog", "grace", "http-send-name-header", "load-server-state-from-file",
-                  "error-log-format"}:
+        if kw in {
+            "capture",
+            "log-format",
+            "unique-id-format",
+            "declare",
+            "id",
+            "option",
+            "compression",
+            "http-reuse",
+            "hash-type",
+            "fullconn",
+            "email-alert",
+            "monitor-net",
+            "bind-process",
+            "stats",
+            "log-tag",
+            "backlog",
+            "grace",
+            "http-send-name-header",
+            "load-server-state-from-file",
+            "error-log-format",
+        }:
             traffic = kw in {"option", "http-send-name-header"} and line.args[:1] not in (
-                ("httplog",), ("tcplog",), ("log-health-checks",), ("http-buffer-request",), ("prefer-last-server",),
-                ("checkcache",), ("dontlognull",), ("httpclose",), ("forceclose",), ("http-no-delay",),
-                ("allbackups",), ("accept-invalid-http-request",), ("accept-invalid-http-response",),
-                ("http-use-htx",), ("tcplog",), ("logasap",), ("disable-h2-upgrade",), ("h1-case-adjust-bogus-client",),
-                ("h1-case-adjust-bogus-server",), ("persist",), ("http-ignore-probes",), ("http-use-proxy-header",),
-                ("ssl-hello-chk",), ("tcp-check",), ("mysql-check",), ("pgsql-check",), ("redis-check",),
-                ("smtpchk",), ("ldap-check",), ("external-check",), ("spop-check",), ("httpchk",), ("idle-close-on-response",),
+                ("httplog",),
+                ("tcplog",),
+                ("log-health-checks",),
+                ("http-buffer-request",),
+                ("prefer-last-server",),
+                ("checkcache",),
+                ("dontlognull",),
+                ("httpclose",),
+                ("forceclose",),
+                ("http-no-delay",),
+                ("allbackups",),
+                ("accept-invalid-http-request",),
+                ("accept-invalid-http-response",),
+                ("http-use-htx",),
+                ("tcplog",),
+                ("logasap",),
+                ("disable-h2-upgrade",),
+                ("h1-case-adjust-bogus-client",),
+                ("h1-case-adjust-bogus-server",),
+                ("persist",),
+                ("http-ignore-probes",),
+                ("http-use-proxy-header",),
+                ("ssl-hello-chk",),
+                ("tcp-check",),
+                ("mysql-check",),
+                ("pgsql-check",),
+                ("redis-check",),
+                ("smtpchk",),
+                ("ldap-check",),
+                ("external-check",),
+                ("spop-check",),
+                ("httpchk",),
+                ("idle-close-on-response",),
             )
-            why = {"compression": "lbproxy passes responses as the servers send them / let the servers compress",
-                   "capture": "captures only shape HAProxy's log lines",
-                   "stats": "lbproxy serves statistics on global.stats, not inside a proxy"}.get(kw, "no lbproxy equivalent")
+            why = {
+                "compression": "lbproxy passes responses as the servers send them / let the "
+                "servers compress",
+                "capture": "captures only shape HAProxy's log lines",
+                "stats": "lbproxy serves statistics on global.stats, not inside a proxy",
+            }.get(kw, "no lbproxy equivalent")
             if kw == "option" and line.args[:1] == ("originalto",):
                 why, traffic = "X-Original-To is not added", True
             if kw == "unique-id-format":
@@ -641,16 +1265,49 @@ class HaproxyTranslator:
             self.note(line, why, traffic=traffic)
             return
         if kw == "monitor-uri":
-            self.note(line, "lbproxy does not answer a monitor URI itself / point the monitor at a real server's health page or at the stats listener")
+            self.note(
+                line,
+                "lbproxy does not answer a monitor URI itself / point the monitor at a real "
+                "server's health page or at the stats listener",
+            )
             return
         if kw in {"tcp-request", "tcp-response"}:
-            self.note(line, "TCP-level rules cannot be carried / use deny with a src condition for address filters")
+            self.note(
+                line,
+                "TCP-level rules cannot be carried / use deny with a src condition for address "
+                "filters",
+            )
             return
-        if kw in {"filter", "http-after-response", "rate-limit", "force-persist", "ignore-persist",
-                  "persist", "dispatch", "transparent", "source", "use-server", "server-template",
-                  "errorloc", "errorloc302", "errorloc303", "errorfiles", "http-error", "cache",
-                  "unique-id-header", "monitor", "redisp", "appsession", "external-check", "dynamic-cookie-key",
-                  "max-keep-alive-queue", "retry-on", "http-check", "use-fcgi-app", "cookie"}:
+        if kw in {
+            "filter",
+            "http-after-response",
+            "rate-limit",
+            "force-persist",
+            "ignore-persist",
+            "persist",
+            "dispatch",
+            "transparent",
+            "source",
+            "use-server",
+            "server-template",
+            "errorloc",
+            "errorloc302",
+            "errorloc303",
+            "errorfiles",
+            "http-error",
+            "cache",
+            "unique-id-header",
+            "monitor",
+            "redisp",
+            "appsession",
+            "external-check",
+            "dynamic-cookie-key",
+            "max-keep-alive-queue",
+            "retry-on",
+            "http-check",
+            "use-fcgi-app",
+            "cookie",
+        }:
             self.note(line, "no lbproxy equivalent")
             return
         if kw in {"balance", "server", "retries", "default-server", "stick-table", "stick"}:
@@ -659,10 +1316,17 @@ class HaproxyTranslator:
             self.note(line, "a backend's maxconn: set maxconn on its real servers", traffic=False)
             return
         if kw in {"redirect", "block", "use_backend", "default_backend", "bind", "monitor-uri"}:
-            self.note(line, f"{kw} inside a backend has no lbproxy equivalent / move it to the virtual server")
+            self.note(
+                line,
+                f"{kw} inside a backend has no lbproxy equivalent / move it to the virtual server",
+            )
             return
         if kw.startswith("."):
-            self.note(line, "conditional blocks (.if/.else/.endif) are not evaluated: the lines of every branch were read")
+            self.note(
+                line,
+                "conditional blocks (.if/.else/.endif) are not evaluated: the lines of every "
+                "branch were read",
+            )
             return
         self.note(line, "unknown to the importer")
 
@@ -673,13 +1337,26 @@ class HaproxyTranslator:
         backend = self._backend(backend_name, line)
         if backend is None or not backend.pool.get("real_servers"):
             if backend is not None:
-                self.note(line, f"backend {backend_name} has no server lbproxy can carry, so this rule was left out")
+                self.note(
+                    line,
+                    f"backend {backend_name} has no server lbproxy can carry, so this rule was "
+                    f"left out",
+                )
             return None
-        name = label(backend_name, self.vs_labels | set(self.pool_names.values()) | {v.data["label"] for v in self.out.virtual_servers})
+        name = label(
+            backend_name,
+            self.vs_labels
+            | set(self.pool_names.values())
+            | {v.data["label"] for v in self.out.virtual_servers},
+        )
         self.pool_names[backend_name] = name
         self.out.pools[name] = (backend.pool, f"{backend.where}: backend {backend_name}")
         for vs_line in backend.vs_lines:
-            self.note(vs_line, "a setting of a backend reached by use_backend: lbproxy keeps it per virtual server, where it now does not apply / set it on the virtual server")
+            self.note(
+                vs_line,
+                "a setting of a backend reached by use_backend: lbproxy keeps it per virtual "
+                "server, where it now does not apply / set it on the virtual server",
+            )
         return name
 
     def _backend(self, name: str, line: Line) -> Backend | None:
@@ -708,7 +1385,9 @@ class HaproxyTranslator:
                 continue
             if _is_request_action(ln):
                 if not inherited:
-                    backend.vs_lines.append(ln)  # carried by the frontend when it is the only backend
+                    backend.vs_lines.append(
+                        ln
+                    )  # carried by the frontend when it is the only backend
                 continue
             kw = ln.keyword
             if kw in {"acl", "mode"}:
@@ -718,21 +1397,55 @@ class HaproxyTranslator:
                 backend.vs_lines.append(ln) if not inherited else None
             elif kw == "option" and ln.args[:1] == ("forwardfor",):
                 backend.forwardfor = ln
-            elif kw in {"http-request", "http-response", "reqadd", "rspadd", "reqdel", "reqidel", "rspdel", "rspidel", "reqrep", "reqirep", "rsprep", "rspirep"}:
+            elif kw in {
+                "http-request",
+                "http-response",
+                "reqadd",
+                "rspadd",
+                "reqdel",
+                "reqidel",
+                "rspdel",
+                "rspidel",
+                "reqrep",
+                "reqirep",
+                "rsprep",
+                "rspirep",
+            }:
                 before = len(backend.request_headers) + len(backend.response_headers)
-                self._header_rule(ln, acls, tls_ctx, backend.request_headers, backend.response_headers, denies)
-                if len(backend.request_headers) + len(backend.response_headers) > before and not inherited:
+                self._header_rule(
+                    ln, acls, tls_ctx, backend.request_headers, backend.response_headers, denies
+                )
+                if (
+                    len(backend.request_headers) + len(backend.response_headers) > before
+                    and not inherited
+                ):
                     backend.vs_lines.append(ln)
             elif kw == "errorfile" and len(ln.args) >= 2:
                 self._errorfile(ln, backend.error_pages)
-            elif kw in {"use_backend", "default_backend", "bind", "redirect", "block", "monitor-uri", "maxconn"} and inherited:
+            elif (
+                kw
+                in {
+                    "use_backend",
+                    "default_backend",
+                    "bind",
+                    "redirect",
+                    "block",
+                    "monitor-uri",
+                    "maxconn",
+                }
+                and inherited
+            ):
                 continue
             else:
                 self._other(ln, inherited)
         if denies:
             for ln in section.lines:
                 if ln.keyword == "http-request":
-                    self.note(ln, "a deny inside a backend is not carried / move it to the frontend with the rule's condition")
+                    self.note(
+                        ln,
+                        "a deny inside a backend is not carried / move it to the frontend with the "
+                        "rule's condition",
+                    )
                     break
         self._finish_pool(backend, section)
         cache[name] = backend
@@ -744,9 +1457,18 @@ class HaproxyTranslator:
         pool = backend.pool
         if kw == "balance" and args:
             algo = args[0]
-            mapped = {"roundrobin": "roundrobin", "static-rr": "roundrobin", "leastconn": "leastconn", "source": "source"}.get(algo)
+            mapped = {
+                "roundrobin": "roundrobin",
+                "static-rr": "roundrobin",
+                "leastconn": "leastconn",
+                "source": "source",
+            }.get(algo)
             if mapped is None:
-                self.note(line, f"balance {algo}: lbproxy balances by roundrobin, leastconn or source / roundrobin was used")
+                self.note(
+                    line,
+                    f"balance {algo}: lbproxy balances by roundrobin, leastconn or source / "
+                    f"roundrobin was used",
+                )
                 mapped = "roundrobin"
             pool["balance"] = mapped
         elif kw == "server" and len(args) >= 2:
@@ -765,7 +1487,21 @@ class HaproxyTranslator:
             pool.setdefault("_http_check", []).append(line)
         elif kw == "option" and args[:1] == ("allbackups",):
             pool["_allbackups"] = True
-        elif kw == "option" and args[:1] and args[0] in {"ssl-hello-chk", "tcp-check", "mysql-check", "pgsql-check", "redis-check", "smtpchk", "ldap-check", "external-check"}:
+        elif (
+            kw == "option"
+            and args[:1]
+            and args[0]
+            in {
+                "ssl-hello-chk",
+                "tcp-check",
+                "mysql-check",
+                "pgsql-check",
+                "redis-check",
+                "smtpchk",
+                "ldap-check",
+                "external-check",
+            }
+        ):
             self.note(line, "checked with a TCP connect instead", traffic=False)
         elif kw == "stick-table":
             pool["_stick_table"] = line
@@ -817,7 +1553,11 @@ class HaproxyTranslator:
                 unchecked += 1
         if not real:
             if fallbacks:
-                self.report.add(backend.where, f"backend {backend.name}", "only backup servers: the first is used as the real server")
+                self.report.add(
+                    backend.where,
+                    f"backend {backend.name}",
+                    "only backup servers: the first is used as the real server",
+                )
                 first = fallbacks.pop(0)
                 real.append({"label": "backup", "address": first["address"]})
             else:
@@ -837,14 +1577,21 @@ class HaproxyTranslator:
                 pool["fallback_mode"] = "all"
         pool["real_servers"] = real
 
-    def _server(self, line: Line, defaults: list[str], cookies: bool) -> tuple[dict[str, Any], bool, bool, dict[str, Any]] | None:
+    def _server(
+        self, line: Line, defaults: list[str], cookies: bool
+    ) -> tuple[dict[str, Any], bool, bool, dict[str, Any]] | None:
         name, addr_text = line.args[0], line.args[1]
         try:
             address = haproxy_address(addr_text)
         except ValueError as error:
             if "no port" in str(error):
                 address = haproxy_address(addr_text, default_port=80)
-                self.note(line, "no port: HAProxy connects to the port the client used; lbproxy needs one, so 80 was written", traffic=True)
+                self.note(
+                    line,
+                    "no port: HAProxy connects to the port the client used; lbproxy needs one, so "
+                    "80 was written",
+                    traffic=True,
+                )
             else:
                 self.note(line, f"server {name}: {error}")
                 return None
@@ -896,7 +1643,12 @@ class HaproxyTranslator:
                 if self.exists(path):
                     tls["ca"] = path
                 else:
-                    self.note(line, f"ca-file {path} cannot be read here, so the server's certificate is not verified / add tls.ca", directive=f"server {name} ca-file")
+                    self.note(
+                        line,
+                        f"ca-file {path} cannot be read here, so the server's certificate is not "
+                        f"verified / add tls.ca",
+                        directive=f"server {name} ca-file",
+                    )
                     tls["_no_ca"] = True
             elif word == "sni":
                 sni = value
@@ -905,36 +1657,80 @@ class HaproxyTranslator:
                 elif sni.startswith("str(") and sni.endswith(")"):
                     tls["sni"] = sni[4:-1]
                 else:
-                    self.note(line, f"sni {sni} cannot be carried", traffic=True, directive=f"server {name} sni")
+                    self.note(
+                        line,
+                        f"sni {sni} cannot be carried",
+                        traffic=True,
+                        directive=f"server {name} sni",
+                    )
             elif word == "crt":
                 path = self._path(self.globals.crt_base, value)
                 if self.exists(path):
                     tls["certificate"] = path
                 else:
-                    self.note(line, f"client certificate {path} cannot be read here / add tls.certificate", directive=f"server {name} crt")
-            elif word in {"send-proxy", "send-proxy-v2", "send-proxy-v2-ssl", "send-proxy-v2-ssl-cn"}:
+                    self.note(
+                        line,
+                        f"client certificate {path} cannot be read here / add tls.certificate",
+                        directive=f"server {name} crt",
+                    )
+            elif word in {
+                "send-proxy",
+                "send-proxy-v2",
+                "send-proxy-v2-ssl",
+                "send-proxy-v2-ssl-cn",
+            }:
                 server["send_proxy"] = "v1" if word == "send-proxy" else "v2"
                 if word.startswith("send-proxy-v2-ssl"):
-                    self.note(line, "the SSL TLVs of PROXY v2 are not sent", traffic=False, directive=f"server {name} {word}")
+                    self.note(
+                        line,
+                        "the SSL TLVs of PROXY v2 are not sent",
+                        traffic=False,
+                        directive=f"server {name} {word}",
+                    )
             elif word in {"check-ssl", "no-ssl"} or word in _SERVER_NOT_TRAFFIC:
                 if line.args[2:].count(word) and word not in {"enabled", "no-backup"}:
-                    self.note(line, "not needed or not available in lbproxy", traffic=False, directive=f"server {name} {word}")
+                    self.note(
+                        line,
+                        "not needed or not available in lbproxy",
+                        traffic=False,
+                        directive=f"server {name} {word}",
+                    )
             elif word == "redir":
-                self.note(line, "redirecting clients to the server cannot be carried", directive=f"server {name} redir")
+                self.note(
+                    line,
+                    "redirecting clients to the server cannot be carried",
+                    directive=f"server {name} redir",
+                )
             elif word == "track":
-                self.note(line, "lbproxy checks each server itself", traffic=False, directive=f"server {name} track")
+                self.note(
+                    line,
+                    "lbproxy checks each server itself",
+                    traffic=False,
+                    directive=f"server {name} track",
+                )
             elif word in {"source", "usesrc", "socks4", "namespace"}:
                 self.note(line, "cannot be carried", directive=f"server {name} {word}")
             elif takes:
                 self.note(line, "not carried", traffic=False, directive=f"server {name} {word}")
             else:
                 if word in line.args[2:]:
-                    self.note(line, "unknown server option", traffic=False, directive=f"server {name} {word}")
+                    self.note(
+                        line,
+                        "unknown server option",
+                        traffic=False,
+                        directive=f"server {name} {word}",
+                    )
             i += 2 if takes else 1
         if tls:
             if tls.get("verify") == "required" and "ca" not in tls:
                 if not tls.pop("_no_ca", False) and "verify" not in params:
-                    self.note(line, "HAProxy verifies the server's certificate against ca-file; without one here, lbproxy does not verify / add tls.ca", traffic=False, directive=f"server {name} ssl")
+                    self.note(
+                        line,
+                        "HAProxy verifies the server's certificate against ca-file; without one "
+                        "here, lbproxy does not verify / add tls.ca",
+                        traffic=False,
+                        directive=f"server {name} ssl",
+                    )
                 tls["verify"] = "none"
             tls.pop("_no_ca", None)
             server["tls"] = tls
@@ -943,13 +1739,27 @@ class HaproxyTranslator:
             server["check_address"] = f"{host}:{check_port}" if check_port else host
         return server, backup, check, timing
 
-    def _persistence(self, cookie_line: Line | None, stick_table: Line | None, sticks: list[Line]) -> dict[str, Any] | None:
+    def _persistence(
+        self, cookie_line: Line | None, stick_table: Line | None, sticks: list[Line]
+    ) -> dict[str, Any] | None:
         if cookie_line is not None:
             args = list(cookie_line.args)
             result: dict[str, Any] = {"cookie": args[0]}
-            mode = "insert" if "insert" in args else "rewrite" if "rewrite" in args else "prefix" if "prefix" in args else "rewrite"
+            mode = (
+                "insert"
+                if "insert" in args
+                else "rewrite"
+                if "rewrite" in args
+                else "prefix"
+                if "prefix" in args
+                else "rewrite"
+            )
             if mode != "insert":
-                self.note(cookie_line, f"cookie {mode}: lbproxy inserts its own cookie {args[0]} instead of editing the application's")
+                self.note(
+                    cookie_line,
+                    f"cookie {mode}: lbproxy inserts its own cookie {args[0]} instead of editing "
+                    f"the application's",
+                )
             if "httponly" in args:
                 result["httponly"] = True
             if "secure" in args:
@@ -963,17 +1773,32 @@ class HaproxyTranslator:
                     if attr.lower().startswith("samesite="):
                         result["samesite"] = attr.split("=", 1)[1].capitalize()
                     else:
-                        self.note(cookie_line, f"cookie attribute {attr} is not sent", traffic=False)
+                        self.note(
+                            cookie_line, f"cookie attribute {attr} is not sent", traffic=False
+                        )
             for word in ("maxidle", "maxlife", "postonly", "preserve", "dynamic"):
                 if word in args:
-                    self.note(cookie_line, f"cookie {word}: the cookie lasts for the browser session and is set on every method", traffic=False)
+                    self.note(
+                        cookie_line,
+                        f"cookie {word}: the cookie lasts for the browser session and is set on "
+                        f"every method",
+                        traffic=False,
+                    )
             if "indirect" not in args and mode == "insert":
-                self.note(cookie_line, "without indirect, HAProxy passes its cookie on to the server; lbproxy always removes it", traffic=False)
+                self.note(
+                    cookie_line,
+                    "without indirect, HAProxy passes its cookie on to the server; lbproxy always "
+                    "removes it",
+                    traffic=False,
+                )
             if result.get("samesite") == "None" and "secure" not in result:
                 result["secure"] = True
             return result
         if sticks:
-            if stick_table is None or not any(s.args[:2] in (("on", "src"), ("match", "src"), ("store-request", "src")) for s in sticks):
+            if stick_table is None or not any(
+                s.args[:2] in (("on", "src"), ("match", "src"), ("store-request", "src"))
+                for s in sticks
+            ):
                 for s in sticks:
                     self.note(s, "only stick on src (source-address persistence) can be carried")
                 return None
@@ -997,14 +1822,32 @@ class HaproxyTranslator:
             return {"source": source}
         return None
 
-    def _health_check(self, checked: list[dict[str, Any]], unchecked: int, httpchk: Line | None, http_checks: list[Line], servers: list[Line]) -> dict[str, Any] | None:
+    def _health_check(
+        self,
+        checked: list[dict[str, Any]],
+        unchecked: int,
+        httpchk: Line | None,
+        http_checks: list[Line],
+        servers: list[Line],
+    ) -> dict[str, Any] | None:
         if not checked:
             return {"enabled": False}
         hc: dict[str, Any] = dict(checked[0])
         if any(t != checked[0] for t in checked[1:]) and servers:
-            self.note(servers[0], "servers check at different intervals; lbproxy uses the first server's for the whole pool", traffic=False, directive="server inter/rise/fall")
+            self.note(
+                servers[0],
+                "servers check at different intervals; lbproxy uses the first server's for the "
+                "whole pool",
+                traffic=False,
+                directive="server inter/rise/fall",
+            )
         if unchecked and servers:
-            self.note(servers[0], "some servers have no `check`; lbproxy checks every server of a pool", traffic=False, directive="server check")
+            self.note(
+                servers[0],
+                "some servers have no `check`; lbproxy checks every server of a pool",
+                traffic=False,
+                directive="server check",
+            )
         if httpchk is not None:
             http: dict[str, Any] = {}
             args = list(httpchk.args[1:])
@@ -1019,16 +1862,26 @@ class HaproxyTranslator:
                     if host:
                         http["host"] = host.group(1).strip()
                     elif "\n" in extra:
-                        self.note(httpchk, "check request headers other than Host are not sent", traffic=False)
+                        self.note(
+                            httpchk,
+                            "check request headers other than Host are not sent",
+                            traffic=False,
+                        )
             for line in http_checks:
                 self._http_check(line, http)
             if http.get("path", "/").startswith("/") is False:
-                self.note(httpchk, f"check URI {http['path']} must start with /; / was used", traffic=False)
+                self.note(
+                    httpchk,
+                    f"check URI {http['path']} must start with /; / was used",
+                    traffic=False,
+                )
                 http["path"] = "/"
             hc["http"] = http
         elif http_checks:
             for line in http_checks:
-                self.note(line, "http-check without option httpchk does nothing in HAProxy", traffic=False)
+                self.note(
+                    line, "http-check without option httpchk does nothing in HAProxy", traffic=False
+                )
         return hc
 
     def _http_check(self, line: Line, http: dict[str, Any]) -> None:
@@ -1058,7 +1911,13 @@ class HaproxyTranslator:
                 http["expect"] = expect[0] if len(expect) == 1 else expect
             elif rest[:1] == ["rstatus"] and len(rest) > 1:
                 pattern = rest[1]
-                ranges = {"^2": "200-299", "^[23]": "200-399", "^[2-3]": "200-399", "^(2|3)": "200-399", "^3": "300-399"}
+                ranges = {
+                    "^2": "200-299",
+                    "^[23]": "200-399",
+                    "^[2-3]": "200-399",
+                    "^(2|3)": "200-399",
+                    "^3": "300-399",
+                }
                 if pattern in ranges:
                     http["expect"] = ranges[pattern]
                 else:
@@ -1068,14 +1927,26 @@ class HaproxyTranslator:
             else:
                 self.note(line, "this expectation cannot be carried")
         elif args[:1] in (["disable-on-404"],):
-            self.note(line, "a 404 marks the server down in lbproxy too only if 404 is not expected", traffic=False)
+            self.note(
+                line,
+                "a 404 marks the server down in lbproxy too only if 404 is not expected",
+                traffic=False,
+            )
         elif args[:1] in (["connect"], ["comment"]):
             return
         else:
             self.note(line, "this check step cannot be carried", traffic=False)
 
     # ---- header rules
-    def _header_rule(self, line: Line, acls: AclTable, ctx: Context, req: list[dict[str, Any]], rsp: list[dict[str, Any]], denies: list[dict[str, Any]]) -> None:
+    def _header_rule(
+        self,
+        line: Line,
+        acls: AclTable,
+        ctx: Context,
+        req: list[dict[str, Any]],
+        rsp: list[dict[str, Any]],
+        denies: list[dict[str, Any]],
+    ) -> None:
         kw = line.keyword
         if kw in {"http-request", "http-response"}:
             action = line.args[0] if line.args else ""
@@ -1095,17 +1966,28 @@ class HaproxyTranslator:
         entry: dict[str, Any] | None = None
         if action in {"set-header", "add-header"} and len(head) >= 2:
             name, value = head[0], " ".join(head[1:])
-            entry = self._header_value_entry(line, "set" if action == "set-header" else "add", name, value)
+            entry = self._header_value_entry(
+                line, "set" if action == "set-header" else "add", name, value
+            )
         elif action in {"del-header"} and head:
             if len(head) > 1:
-                self.note(line, "del-header with a match method: the whole header is deleted", traffic=False)
+                self.note(
+                    line,
+                    "del-header with a match method: the whole header is deleted",
+                    traffic=False,
+                )
             entry = self._delete_entry(line, head[0])
         elif action in {"replace-header", "replace-value"} and len(head) >= 3:
             if self._framing(line, head[0]):
                 return
             entry = {"replace": {"name": head[0], "match": head[1], "with": head[2]}}
             if action == "replace-value":
-                self.note(line, "replace-value works on each comma-separated value; lbproxy replaces in the whole header value", traffic=False)
+                self.note(
+                    line,
+                    "replace-value works on each comma-separated value; lbproxy replaces in the "
+                    "whole header value",
+                    traffic=False,
+                )
         elif action in {"reqadd", "rspadd"} and head:
             name, sep, value = head[0].partition(":")
             if not sep:
@@ -1115,14 +1997,22 @@ class HaproxyTranslator:
         elif action in {"reqdel", "reqidel", "rspdel", "rspidel"} and head:
             parsed = _header_line_regex(head[0])
             if parsed is None or parsed[1] not in {"", ".*", ".*$"}:
-                self.note(line, "only regexes that name one whole header (^Name:.*) can be carried / use a delete rule")
+                self.note(
+                    line,
+                    "only regexes that name one whole header (^Name:.*) can be carried / use a "
+                    "delete rule",
+                )
                 return
             entry = self._delete_entry(line, parsed[0])
         elif action in {"reqrep", "reqirep", "rsprep", "rspirep"} and len(head) >= 2:
             parsed = _header_line_regex(head[0])
             repl = re.match(r"\^?([A-Za-z0-9-]+):\s*(.*)$", head[1], re.DOTALL)
             if parsed is None or repl is None or repl.group(1).lower() != parsed[0].lower():
-                self.note(line, "only rewrites of one header's value (^Name:\\ regex -> Name:\\ text) can be carried; request-line rewrites cannot")
+                self.note(
+                    line,
+                    "only rewrites of one header's value (^Name:\\ regex -> Name:\\ text) can be "
+                    "carried; request-line rewrites cannot",
+                )
                 return
             if self._framing(line, parsed[0]):
                 return
@@ -1136,24 +2026,41 @@ class HaproxyTranslator:
                 self.note(line, "only regexes on one header can be carried")
                 return
             regex = ("(?i)" if action == "reqideny" else "") + (parsed[1] or ".*")
-            denies.append(with_if({"status": 403}, all_of([{"header": {"name": parsed[0], "regex": regex}}, cond])))
+            denies.append(
+                with_if(
+                    {"status": 403}, all_of([{"header": {"name": parsed[0], "regex": regex}}, cond])
+                )
+            )
             return
         elif action in {"set-header", "add-header", "del-header", "replace-header"}:
             self.note(line, "cannot read this rule")
             return
         else:
-            why = {"set-path": "the path cannot be rewritten", "set-uri": "the URI cannot be rewritten",
-                   "replace-path": "the path cannot be rewritten", "replace-uri": "the URI cannot be rewritten",
-                   "set-query": "the query cannot be rewritten", "auth": "lbproxy does not ask for HTTP authentication",
-                   "set-var": "variables cannot be carried", "capture": "captures only shape logs",
-                   "set-log-level": "log levels per request cannot be carried", "return": "answers written in the configuration cannot be carried",
-                   "cache-use": "lbproxy does not cache", "cache-store": "lbproxy does not cache",
-                   "set-status": "the status cannot be rewritten", "lua": "Lua cannot be carried",
-                   "track-sc0": "stick counters cannot be carried", "track-sc1": "stick counters cannot be carried",
-                   "track-sc2": "stick counters cannot be carried", "set-src": "the client address cannot be replaced",
-                   "add-acl": "runtime ACL changes cannot be carried", "del-acl": "runtime ACL changes cannot be carried",
-                   "set-map": "maps cannot be carried", "del-map": "maps cannot be carried",
-                   "allow": "allow (stop evaluating further rules) has no lbproxy equivalent"}.get(action.split("(")[0], "no lbproxy equivalent")
+            why = {
+                "set-path": "the path cannot be rewritten",
+                "set-uri": "the URI cannot be rewritten",
+                "replace-path": "the path cannot be rewritten",
+                "replace-uri": "the URI cannot be rewritten",
+                "set-query": "the query cannot be rewritten",
+                "auth": "lbproxy does not ask for HTTP authentication",
+                "set-var": "variables cannot be carried",
+                "capture": "captures only shape logs",
+                "set-log-level": "log levels per request cannot be carried",
+                "return": "answers written in the configuration cannot be carried",
+                "cache-use": "lbproxy does not cache",
+                "cache-store": "lbproxy does not cache",
+                "set-status": "the status cannot be rewritten",
+                "lua": "Lua cannot be carried",
+                "track-sc0": "stick counters cannot be carried",
+                "track-sc1": "stick counters cannot be carried",
+                "track-sc2": "stick counters cannot be carried",
+                "set-src": "the client address cannot be replaced",
+                "add-acl": "runtime ACL changes cannot be carried",
+                "del-acl": "runtime ACL changes cannot be carried",
+                "set-map": "maps cannot be carried",
+                "del-map": "maps cannot be carried",
+                "allow": "allow (stop evaluating further rules) has no lbproxy equivalent",
+            }.get(action.split("(")[0], "no lbproxy equivalent")
             traffic = action not in {"capture", "set-log-level"}
             self.note(line, why, traffic=traffic)
             return
@@ -1163,11 +2070,17 @@ class HaproxyTranslator:
     def _framing(self, line: Line, name: str) -> bool:
         lower = name.lower()
         if lower in HEADER_FORBIDDEN:
-            self.note(line, f"lbproxy refuses header rules on {name}, which carries the message's framing or routing")
+            self.note(
+                line,
+                f"lbproxy refuses header rules on {name}, which carries the message's framing or "
+                f"routing",
+            )
             return True
         return False
 
-    def _header_value_entry(self, line: Line, verb: str, name: str, value: str) -> dict[str, Any] | None:
+    def _header_value_entry(
+        self, line: Line, verb: str, name: str, value: str
+    ) -> dict[str, Any] | None:
         lower = name.lower()
         if lower in LBPROXY_SETS:
             self.note(line, f"lbproxy sets {name} itself on every request", traffic=False)
@@ -1179,7 +2092,11 @@ class HaproxyTranslator:
             return None
         for fetch in _FETCH_IN_FORMAT_RE.findall(value):
             if fetch not in SAMPLE_FETCHES:
-                self.note(line, f"%[{fetch}] is not one of lbproxy's values (src, src_port, dst, dst_port, ssl_fc, srv_name, host, method, path, query, url)")
+                self.note(
+                    line,
+                    f"%[{fetch}] is not one of lbproxy's values (src, src_port, dst, dst_port, "
+                    f"ssl_fc, srv_name, host, method, path, query, url)",
+                )
                 return None
         stripped = _FETCH_IN_FORMAT_RE.sub("", value).replace("%%", "")
         if "%" in stripped:
@@ -1200,7 +2117,13 @@ class HaproxyTranslator:
         result: list[Any] = []
         specs: list[tuple[Line, list[str], list[str]]] = []
         if section.args:
-            specs.append((Line(section.where, ("listen", section.name, *section.args)), section.args[0].split(","), list(section.args[1:])))
+            specs.append(
+                (
+                    Line(section.where, ("listen", section.name, *section.args)),
+                    section.args[0].split(","),
+                    list(section.args[1:]),
+                )
+            )
         for line in section.lines:
             if line.keyword == "bind" and line.args:
                 specs.append((line, line.args[0].split(","), list(line.args[1:])))
@@ -1214,7 +2137,9 @@ class HaproxyTranslator:
                     continue
                 if address.startswith("[::]:") and "v6only" not in params:
                     pass
-                result.append({"address": address, **tls} if tls or "accept_proxy" in tls else address)
+                result.append(
+                    {"address": address, **tls} if tls or "accept_proxy" in tls else address
+                )
         return result
 
     def _bind_tls(self, line: Line, params: list[str]) -> dict[str, Any]:
@@ -1235,9 +2160,18 @@ class HaproxyTranslator:
                 if self.exists(path):
                     certs.append(path)
                 else:
-                    self.note(line, f"certificate {path} cannot be read here, so this bind serves lbproxy's self-signed certificate / copy it and set tls.certificate", directive="bind crt")
+                    self.note(
+                        line,
+                        f"certificate {path} cannot be read here, so this bind serves lbproxy's "
+                        f"self-signed certificate / copy it and set tls.certificate",
+                        directive="bind crt",
+                    )
             elif word == "crt-list":
-                self.note(line, "crt-list cannot be carried / list the certificates in tls.certificate", directive="bind crt-list")
+                self.note(
+                    line,
+                    "crt-list cannot be carried / list the certificates in tls.certificate",
+                    directive="bind crt-list",
+                )
             elif word == "ssl-min-ver":
                 tls["min_version"] = "1.3" if value == "TLSv1.3" else "1.2"
             elif word == "no-tlsv12":
@@ -1251,18 +2185,33 @@ class HaproxyTranslator:
                 if self.exists(path):
                     tls["client_ca"] = path
                 else:
-                    self.note(line, f"client CA {path} cannot be read here, so client certificates are not asked for", directive="bind ca-file")
+                    self.note(
+                        line,
+                        f"client CA {path} cannot be read here, so client certificates are not "
+                        f"asked for",
+                        directive="bind ca-file",
+                    )
             elif word == "verify" and value in {"optional", "required"}:
                 tls["verify"] = value
             elif word == "strict-sni":
                 tls["strict_sni"] = True
             elif word == "alpn" and "h2" in value.split(","):
-                self.note(line, "lbproxy speaks HTTP/1.1: clients fall back from h2", traffic=False, directive="bind alpn h2")
+                self.note(
+                    line,
+                    "lbproxy speaks HTTP/1.1: clients fall back from h2",
+                    traffic=False,
+                    directive="bind alpn h2",
+                )
             elif word in {"ssl", "accept-proxy", "verify"}:
                 pass
             elif word in _BIND_NOT_TRAFFIC:
                 if word not in {"alpn", "no-sslv3", "no-tlsv10", "no-tlsv11"}:
-                    self.note(line, "not needed or not available in lbproxy", traffic=False, directive=f"bind {word}")
+                    self.note(
+                        line,
+                        "not needed or not available in lbproxy",
+                        traffic=False,
+                        directive=f"bind {word}",
+                    )
             elif word.startswith("quic") or word.startswith("no-"):
                 self.note(line, "not carried", traffic=False, directive=f"bind {word}")
             else:
@@ -1282,14 +2231,38 @@ class HaproxyTranslator:
         return out
 
 
-_FACILITIES = {"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-               "auth2", "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2",
-               "local3", "local4", "local5", "local6", "local7"}
+_FACILITIES = {
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "auth2",
+    "ftp",
+    "ntp",
+    "audit",
+    "alert",
+    "cron2",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+}
 
 
 def _is_request_action(line: Line) -> bool:
     return line.keyword in {"redirect", "block"} or (
-        line.keyword == "http-request" and line.args[:1] in (("redirect",), ("deny",), ("tarpit",), ("allow",))
+        line.keyword == "http-request"
+        and line.args[:1] in (("redirect",), ("deny",), ("tarpit",), ("allow",))
     )
 
 
@@ -1309,7 +2282,21 @@ def _size(text: str) -> int | None:
 
 def _directive(line: Line) -> str:
     words = line.words
-    if words[0] in {"option", "no", "timeout", "http-request", "http-response", "stats", "http-check", "tcp-request", "stick"} and len(words) > 1:
+    if (
+        words[0]
+        in {
+            "option",
+            "no",
+            "timeout",
+            "http-request",
+            "http-response",
+            "stats",
+            "http-check",
+            "tcp-request",
+            "stick",
+        }
+        and len(words) > 1
+    ):
         return f"{words[0]} {words[1]}"
     if words[0] in {"server", "acl", "use_backend", "errorfile"} and len(words) > 1:
         return f"{words[0]} {words[1]}"
@@ -1333,9 +2320,7 @@ def _referenced_names(values: list[Any]) -> set[str]:
                 found.add(value.lstrip("!"))
         elif isinstance(value, dict):
             for key, item in value.items():
-                if key == "if":
-                    walk(item, True)
-                elif in_cond and key in {"and", "or", "not"}:
+                if key == "if" or (in_cond and key in {"and", "or", "not"}):
                     walk(item, True)
                 elif not in_cond:
                     walk(item, False)

@@ -124,7 +124,11 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
     kept: list[VirtualServerOut] = []
     for listener in pound.virtual_servers:
         targets = listener.forwards_to or []
-        matches = [vs for vs in haproxy.virtual_servers if targets and all(_listens_on(vs.data["bind"], t) for t in targets)]
+        matches = [
+            vs
+            for vs in haproxy.virtual_servers
+            if targets and all(_listens_on(vs.data["bind"], t) for t in targets)
+        ]
         if not matches:
             kept.append(listener)
             continue
@@ -135,9 +139,7 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
         vs.comment += f"\n+ {listener.comment}: forwarded to this virtual server; now a bind of it"
         for key in ("request_headers", "error_pages", "limits", "deny"):
             if key in listener.data:
-                if key == "error_pages":
-                    vs.data.setdefault(key, {}).update(listener.data[key])
-                elif key == "limits":
+                if key == "error_pages" or key == "limits":
                     vs.data.setdefault(key, {}).update(listener.data[key])
                 else:
                     vs.data.setdefault(key, []).extend(listener.data[key])
@@ -147,18 +149,44 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
             if level < 4:
                 where, _, _ = listener.comment.partition(": ")
                 file, _, line = where.rpartition(":")
-                report.add(Where(file, int(line) if line.isdigit() else 0), "xHTTP",
-                           f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies that to the plain binds too, where HAProxy allowed every method / raise xhttp or list methods",
-                           traffic=True)
+                report.add(
+                    Where(file, int(line) if line.isdigit() else 0),
+                    "xHTTP",
+                    f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies "
+                    f"that to the plain binds too, where HAProxy allowed every method / raise "
+                    f"xhttp or list methods",
+                    traffic=True,
+                )
         if "rewrite_location" in listener.data and listener.data["rewrite_location"] is False:
             vs.data["rewrite_location"] = False
     pound.virtual_servers = kept
 
 
-_VS_ORDER = ("label", "bind", "acls", "forwardfor", "timeouts", "limits", "methods", "xhttp", "redirect_to_https",
-             "redirects", "deny", "request_headers", "response_headers", "error_pages", "rewrite_location",
-             "balance", "persistence", "health_check", "retries", "fallback", "fallback_mode", "real_servers",
-             "rules")
+_VS_ORDER = (
+    "label",
+    "bind",
+    "acls",
+    "forwardfor",
+    "timeouts",
+    "limits",
+    "methods",
+    "xhttp",
+    "redirect_to_https",
+    "redirects",
+    "deny",
+    "request_headers",
+    "response_headers",
+    "error_pages",
+    "rewrite_location",
+    "balance",
+    "persistence",
+    "health_check",
+    "retries",
+    "fallback",
+    "fallback_mode",
+    "real_servers",
+    "rules",
+)
 
 
 def _ordered(data: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +202,9 @@ def assemble(translations: list[Translation], report: Report) -> dict[str, Any]:
     for t in translations:
         for key, value in t.global_.items():
             if key == "log":
-                global_.setdefault("log", []).extend(v for v in value if v not in global_.get("log", []))
+                global_.setdefault("log", []).extend(
+                    v for v in value if v not in global_.get("log", [])
+                )
             else:
                 global_.setdefault(key, value)
     if "group" in global_ and "user" not in global_:
@@ -186,7 +216,10 @@ def assemble(translations: list[Translation], report: Report) -> dict[str, Any]:
         for vs in t.virtual_servers:
             data = _ordered(vs.data)
             if "rules" in data and vs.rule_comments:
-                data["rules"] = [Commented(rule, comment) for rule, comment in zip(data["rules"], vs.rule_comments, strict=False)]
+                data["rules"] = [
+                    Commented(rule, comment)
+                    for rule, comment in zip(data["rules"], vs.rule_comments, strict=False)
+                ]
             servers.append(Commented(data, vs.comment))
     document["virtual_servers"] = servers
     pools: dict[str, Any] = {}

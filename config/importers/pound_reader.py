@@ -15,8 +15,21 @@ from dataclasses import dataclass, field
 from .report import Report, Where
 
 MAX_INCLUDE_DEPTH = 16  # Pound itself allows deep nesting; a loop must still end
-BLOCKS = frozenset({"listenhttp", "listenhttps", "service", "backend", "emergency", "session",
-                    "match", "rewrite", "resolver", "combineheaders", "else"})
+BLOCKS = frozenset(
+    {
+        "listenhttp",
+        "listenhttps",
+        "service",
+        "backend",
+        "emergency",
+        "session",
+        "match",
+        "rewrite",
+        "resolver",
+        "combineheaders",
+        "else",
+    }
+)
 # Keywords that open a block only without arguments (with one, they name something).
 BLOCK_WITHOUT_ARGS = frozenset({"acl", "trustedip"})
 
@@ -75,14 +88,16 @@ def split_words(raw: str) -> list[str]:
             i += 1
         else:
             j = i
-            while j < n and raw[j] not in " \t\r#\"":
+            while j < n and raw[j] not in ' \t\r#"':
                 j += 1
             words.append(raw[i:j])
             i = j
     return words
 
 
-def _lines(path: str, read_text: ReadText, report: Report, depth: int, include_dir: list[str]) -> list[tuple[Where, list[str]]]:
+def _lines(
+    path: str, read_text: ReadText, report: Report, depth: int, include_dir: list[str]
+) -> list[tuple[Where, list[str]]]:
     text = read_text(path)
     out: list[tuple[Where, list[str]]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -100,13 +115,20 @@ def _lines(path: str, read_text: ReadText, report: Report, depth: int, include_d
                 base = include_dir[0] if include_dir else os.path.dirname(path)
                 target = os.path.join(base, target)
             if depth >= MAX_INCLUDE_DEPTH:
-                report.add(where, "Include", f"more than {MAX_INCLUDE_DEPTH} nested includes: a loop?")
+                report.add(
+                    where, "Include", f"more than {MAX_INCLUDE_DEPTH} nested includes: a loop?"
+                )
                 continue
             try:
                 out += _lines(target, read_text, report, depth + 1, include_dir)
             except (OSError, UnicodeDecodeError) as error:
                 # Pound would refuse to start; the rest of the file is still worth importing.
-                report.add(where, f"Include {target}", f"{_cause(error)}: its directives were not read / import on the machine that has it")
+                report.add(
+                    where,
+                    f"Include {target}",
+                    f"{_cause(error)}: its directives were not read / import on the machine that "
+                    f"has it",
+                )
             continue
         out.append((where, words))
     return out
@@ -146,5 +168,10 @@ def read(path: str, read_text: ReadText, report: Report) -> PoundConfig:
             directive.children = []
             stack.append(directive)
     if len(stack) > 1:
-        report.add(stack[-1].where, stack[-1].name, "block without End (Pound refuses the file); read to the end of the file", traffic=False)
+        report.add(
+            stack[-1].where,
+            stack[-1].name,
+            "block without End (Pound refuses the file); read to the end of the file",
+            traffic=False,
+        )
     return PoundConfig(root.children or [])

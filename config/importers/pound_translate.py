@@ -24,13 +24,43 @@ Exists = Callable[[str], bool]
 XHTTP_DEFAULT = 0  # Pound accepts only GET, POST and HEAD unless told otherwise
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 DEFAULT_ALIVE = 30  # seconds; Pound's Alive default
-_GLOBAL_NOT_NEEDED = {"daemon", "rootjail", "threads", "logfacility", "loglevel", "dhparams",
-                      "ecdhcurve", "sslengine", "control", "anonymise", "anonymize", "supervisor",
-                      "workerminthreads", "workermaxthreads", "workeridletimeout", "threadmodel",
-                      "balancer", "regextype", "watcherttl", "logformat", "linebuffersize",
-                      "pidfile", "includedir", "backendstats", "logtag", "ignorecase", "resolver",
-                      "combineheaders", "forwardedheader", "sslmodeasync", "sslallowclientrenegotiation",
-                      "sslhonorcipherorder", "nohttps11", "headeroption", "constant"}
+_GLOBAL_NOT_NEEDED = {
+    "daemon",
+    "rootjail",
+    "threads",
+    "logfacility",
+    "loglevel",
+    "dhparams",
+    "ecdhcurve",
+    "sslengine",
+    "control",
+    "anonymise",
+    "anonymize",
+    "supervisor",
+    "workerminthreads",
+    "workermaxthreads",
+    "workeridletimeout",
+    "threadmodel",
+    "balancer",
+    "regextype",
+    "watcherttl",
+    "logformat",
+    "linebuffersize",
+    "pidfile",
+    "includedir",
+    "backendstats",
+    "logtag",
+    "ignorecase",
+    "resolver",
+    "combineheaders",
+    "forwardedheader",
+    "sslmodeasync",
+    "sslallowclientrenegotiation",
+    "sslhonorcipherorder",
+    "nohttps11",
+    "headeroption",
+    "constant",
+}
 
 
 def _seconds(text: str | None) -> float | None:
@@ -39,7 +69,10 @@ def _seconds(text: str | None) -> float | None:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", text.strip())
     if match is None:
         return None
-    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return (
+        float(match.group(1))
+        * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    )
 
 
 def _dur(seconds: float) -> str:
@@ -47,8 +80,14 @@ def _dur(seconds: float) -> str:
 
 
 class PoundTranslator:
-    def __init__(self, config: PoundConfig, report: Report, exists: Exists,
-                 vs_labels: set[str], pool_names: set[str]) -> None:
+    def __init__(
+        self,
+        config: PoundConfig,
+        report: Report,
+        exists: Exists,
+        vs_labels: set[str],
+        pool_names: set[str],
+    ) -> None:
         self.config = config
         self.report = report
         self.exists = exists
@@ -71,7 +110,9 @@ class PoundTranslator:
         for d in top:
             kw = d.keyword
             if kw == "acl" and d.args and d.children is not None:
-                self.acls[d.args[0]] = [c.name for c in d.children] + [a for c in d.children for a in c.args]
+                self.acls[d.args[0]] = [c.name for c in d.children] + [
+                    a for c in d.children for a in c.args
+                ]
             elif kw == "backend" and d.args and d.children is not None:
                 self.backends[d.args[0]] = d
             elif kw == "alive" and d.args:
@@ -94,15 +135,37 @@ class PoundTranslator:
             kw = d.keyword
             if kw in {"listenhttp", "listenhttps"}:
                 self._listener(d, services)
-            elif kw in {"service", "acl", "backend", "alive", "timeout", "connto", "wstimeout", "client",
-                        "grace", "user", "group", "pidfile"}:
+            elif kw in {
+                "service",
+                "acl",
+                "backend",
+                "alive",
+                "timeout",
+                "connto",
+                "wstimeout",
+                "client",
+                "grace",
+                "user",
+                "group",
+                "pidfile",
+            }:
                 continue
             elif kw == "trustedip":
-                self.note(d, "a global TrustedIP: set forwardfor: {trusted: [...]} on each virtual server", traffic=False)
+                self.note(
+                    d,
+                    "a global TrustedIP: set forwardfor: {trusted: [...]} on each virtual server",
+                    traffic=False,
+                )
             elif kw == "logfacility" and d.args and d.args[0] != "-":
-                self.out.global_.setdefault("log", []).append({"target": "unix:///dev/log", "facility": d.args[0]})
+                self.out.global_.setdefault("log", []).append(
+                    {"target": "unix:///dev/log", "facility": d.args[0]}
+                )
             elif kw in _GLOBAL_NOT_NEEDED:
-                self.note(d, "a setting of Pound's process that lbproxy does not need or sets itself", traffic=False)
+                self.note(
+                    d,
+                    "a setting of Pound's process that lbproxy does not need or sets itself",
+                    traffic=False,
+                )
             else:
                 self.note(d, "unknown to the importer", traffic=False)
         return self.out
@@ -121,7 +184,9 @@ class PoundTranslator:
             self.note(d, f"port {port_text} is not a number; this listener was left out")
             return
         bind_address = address(host, int(port_text))
-        vs_label = label(f"{name}" if d.args else f"{name}-{port_text}", self.vs_labels | self.pool_names)
+        vs_label = label(
+            f"{name}" if d.args else f"{name}-{port_text}", self.vs_labels | self.pool_names
+        )
         vs: dict[str, Any] = {"label": vs_label}
         bind: Any = bind_address
         tls: dict[str, Any] = {}
@@ -148,7 +213,11 @@ class PoundTranslator:
                 if self.exists(arg):
                     certs.append(arg)
                 else:
-                    self.note(c, f"certificate {arg} cannot be read here, so this bind serves lbproxy's self-signed certificate / copy it and set tls.certificate")
+                    self.note(
+                        c,
+                        f"certificate {arg} cannot be read here, so this bind serves lbproxy's "
+                        f"self-signed certificate / copy it and set tls.certificate",
+                    )
             elif kw == "ciphers" and https and c.args:
                 tls["ciphers"] = c.args[-1]
             elif kw == "disable" and https:
@@ -164,7 +233,9 @@ class PoundTranslator:
                 if self.exists(arg):
                     tls["client_ca"] = arg
                 else:
-                    self.note(c, f"{arg} cannot be read here, so client certificates are not asked for")
+                    self.note(
+                        c, f"{arg} cannot be read here, so client certificates are not asked for"
+                    )
             elif kw == "client" and arg:
                 seconds = _seconds(arg)
                 if seconds:
@@ -173,14 +244,16 @@ class PoundTranslator:
             elif kw in {"addheader", "headeradd", "setheader"} and arg:
                 hname, sep, value = arg.partition(":")
                 if sep:
-                    req_headers.append({"set" if kw == "setheader" else "add": {hname.strip(): value.strip()}})
+                    req_headers.append(
+                        {"set" if kw == "setheader" else "add": {hname.strip(): value.strip()}}
+                    )
                     extra_notes.append(c.name)
                 else:
                     self.note(c, "cannot read the header line")
             elif kw in {"headremove", "headerremove", "deleteheader"} and arg:
-                hname = _header_name_of(c.args)
-                if hname:
-                    req_headers.append({"delete": hname})
+                removed = _header_name_of(c.args)
+                if removed:
+                    req_headers.append({"delete": removed})
                     extra_notes.append(c.name)
                 else:
                     self.note(c, "only patterns that name one header (^Name:) can be carried")
@@ -194,23 +267,51 @@ class PoundTranslator:
             elif kw == "rewritelocation" and arg:
                 vs["rewrite_location"] = arg != "0"
                 if arg == "2":
-                    self.note(c, "RewriteLocation 2 (also when the host differs only by port): lbproxy rewrites as with 1", traffic=False)
+                    self.note(
+                        c,
+                        "RewriteLocation 2 (also when the host differs only by port): lbproxy "
+                        "rewrites as with 1",
+                        traffic=False,
+                    )
             elif kw == "checkurl" and arg:
                 denies.append({"if": {"not": {"path_regex": arg}}, "status": 501})
                 extra_notes.append(c.name)
             elif kw == "trustedip":
-                nets = c.args if c.children is None else [x for ch in c.children for x in [ch.name, *ch.args]]
+                nets = (
+                    c.args
+                    if c.children is None
+                    else [x for ch in c.children for x in [ch.name, *ch.args]]
+                )
                 nets = [n for n in nets if re.fullmatch(r"[0-9a-fA-F.:/]+", n)]
                 if nets:
                     vs["forwardfor"] = {"trusted": nets}
                 else:
                     self.note(c, "cannot read the networks")
-            elif kw in {"loglevel", "logformat", "nohttps11", "sslhonorcipherorder", "sslallowclientrenegotiation", "name", "linebuffersize", "maxuri", "headeroption", "rewriteerrors", "socketfrom", "acme"}:
-                self.note(c, "not needed or not available in lbproxy", traffic=kw in {"maxuri", "headeroption", "rewriteerrors", "acme"})
+            elif kw in {
+                "loglevel",
+                "logformat",
+                "nohttps11",
+                "sslhonorcipherorder",
+                "sslallowclientrenegotiation",
+                "name",
+                "linebuffersize",
+                "maxuri",
+                "headeroption",
+                "rewriteerrors",
+                "socketfrom",
+                "acme",
+            }:
+                self.note(
+                    c,
+                    "not needed or not available in lbproxy",
+                    traffic=kw in {"maxuri", "headeroption", "rewriteerrors", "acme"},
+                )
             elif kw == "rewritedestination":
                 self.note(c, "the Destination header (WebDAV) is not rewritten")
             elif kw == "rewrite":
-                self.note(c, "Rewrite blocks cannot be carried / use request_headers and response_headers")
+                self.note(
+                    c, "Rewrite blocks cannot be carried / use request_headers and response_headers"
+                )
             else:
                 self.note(c, "not carried")
         if https:
@@ -220,19 +321,35 @@ class PoundTranslator:
                 tls.pop("verify")
             bind = {"address": bind_address, "tls": tls or True}
         vs["bind"] = bind
-        vs["xhttp"] = methods_level  # written even at Pound's default: lbproxy's default is every method
+        vs["xhttp"] = (
+            methods_level  # written even at Pound's default: lbproxy's default is every method
+        )
         services = [s for s in (d.children or []) if s.keyword == "service"] + top_services
         pool_data, rules, rule_comments, redirects = self._services(d, services, vs_label, denies)
         if pool_data is None:
-            vs.update({"health_check": {"enabled": False},
-                       "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}]})
-            self.report.add(d.where, d.name, "no service matches every request: the others get 503 from a pool whose one server is in maintenance, as Pound answers them", traffic=False)
+            vs.update(
+                {
+                    "health_check": {"enabled": False},
+                    "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}],
+                }
+            )
+            self.report.add(
+                d.where,
+                d.name,
+                "no service matches every request: the others get 503 from a pool whose one server "
+                "is in maintenance, as Pound answers them",
+                traffic=False,
+            )
         else:
             pool, pool_timeouts = pool_data
             vs.update(pool)
             timeouts.update(pool_timeouts)
         if timeouts:
-            vs["timeouts"] = {k: timeouts[k] for k in ("connect", "header", "client_idle", "server", "tunnel") if k in timeouts}
+            vs["timeouts"] = {
+                k: timeouts[k]
+                for k in ("connect", "header", "client_idle", "server", "tunnel")
+                if k in timeouts
+            }
         if redirects:
             vs["redirects"] = redirects
         if denies:
@@ -251,7 +368,12 @@ class PoundTranslator:
         if pool_data is not None and not rules and not redirects and len(services) >= 1:
             servers = pool_data[0].get("real_servers", [])
             forwards = [s["address"] for s in servers]
-        out = VirtualServerOut(vs, f"{d.where}: {d.name}" + (f" {d.args[0]}" if d.args else ""), rule_comments, forwards)
+        out = VirtualServerOut(
+            vs,
+            f"{d.where}: {d.name}" + (f" {d.args[0]}" if d.args else ""),
+            rule_comments,
+            forwards,
+        )
         out.forward_notes = extra_notes
         self.out.virtual_servers.append(out)
 
@@ -259,10 +381,25 @@ class PoundTranslator:
         if self.exists(path):
             pages[code] = path
         else:
-            self.note(d, f"{path} cannot be read here / copy it next to the YAML and add error_pages: {{{code}: FILE}}")
+            self.note(
+                d,
+                f"{path} cannot be read here / copy it next to the YAML and add error_pages: "
+                f"{{{code}: FILE}}",
+            )
 
     # ---- services
-    def _services(self, listener: Directive, services: list[Directive], vs_label: str, denies: list[dict[str, Any]]) -> tuple[tuple[dict[str, Any], dict[str, str]] | None, list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    def _services(
+        self,
+        listener: Directive,
+        services: list[Directive],
+        vs_label: str,
+        denies: list[dict[str, Any]],
+    ) -> tuple[
+        tuple[dict[str, Any], dict[str, str]] | None,
+        list[dict[str, Any]],
+        list[str],
+        list[dict[str, Any]],
+    ]:
         default: tuple[dict[str, Any], dict[str, str]] | None = None
         default_where: Directive | None = None
         rules: list[dict[str, Any]] = []
@@ -272,11 +409,19 @@ class PoundTranslator:
         for service in services:
             if default is not None:
                 assert default_where is not None
-                self.report.add(service.where, service.name, f"never used: the service at line {default_where.where.line} matches every request first (as in Pound)", traffic=False)
+                self.report.add(
+                    service.where,
+                    service.name,
+                    f"never used: the service at line {default_where.where.line} matches every "
+                    f"request first (as in Pound)",
+                    traffic=False,
+                )
                 continue
             disabled = service.arg("disabled")
             if disabled in {"1", "yes", "true", "on"}:
-                self.report.add(service.where, service.name, "disabled in Pound too; left out", traffic=False)
+                self.report.add(
+                    service.where, service.name, "disabled in Pound too; left out", traffic=False
+                )
                 continue
             cond = self._service_condition(service)
             if cond is None or cond is NEVER:
@@ -295,7 +440,15 @@ class PoundTranslator:
                 if cond is ALWAYS:
                     default_where = service
                     # A catch-all redirect or error: requests never reach a pool.
-                    default = ({"health_check": {"enabled": False}, "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}]}, {})
+                    default = (
+                        {
+                            "health_check": {"enabled": False},
+                            "real_servers": [
+                                {"label": "none", "address": "127.0.0.1:1", "state": "maint"}
+                            ],
+                        },
+                        {},
+                    )
                 continue
             pool = self._pool(service)
             if pool is None:
@@ -306,10 +459,17 @@ class PoundTranslator:
                 continue
             name = self._pool_name(service, vs_label, pool[0])
             rules.append(with_if({"pool": name}, cond))
-            comments.append(f"{service.where}: {service.name}" + (f" {service.args[0]}" if service.args else ""))
+            comments.append(
+                f"{service.where}: {service.name}" + (f" {service.args[0]}" if service.args else "")
+            )
             earlier.append(cond)
             if pool[1]:
-                self.note(service, "backend timeouts of a service reached by a rule: lbproxy keeps timeouts per virtual server", traffic=False)
+                self.note(
+                    service,
+                    "backend timeouts of a service reached by a rule: lbproxy keeps timeouts per "
+                    "virtual server",
+                    traffic=False,
+                )
         return default, rules, comments, redirects
 
     def _pool_name(self, service: Directive, vs_label: str, pool: dict[str, Any]) -> str:
@@ -320,7 +480,10 @@ class PoundTranslator:
         name = label(base, self.pool_names | self.vs_labels)
         self.pool_names.add(name)
         self.service_pools[key] = name
-        self.out.pools[name] = (pool, f"{service.where}: {service.name}" + (f" {service.args[0]}" if service.args else ""))
+        self.out.pools[name] = (
+            pool,
+            f"{service.where}: {service.name}" + (f" {service.args[0]}" if service.args else ""),
+        )
         return name
 
     def _service_condition(self, service: Directive) -> Condition | None:
@@ -346,7 +509,17 @@ class PoundTranslator:
             op = (c.args[0] if c.args else "AND").upper()
             parts = [p for p in (self._match(x) for x in c.children or []) if p is not None]
             return all_of(parts) if op == "AND" else any_of(parts)
-        if kw in {"url", "path", "host", "header", "headrequire", "headdeny", "query", "queryparam", "method"}:
+        if kw in {
+            "url",
+            "path",
+            "host",
+            "header",
+            "headrequire",
+            "headdeny",
+            "query",
+            "queryparam",
+            "method",
+        }:
             opts = [a for a in c.args if a.startswith("-")]
             values = [a for a in c.args if not a.startswith("-")]
             if "-file" in opts or "-filewatch" in opts:
@@ -358,7 +531,11 @@ class PoundTranslator:
                     cond = self._header_line(values[0] if values else "", opts)
                 return negate(cond) if kw == "headdeny" else cond
             if kw == "queryparam" and len(values) == 2:
-                return {"query": {"name": values[0], "value": values[1]}} if "-exact" in opts else _regex_unsupported("QueryParam with a pattern")
+                return (
+                    {"query": {"name": values[0], "value": values[1]}}
+                    if "-exact" in opts
+                    else _regex_unsupported("QueryParam with a pattern")
+                )
             if not values:
                 raise ValueError(f"{c.name} without a pattern")
             pattern = values[-1]
@@ -366,10 +543,19 @@ class PoundTranslator:
                 return _host_match(pattern, opts)
             if kw in {"url", "path"}:
                 if kw == "url" and "?" in pattern:
-                    self.note(c, "URL patterns that look at the query string are matched against the path only", traffic=True)
+                    self.note(
+                        c,
+                        "URL patterns that look at the query string are matched against the path "
+                        "only",
+                        traffic=True,
+                    )
                 return _path_match(pattern, opts, default_icase=False)
             if kw == "method":
-                return {"method": [pattern.upper()]} if not opts or opts == ["-exact"] else _regex_unsupported("Method with a pattern")
+                return (
+                    {"method": [pattern.upper()]}
+                    if not opts or opts == ["-exact"]
+                    else _regex_unsupported("Method with a pattern")
+                )
             raise ValueError(f"{c.name} cannot be carried")
         if kw == "acl" and c.args:
             nets = self.acls.get(c.args[-1])
@@ -383,7 +569,11 @@ class PoundTranslator:
         return None
 
     def _header_line(self, pattern: str, opts: list[str]) -> Condition:
-        match = re.fullmatch(r"\^?\(?([A-Za-z0-9_-]+)\)?:\s*(?:\\s\*|\\s\+|\[ \\t\]\*|\s|\\ )*(.*)", pattern, re.DOTALL)
+        match = re.fullmatch(
+            r"\^?\(?([A-Za-z0-9_-]+)\)?:\s*(?:\\s\*|\\s\+|\[ \\t\]\*|\s|\\ )*(.*)",
+            pattern,
+            re.DOTALL,
+        )
         if match is None:
             raise ValueError(f"header pattern {pattern!r} does not name one header (Name: value)")
         return self._header_match(match.group(1), match.group(2) or ".*", opts)
@@ -439,13 +629,19 @@ class PoundTranslator:
             if server is not None:
                 servers.append(server)
         if not servers:
-            self.report.add(service.where, service.name, "no backend lbproxy can carry; the service was left out")
+            self.report.add(
+                service.where,
+                service.name,
+                "no backend lbproxy can carry; the service was left out",
+            )
             return None
         fallbacks = []
         for e in emergencies:
             server = self._server(e, set(), 0, {})
             if server is not None:
-                fallbacks.append({"address": server["address"], "health_check": {"interval": f"{self.alive}s"}})
+                fallbacks.append(
+                    {"address": server["address"], "health_check": {"interval": f"{self.alive}s"}}
+                )
         session = service.first("session")
         if session is not None:
             persistence = self._session(session)
@@ -456,21 +652,45 @@ class PoundTranslator:
             pool["fallback"] = fallbacks[0] if len(fallbacks) == 1 else fallbacks
         pool["real_servers"] = servers
         for c in service.children or []:
-            if c.keyword in {"backend", "usebackend", "emergency", "session", "url", "path", "host", "header",
-                             "headrequire", "headdeny", "query", "queryparam", "method", "not", "match", "acl",
-                             "disabled", "redirect", "error"}:
+            if c.keyword in {
+                "backend",
+                "usebackend",
+                "emergency",
+                "session",
+                "url",
+                "path",
+                "host",
+                "header",
+                "headrequire",
+                "headdeny",
+                "query",
+                "queryparam",
+                "method",
+                "not",
+                "match",
+                "acl",
+                "disabled",
+                "redirect",
+                "error",
+            }:
                 continue
             if c.keyword in {"balancer"}:
                 self.note(c, "lbproxy balances by weighted round robin here", traffic=False)
             elif c.keyword in {"rewritelocation"}:
-                self.note(c, "RewriteLocation per service: lbproxy sets it per virtual server", traffic=False)
+                self.note(
+                    c,
+                    "RewriteLocation per service: lbproxy sets it per virtual server",
+                    traffic=False,
+                )
             elif c.keyword == "ignorecase":
                 self.note(c, "IgnoreCase: write case-insensitive patterns ((?i)) instead")
             else:
                 self.note(c, "not carried")
         return pool, timeouts
 
-    def _server(self, b: Directive, taken: set[str], index: int, timeouts: dict[str, str]) -> dict[str, Any] | None:
+    def _server(
+        self, b: Directive, taken: set[str], index: int, timeouts: dict[str, str]
+    ) -> dict[str, Any] | None:
         host = b.arg("address")
         port = b.arg("port")
         if host is None:
@@ -494,14 +714,19 @@ class PoundTranslator:
                     self.note(c, "weights above 256 were cut to 256", traffic=False)
             elif kw == "haport" and arg:
                 parts = c.args
-                server["check_address"] = f"{parts[0]}:{parts[1]}" if len(parts) == 2 else (
-                    f"{host}:{arg}" if arg.isdigit() else arg)
+                server["check_address"] = (
+                    f"{parts[0]}:{parts[1]}"
+                    if len(parts) == 2
+                    else (f"{host}:{arg}" if arg.isdigit() else arg)
+                )
             elif kw == "https":
                 server["tls"] = {"verify": "none"}
             elif kw in {"timeout", "connto", "wstimeout"} and arg:
                 seconds = _seconds(arg)
                 if seconds:
-                    timeouts[{"timeout": "server", "connto": "connect", "wstimeout": "tunnel"}[kw]] = _dur(seconds)
+                    timeouts[
+                        {"timeout": "server", "connto": "connect", "wstimeout": "tunnel"}[kw]
+                    ] = _dur(seconds)
             elif kw == "disabled" and arg in {"1", "yes", "true", "on"}:
                 server["state"] = "maint"
             elif kw == "cert" and arg:
@@ -533,11 +758,21 @@ class PoundTranslator:
             return {"source": source}
         if kind == "COOKIE":
             name = s.arg("id") or "SESSION"
-            self.report.add(s.where, "Session COOKIE",
-                            f"carried as lbproxy's own cookie SERVERID (the server's label) instead of following the application's cookie {name}: clients stay on their server either way; the TTL is the browser session",
-                            traffic=False)
+            self.report.add(
+                s.where,
+                "Session COOKIE",
+                f"carried as lbproxy's own cookie SERVERID (the server's label) instead of "
+                f"following the application's cookie {name}: clients stay on their server "
+                f"either way; the TTL is the browser session",
+                traffic=False,
+            )
             return {"cookie": "SERVERID" if name.upper() != "SERVERID" else "LBSERVERID"}
-        self.report.add(s.where, f"Session {kind}", "lbproxy keeps sessions by its own cookie or by the client address / use persistence: {cookie: SERVERID} or {source: true}")
+        self.report.add(
+            s.where,
+            f"Session {kind}",
+            "lbproxy keeps sessions by its own cookie or by the client address / use persistence: "
+            "{cookie: SERVERID} or {source: true}",
+        )
         return None
 
 

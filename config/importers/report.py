@@ -1,4 +1,4 @@
-"""What an import did not carry: one line per directive, ``FILE:LINE: directive: not carried: why``."""
+"""What an import did not carry: one line per directive, ``FILE:LINE: directive: not carried``."""
 
 from __future__ import annotations
 

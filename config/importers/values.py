@@ -21,7 +21,7 @@ def haproxy_ms(text: str) -> float | None:
 
 def duration(ms: float) -> str:
     """An lbproxy duration for a number of milliseconds, in the largest whole unit."""
-    whole = int(round(ms))
+    whole = round(ms)
     for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000)):
         if whole >= size and whole % size == 0:
             return f"{whole // size}{unit}"

@@ -52,7 +52,9 @@ def _flow(value: Any) -> str | None:
 
 
 def _comment_lines(comment: str, indent: int) -> list[str]:
-    return [" " * indent + "# " + line if line else " " * indent + "#" for line in comment.split("\n")]
+    return [
+        " " * indent + "# " + line if line else " " * indent + "#" for line in comment.split("\n")
+    ]
 
 
 def _block(value: Any, indent: int) -> list[str]:

@@ -22,8 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from config.importers.pipeline import import_configs
 from l7proxy.cli import main as lbproxy_main
-
-from ..e2e.process import free_port, lbproxy, stop, wait_listening
+from tests.e2e.process import free_port, lbproxy, stop, wait_listening
 
 HAPROXY = "/usr/sbin/haproxy"
 CLIENT_TIMEOUT = 10.0
@@ -129,7 +128,9 @@ def send(port: int, asks: list[Ask]) -> list[Reply]:
                 grouped.setdefault(name, []).append(value)
             # Several fields of one name are one list (RFC 9110 5.3): compare them joined.
             seen = {k: (", ".join(v),) for k, v in grouped.items()}
-        replies.append(Reply(response.status, server, response.getheader("Location"), tuple(cookies), seen))
+        replies.append(
+            Reply(response.status, server, response.getheader("Location"), tuple(cookies), seen)
+        )
     return replies
 
 
@@ -141,8 +142,10 @@ def fill(template: str, ports: dict[str, int]) -> str:
     return text
 
 
-def import_yaml(tmp: pathlib.Path, haproxy: str | None, pound: str | None) -> tuple[pathlib.Path, list[str]]:
-    """Import the text(s), check the YAML as `lbproxy check` does, return its path and the report."""
+def import_yaml(
+    tmp: pathlib.Path, haproxy: str | None, pound: str | None
+) -> tuple[pathlib.Path, list[str]]:
+    """Import the text(s), check the YAML as `lbproxy check` does; its path and the report."""
     paths: dict[str, str | None] = {"haproxy": None, "pound": None}
     for kind, text in (("haproxy", haproxy), ("pound", pound)):
         if text is not None:
@@ -177,7 +180,9 @@ def run_pound(tmp: pathlib.Path, binary: str, text: str, port: int) -> Iterator[
     path.write_text(text)
     log = (tmp / "pound.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "-e", "-f", str(path), "-p", str(tmp / "pound.pid")], stdout=log, stderr=subprocess.STDOUT
+        [binary, "-e", "-f", str(path), "-p", str(tmp / "pound.pid")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_listening("127.0.0.1", port, proc)
@@ -198,7 +203,10 @@ def _pound_script(root: pathlib.Path) -> pathlib.Path | None:
     candidates = [root]
     done = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True, text=True, timeout=10, check=False,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
     )
     if done.returncode == 0 and done.stdout.strip():
         candidates.append(pathlib.Path(done.stdout.strip()).parent)
@@ -210,10 +218,14 @@ def _pound_script(root: pathlib.Path) -> pathlib.Path | None:
 
 
 def find_pound(root: pathlib.Path) -> tuple[str | None, str]:
-    """(Pound's binary, "") or (None, why not): built once per cache folder by the anchors script."""
+    """(Pound's binary, "") or (None, why not); built once per cache folder by the anchors script."""
     explicit = os.environ.get("POUND")
     if explicit:
-        return (explicit, "") if os.access(explicit, os.X_OK) else (None, f"POUND={explicit} is not executable")
+        return (
+            (explicit, "")
+            if os.access(explicit, os.X_OK)
+            else (None, f"POUND={explicit} is not executable")
+        )
     script = _pound_script(root)
     if script is None:
         return None, "no ../shared/anchors/build-pound.sh beside the repository"
@@ -222,8 +234,12 @@ def find_pound(root: pathlib.Path) -> tuple[str | None, str]:
     cache = pathlib.Path.home() / ".cache" / "lbproxy-tests" / "pound"
     try:
         done = subprocess.run(
-            ["bash", str(script), str(cache)], capture_output=True, text=True,
-            timeout=POUND_BUILD_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+            ["bash", str(script), str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=POUND_BUILD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return None, "the Pound build took too long"
@@ -233,5 +249,16 @@ def find_pound(root: pathlib.Path) -> tuple[str | None, str]:
     return lines[-1], ""
 
 
-__all__ = ["Ask", "Reply", "echo_servers", "fill", "find_pound", "free_port", "import_yaml",
-           "run_haproxy", "run_lbproxy", "run_pound", "send"]
+__all__ = [
+    "Ask",
+    "Reply",
+    "echo_servers",
+    "fill",
+    "find_pound",
+    "free_port",
+    "import_yaml",
+    "run_haproxy",
+    "run_lbproxy",
+    "run_pound",
+    "send",
+]

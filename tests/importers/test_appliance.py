@@ -23,16 +23,28 @@ from .test_differential import warm_up
 REQUESTS = 4  # enough to see the cookie keep the client on one server
 
 
-def localize(tmp: pathlib.Path, ports: dict[str, int], cert: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def localize(
+    tmp: pathlib.Path, ports: dict[str, int], cert: pathlib.Path
+) -> tuple[pathlib.Path, pathlib.Path]:
     """The corpus appliance files with the VIP, the real servers and the certificate on this
     machine: 127.0.0.1 and free ports."""
     haproxy = (CORPUS / "appliance" / "haproxy.cfg").read_text()
     haproxy = haproxy.replace("192.0.2.10:80", f"127.0.0.1:{ports['vip']}")
-    for name, address in (("web1", "10.0.0.11:80"), ("web2", "10.0.0.12:80"), ("backup", "10.0.0.99:80")):
+    for name, address in (
+        ("web1", "10.0.0.11:80"),
+        ("web2", "10.0.0.12:80"),
+        ("backup", "10.0.0.99:80"),
+    ):
         haproxy = haproxy.replace(address, f"127.0.0.1:{ports[name]}")
     pound = (CORPUS / "appliance" / "pound.cfg").read_text()
-    pound = re.sub(r"Address 192\.0\.2\.10\n(\s*)Port 443", f"Address 127.0.0.1\n\\1Port {ports['https']}", pound)
-    pound = re.sub(r"Address 192\.0\.2\.10\n(\s*)Port 80", f"Address 127.0.0.1\n\\1Port {ports['vip']}", pound)
+    pound = re.sub(
+        r"Address 192\.0\.2\.10\n(\s*)Port 443",
+        f"Address 127.0.0.1\n\\1Port {ports['https']}",
+        pound,
+    )
+    pound = re.sub(
+        r"Address 192\.0\.2\.10\n(\s*)Port 80", f"Address 127.0.0.1\n\\1Port {ports['vip']}", pound
+    )
     pound = pound.replace("/etc/pound/www.pem", str(cert))
     # The appliance's service accounts do not exist here; running as them is not what is tested.
     haproxy = re.sub(r"(?m)^\s*(user|group) .*\n", "", haproxy)
@@ -46,11 +58,15 @@ def certificate(tmp: pathlib.Path, ca: trustme.CA) -> pathlib.Path:
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     path = tmp / "www.pem"
     path.touch(mode=0o600)
-    path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems) + leaf.private_key_pem.bytes())
+    path.write_bytes(
+        b"".join(blob.bytes() for blob in leaf.cert_chain_pems) + leaf.private_key_pem.bytes()
+    )
     return path
 
 
-def test_appliance_pair_imports_to_one_virtual_server(tmp_path: pathlib.Path, ca: trustme.CA) -> None:
+def test_appliance_pair_imports_to_one_virtual_server(
+    tmp_path: pathlib.Path, ca: trustme.CA
+) -> None:
     ports = {"vip": 8080, "https": 8443, "web1": 9001, "web2": 9002, "backup": 9009}
     haproxy, pound = localize(tmp_path, ports, certificate(tmp_path, ca))
     result = import_configs(str(haproxy), str(pound), env={})
@@ -92,7 +108,9 @@ def test_appliance_pair_serves_https_with_persistence_and_one_forwarded_for(
             cookie = None
             answered = []
             for _ in range(REQUESTS):
-                conn = http.client.HTTPSConnection("localhost", ports["https"], context=context, timeout=10)
+                conn = http.client.HTTPSConnection(
+                    "localhost", ports["https"], context=context, timeout=10
+                )
                 conn.request("GET", "/", headers={"Cookie": cookie} if cookie else {})
                 response = conn.getresponse()
                 data = json.loads(response.read())

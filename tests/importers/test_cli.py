@@ -8,7 +8,14 @@ import pytest
 
 from l7proxy.cli import main
 
-CARRIED = "defaults\n  mode http\nfrontend web\n  bind 127.0.0.1:80\n  default_backend web\nbackend web\n  server w 127.0.0.1:8080\n"
+CARRIED = """defaults
+  mode http
+frontend web
+  bind 127.0.0.1:80
+  default_backend web
+backend web
+  server w 127.0.0.1:8080
+"""
 DROPPED = CARRIED + "  balance uri\n"
 
 
@@ -20,12 +27,17 @@ def test_all_carried_exits_zero(tmp_path: pathlib.Path, capsys: pytest.CaptureFi
     assert capsys.readouterr().err == ""
 
 
-def test_dropped_directive_exits_one_with_yaml_and_report(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dropped_directive_exits_one_with_yaml_and_report(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(DROPPED)
     out, report = tmp_path / "lb.yaml", tmp_path / "report.txt"
     assert main(["import", "--haproxy", str(cfg), "-o", str(out), "--report", str(report)]) == 1
-    line = f"{cfg}:8: balance: not carried: balance uri: lbproxy balances by roundrobin, leastconn or source / roundrobin was used"
+    line = (
+        f"{cfg}:8: balance: not carried: balance uri: lbproxy balances by roundrobin, leastconn or"
+        " source / roundrobin was used"
+    )
     assert capsys.readouterr().err.splitlines() == [line]
     assert report.read_text().splitlines() == [line]
     assert main(["check", "-c", str(out)]) == 0
@@ -38,10 +50,15 @@ def test_yaml_to_stdout(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.parametrize("which", ["--haproxy", "--pound"])
-def test_unreadable_file_exits_two(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], which: str) -> None:
+def test_unreadable_file_exits_two(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
     assert main(["import", which, str(tmp_path / "missing.cfg")]) == 2
     err = capsys.readouterr().err
-    assert err == f"lbproxy import: {tmp_path / 'missing.cfg'}: cannot read: No such file or directory\n"
+    assert (
+        err
+        == f"lbproxy import: {tmp_path / 'missing.cfg'}: cannot read: No such file or directory\n"
+    )
     assert main(["import", which, str(tmp_path)]) == 2
     (tmp_path / "bin.cfg").write_bytes(b"\xff\xfe\x00")
     assert main(["import", which, str(tmp_path / "bin.cfg")]) == 2

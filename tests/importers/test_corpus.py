@@ -23,7 +23,9 @@ def test_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CORPUS)))
-def test_imports_and_passes_check(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_imports_and_passes_check(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pound = is_pound(path)
     result = import_configs(None if pound else str(path), str(path) if pound else None, env={})
     assert result.status in (EXIT_CARRIED, EXIT_DROPPED), result.error

@@ -1,5 +1,5 @@
-"""Differential tests: HAProxy (Debian's) and Pound (the anchors build) with an original file, lbproxy
-with its import, in front of the same real servers; the same requests to both.
+"""Differential tests: HAProxy (Debian's) and Pound (the anchors build) with an original file,
+lbproxy with its import, in front of the same real servers; the same requests to both.
 
 Compared: which server answered, the status, the redirect's Location, the cookies set (name and
 value), chosen response headers, and the headers the server received, except the differences
@@ -54,11 +54,16 @@ def differences(theirs: list[Reply], ours: list[Reply], asks: list[Ask]) -> list
         what = f"{ask.method} {ask.path} {dict(ask.headers)}"
         for name in ("status", "server", "location", "cookies"):
             if getattr(a, name) != getattr(b, name):
-                found.append(f"{what}: {name}: original {getattr(a, name)!r}, lbproxy {getattr(b, name)!r}")
+                found.append(
+                    f"{what}: {name}: original {getattr(a, name)!r}, lbproxy {getattr(b, name)!r}"
+                )
         names = (set(a.seen) | set(b.seen)) - set(KNOWN_DIFFERENCES)
         for header in sorted(names):
             if a.seen.get(header) != b.seen.get(header):
-                found.append(f"{what}: server received {header}: original {a.seen.get(header)!r}, lbproxy {b.seen.get(header)!r}")
+                found.append(
+                    f"{what}: server received {header}: original {a.seen.get(header)!r}, lbproxy "
+                    f"{b.seen.get(header)!r}"
+                )
     return found
 
 
@@ -82,7 +87,9 @@ def compare(
         theirs_port, ours_port = free_port(), free_port()
         original = fill(template, {**ports, "fe": theirs_port})
         imported = fill(template, {**ports, "fe": ours_port})
-        config, report = import_yaml(tmp_path, imported if kind == "haproxy" else None, imported if kind == "pound" else None)
+        config, report = import_yaml(
+            tmp_path, imported if kind == "haproxy" else None, imported if kind == "pound" else None
+        )
         with run_original(tmp_path, original, theirs_port):
             theirs = send(theirs_port, asks)
         with run_lbproxy(config, ours_port):
@@ -156,9 +163,14 @@ def _haproxy_runner(tmp: pathlib.Path, text: str, port: int) -> AbstractContextM
 
 def test_haproxy_site_agrees(tmp_path: pathlib.Path, haproxy: str) -> None:
     found, report = compare(
-        tmp_path, ["web1", "web2", "spare", "api1", "static1"], HAPROXY_SITE, SITE_ASKS, _haproxy_runner, "haproxy"
+        tmp_path,
+        ["web1", "web2", "spare", "api1", "static1"],
+        HAPROXY_SITE,
+        SITE_ASKS,
+        _haproxy_runner,
+        "haproxy",
     )
-    assert found == [], "\n".join(found + ["report:"] + report)
+    assert found == [], "\n".join([*found, "report:", *report])
 
 
 HAPROXY_SOURCE = """
@@ -176,10 +188,12 @@ listen app
 """
 
 
-def test_haproxy_source_balance_and_disabled_server_agree(tmp_path: pathlib.Path, haproxy: str) -> None:
+def test_haproxy_source_balance_and_disabled_server_agree(
+    tmp_path: pathlib.Path, haproxy: str
+) -> None:
     asks = [Ask(path="/1"), Ask(path="/2"), Ask(method="PUT", path="/3")]
     found, report = compare(tmp_path, ["a", "b"], HAPROXY_SOURCE, asks, _haproxy_runner, "haproxy")
-    assert found == [], "\n".join(found + ["report:"] + report)
+    assert found == [], "\n".join([*found, "report:", *report])
 
 
 POUND_SITE = """
@@ -259,4 +273,4 @@ def test_pound_site_agrees(tmp_path: pathlib.Path, pound: str) -> None:
     found, report = compare(
         tmp_path, ["web1", "api1", "static1", "canary"], POUND_SITE, POUND_ASKS, runner, "pound"
     )
-    assert found == [], "\n".join(found + ["report:"] + report)
+    assert found == [], "\n".join([*found, "report:", *report])

@@ -12,8 +12,12 @@ from config.importers.pipeline import EXIT_CARRIED, EXIT_DROPPED, import_configs
 from config.importers.report import Report
 
 
-def translate(text: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str], int]:
-    result = import_configs("h.cfg", None, env=env or {}, read_text=lambda _: text, exists=lambda _: True)
+def translate(
+    text: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], list[str], int]:
+    result = import_configs(
+        "h.cfg", None, env=env or {}, read_text=lambda _: text, exists=lambda _: True
+    )
     assert result.yaml_text is not None, result.report
     return yaml.safe_load(result.yaml_text), result.report, result.status
 
@@ -24,11 +28,14 @@ def translate(text: str, env: dict[str, str] | None = None) -> tuple[dict[str, A
         ("server web1 10.0.0.1:80 check#comment", ["server", "web1", "10.0.0.1:80", "check"]),
         ("server web1 10.0.0.1:80 check # comment", ["server", "web1", "10.0.0.1:80", "check"]),
         (r"reqrep ^Host:\ foo Host:\ bar\.com", ["reqrep", "^Host: foo", r"Host: bar\.com"]),
-        ('acl a hdr(x) "two words" \'$HOME\'', ["acl", "a", "hdr(x)", "two words", "$HOME"]),
+        ("acl a hdr(x) \"two words\" '$HOME'", ["acl", "a", "hdr(x)", "two words", "$HOME"]),
         ('bind "${IP}:80"', ["bind", "10.1.1.1:80"]),
         ("bind ${NOPE-0.0.0.0}:${PORT}", ["bind", "0.0.0.0:8080"]),
         ("timeout client $UNSET", ["timeout", "client"]),
-        (r"option httpchk GET / HTTP/1.1\r\nHost:\ www", ["option", "httpchk", "GET", "/", "HTTP/1.1\r\nHost: www"]),
+        (
+            r"option httpchk GET / HTTP/1.1\r\nHost:\ www",
+            ["option", "httpchk", "GET", "/", "HTTP/1.1\r\nHost: www"],
+        ),
     ],
 )
 def test_words_as_haproxy_reads_them(line: str, words: list[str]) -> None:
@@ -37,7 +44,10 @@ def test_words_as_haproxy_reads_them(line: str, words: list[str]) -> None:
 
 
 def test_defaults_inheritance_named_and_last() -> None:
-    text = "defaults\n  timeout connect 1s\ndefaults web\n  timeout connect 2s\nfrontend a from web\n  bind :80\nbackend b\n  server s 1.1.1.1:80"
+    text = (
+        "defaults\n  timeout connect 1s\ndefaults web\n  timeout connect 2s\n"
+        "frontend a from web\n  bind :80\nbackend b\n  server s 1.1.1.1:80"
+    )
     sections = read(text, "h.cfg", {}, Report())
     front, back = sections[2], sections[3]
     assert [line.text() for line in front.inherited] == ["timeout connect 2s"]
@@ -71,13 +81,20 @@ def test_old_syntax_listen_with_address_and_req_rsp() -> None:
     assert vs["timeouts"] == {"connect": "5s", "client_idle": "50s", "server": "50s"}
     # The cookie values clients already hold stay valid: they become the labels.
     assert [s["label"] for s in vs["real_servers"]] == ["w1", "w2"]
-    assert vs["health_check"] == {"interval": "3s", "rise": 2, "fall": 5, "http": {"path": "/health"}}
+    assert vs["health_check"] == {
+        "interval": "3s",
+        "rise": 2,
+        "fall": 5,
+        "http": {"path": "/health"},
+    }
     assert vs["fallback"] == {"address": "10.0.0.9:80", "health_check": {"enabled": False}}
     assert vs["forwardfor"] is False
     assert {"delete": "X-Debug"} in vs["request_headers"]
     # X-Forwarded-Proto is lbproxy's own: not a rule, reported as not needed.
     assert all("X-Forwarded-Proto" not in str(rule) for rule in vs["request_headers"])
-    assert {"replace": {"name": "Host", "match": r"old\.example\.com", "with": "www.example.com"}} not in vs["request_headers"]
+    assert {
+        "replace": {"name": "Host", "match": r"old\.example\.com", "with": "www.example.com"}
+    } not in vs["request_headers"]
     assert vs["response_headers"] == [{"delete": "Server"}]
     assert any(":15: reqrep: not carried: " in line and "request-line" in line for line in report)
     assert any(":14: reqrep: not carried: " in line and "Host" in line for line in report)
@@ -116,25 +133,42 @@ backend static
 def test_modern_conditions_rules_and_redirect() -> None:
     doc, report, _ = translate(MODERN)
     [vs] = doc["virtual_servers"]
-    assert vs["bind"] == ["0.0.0.0:80", {"address": "0.0.0.0:443", "tls": {"certificate": "/etc/ssl/site.pem"}}]
+    assert vs["bind"] == [
+        "0.0.0.0:80",
+        {"address": "0.0.0.0:443", "tls": {"certificate": "/etc/ssl/site.pem"}},
+    ]
     assert vs["redirect_to_https"] == {"code": 301}
     assert vs["acls"]["api"] == {"or": [{"path_prefix": "/api/"}, {"path_prefix": "/v2/"}]}
     assert vs["acls"]["office"] == {"src": ["10.0.0.0/8", "192.168.0.0/16"]}
-    assert vs["deny"] == [{"if": {"and": [{"header": {"name": "User-Agent", "regex": "(?i)bot"}}, "!office"]}, "status": 429}]
+    assert vs["deny"] == [
+        {
+            "if": {"and": [{"header": {"name": "User-Agent", "regex": "(?i)bot"}}, "!office"]},
+            "status": 429,
+        }
+    ]
     assert vs["rules"] == [
         {"if": "api", "pool": "api"},
         {"if": {"or": ["static", {"path_suffix": ".png"}]}, "pool": "static"},
     ]
     assert vs["request_headers"] == [{"set": {"X-Client": "%[src]"}}]
-    assert vs["real_servers"] == [{"label": "w1", "address": "10.0.0.1:8080", "maxconn": 100, "send_proxy": "v2"}]
+    assert vs["real_servers"] == [
+        {"label": "w1", "address": "10.0.0.1:8080", "maxconn": 100, "send_proxy": "v2"}
+    ]
     api = doc["pools"]["api"]
-    assert api["persistence"] == {"source": {"mask": 32, "mask6": 128, "timeout": "30m", "size": 1048576}}
+    assert api["persistence"] == {
+        "source": {"mask": 32, "mask6": 128, "timeout": "30m", "size": 1048576}
+    }
     assert api["real_servers"][0]["tls"] == {"verify": "none"}
     assert any("alpn h2" in line for line in report)
 
 
 def test_tcp_sections_are_reported_not_carried() -> None:
-    text = "frontend db\n  mode tcp\n  bind :3306\n  default_backend db\nbackend db\n  mode tcp\n  server d 1.1.1.1:3306\nfrontend web\n  mode http\n  bind :80\n  default_backend web\nbackend web\n  mode http\n  server w 1.1.1.2:80"
+    text = (
+        "frontend db\n  mode tcp\n  bind :3306\n  default_backend db\n"
+        "backend db\n  mode tcp\n  server d 1.1.1.1:3306\n"
+        "frontend web\n  mode http\n  bind :80\n  default_backend web\n"
+        "backend web\n  mode http\n  server w 1.1.1.2:80"
+    )
     doc, report, status = translate(text)
     assert [vs["label"] for vs in doc["virtual_servers"]] == ["web"]
     assert any("h.cfg:2: frontend db: not carried: mode tcp" in line for line in report)
@@ -142,7 +176,10 @@ def test_tcp_sections_are_reported_not_carried() -> None:
 
 
 def test_everything_carried_exits_zero() -> None:
-    text = "defaults\n  mode http\nfrontend web\n  bind 127.0.0.1:80\n  option forwardfor\n  default_backend web\nbackend web\n  server w 127.0.0.1:8080 check\n"
+    text = (
+        "defaults\n  mode http\nfrontend web\n  bind 127.0.0.1:80\n  option forwardfor\n"
+        "  default_backend web\nbackend web\n  server w 127.0.0.1:8080 check\n"
+    )
     doc, report, status = translate(text)
     assert report == [] and status == EXIT_CARRIED
     assert doc["virtual_servers"][0]["forwardfor"] is True
@@ -155,7 +192,9 @@ def test_no_final_newline_and_crlf() -> None:
 
 
 def test_every_virtual_server_and_rule_names_its_line() -> None:
-    result = import_configs("h.cfg", None, env={}, read_text=lambda _: MODERN, exists=lambda _: True)
+    result = import_configs(
+        "h.cfg", None, env={}, read_text=lambda _: MODERN, exists=lambda _: True
+    )
     assert result.yaml_text is not None
     assert "# h.cfg:4: frontend fe, default_backend www (h.cfg:18)" in result.yaml_text
     assert "# h.cfg:15: use_backend api if api" in result.yaml_text
@@ -164,9 +203,16 @@ def test_every_virtual_server_and_rule_names_its_line() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "frontend", "listen\n", "backend b\n  server", "frontend f\n  bind\n", "\x00\x01garbage {{{",
-     "frontend f\n  bind :80\n  use_backend\n  http-request\n  acl\n  redirect\n  errorfile\n",
-     "backend b\n  server s 1.1.1.1:80 weight\n  cookie\n  stick-table\n  stick on src\n"],
+    [
+        "",
+        "frontend",
+        "listen\n",
+        "backend b\n  server",
+        "frontend f\n  bind\n",
+        "\x00\x01garbage {{{",
+        "frontend f\n  bind :80\n  use_backend\n  http-request\n  acl\n  redirect\n  errorfile\n",
+        "backend b\n  server s 1.1.1.1:80 weight\n  cookie\n  stick-table\n  stick on src\n",
+    ],
 )
 def test_garbage_never_raises(text: str) -> None:
     result = import_configs("h.cfg", None, env={}, read_text=lambda _: text, exists=lambda _: False)

@@ -96,7 +96,11 @@ def test_pound2_listener_services_include_emergency_and_sessions(tmp_path: pathl
     [vs] = doc["virtual_servers"]
     assert vs["bind"] == {
         "address": "0.0.0.0:443",
-        "tls": {"ciphers": "HIGH:!aNULL", "min_version": "1.3", "certificate": ["/etc/pound/a.pem", "/etc/pound/b.pem"]},
+        "tls": {
+            "ciphers": "HIGH:!aNULL",
+            "min_version": "1.3",
+            "certificate": ["/etc/pound/a.pem", "/etc/pound/b.pem"],
+        },
     }
     assert vs["xhttp"] == 2
     assert vs["rewrite_location"] is False
@@ -104,11 +108,17 @@ def test_pound2_listener_services_include_emergency_and_sessions(tmp_path: pathl
     assert vs["request_headers"] == [{"add": {"X-SSL": "on"}}, {"delete": "X-Forwarded-Proto"}]
     assert vs["error_pages"] == {503: "/etc/pound/503.html"}
     # The included services come first (the listener's own), then the top-level ones.
-    assert vs["redirects"] == [{"if": {"path_regex": "^/old/"}, "code": 301, "prefix": "https://www.example.com"}]
+    assert vs["redirects"] == [
+        {"if": {"path_regex": "^/old/"}, "code": 301, "prefix": "https://www.example.com"}
+    ]
     api_rule, static_rule = vs["rules"]
-    assert api_rule["if"] == {"and": [{"host": "api.example.com"}, {"not": {"path_regex": "^/internal"}}]}
+    assert api_rule["if"] == {
+        "and": [{"host": "api.example.com"}, {"not": {"path_regex": "^/internal"}}]
+    }
     assert static_rule["if"] == {"host_regex": "(?i).*static.example.com"}
-    assert doc["pools"]["api"]["persistence"] == {"source": {"mask": 32, "mask6": 128, "timeout": "10m"}}
+    assert doc["pools"]["api"]["persistence"] == {
+        "source": {"mask": 32, "mask6": 128, "timeout": "10m"}
+    }
     assert vs["persistence"] == {"cookie": "SERVERID"}
     assert vs["fallback"]["address"] == "10.0.0.9:80"
     assert vs["real_servers"] == [
@@ -122,7 +132,9 @@ def test_pound2_listener_services_include_emergency_and_sessions(tmp_path: pathl
 
 def test_unknown_session_kinds_and_missing_include_are_reported(tmp_path: pathlib.Path) -> None:
     (tmp_path / "pound.cfg").write_text(
-        'Include "missing.cfg"\nListenHTTP\n Address 127.0.0.1\n Port 80\n Service\n  BackEnd\n   Address 127.0.0.1\n   Port 8080\n  End\n  Session\n   Type URL\n   ID "sid"\n   TTL 60\n  End\n End\nEnd\n'
+        'Include "missing.cfg"\nListenHTTP\n Address 127.0.0.1\n Port 80\n Service\n  BackEnd\n   '
+        'Address 127.0.0.1\n   Port 8080\n  End\n  Session\n   Type URL\n   ID "sid"\n   TTL '
+        "60\n  End\n End\nEnd\n"
     )
     doc, report, status = translate(tmp_path / "pound.cfg")
     assert "persistence" not in doc["virtual_servers"][0]
@@ -131,20 +143,34 @@ def test_unknown_session_kinds_and_missing_include_are_reported(tmp_path: pathli
     assert status == EXIT_DROPPED
 
 
-def test_missing_certificate_falls_back_to_self_signed_with_a_report(tmp_path: pathlib.Path) -> None:
+def test_missing_certificate_falls_back_to_self_signed_with_a_report(
+    tmp_path: pathlib.Path,
+) -> None:
     (tmp_path / "pound.cfg").write_text(
-        'ListenHTTPS\n Address 127.0.0.1\n Port 443\n Cert "/nowhere.pem"\n Service\n  BackEnd\n   Address 127.0.0.1\n   Port 80\n  End\n End\nEnd'
+        'ListenHTTPS\n Address 127.0.0.1\n Port 443\n Cert "/nowhere.pem"\n Service\n  BackEnd\n   '
+        "Address 127.0.0.1\n   Port 80\n  End\n End\nEnd"
     )
     doc, report, status = translate(tmp_path / "pound.cfg", exists=False)
     assert doc["virtual_servers"][0]["bind"] == {"address": "127.0.0.1:443", "tls": True}
-    assert any("pound.cfg:4: Cert: not carried: certificate /nowhere.pem cannot be read here" in line for line in report)
+    assert any(
+        "pound.cfg:4: Cert: not carried: certificate /nowhere.pem cannot be read here" in line
+        for line in report
+    )
     assert status == EXIT_DROPPED
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "End", "ListenHTTP", "ListenHTTP\nService\nBackEnd\n", "Service\n Session\n Type\n End\nEnd",
-     "ListenHTTP\n Port abc\nEnd", "ListenHTTP\n Service\n  Redirect\n  URL\n  Host -re\n End\nEnd", "\x00\xff"],
+    [
+        "",
+        "End",
+        "ListenHTTP",
+        "ListenHTTP\nService\nBackEnd\n",
+        "Service\n Session\n Type\n End\nEnd",
+        "ListenHTTP\n Port abc\nEnd",
+        "ListenHTTP\n Service\n  Redirect\n  URL\n  Host -re\n End\nEnd",
+        "\x00\xff",
+    ],
 )
 def test_garbage_never_raises(tmp_path: pathlib.Path, text: str) -> None:
     (tmp_path / "pound.cfg").write_text(text, errors="replace")
