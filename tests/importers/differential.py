@@ -218,7 +218,7 @@ def _pound_script(root: pathlib.Path) -> pathlib.Path | None:
 
 
 def find_pound(root: pathlib.Path) -> tuple[str | None, str]:
-    """(Pound's binary, "") or (None, why not); built once per cache folder by the anchors script."""
+    """(Pound's binary, "") or (None, why not); built once per cache folder."""
     explicit = os.environ.get("POUND")
     if explicit:
         return (
