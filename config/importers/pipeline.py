@@ -21,6 +21,7 @@ from .yaml_writer import Commented, dump
 EXIT_CARRIED = 0
 EXIT_DROPPED = 1
 EXIT_UNREADABLE = 2
+XHTTP_EVERY_POUND_METHOD = 3  # Pound 4's highest xHTTP level: every method it knows
 
 
 @dataclass(slots=True)
@@ -146,17 +147,15 @@ def fold_appliance(haproxy: Translation, pound: Translation, report: Report) -> 
         if "xhttp" in listener.data and "xhttp" not in vs.data and "methods" not in vs.data:
             level = listener.data["xhttp"]
             vs.data["xhttp"] = level
-            if level < 4:
-                where, _, _ = listener.comment.partition(": ")
-                file, _, line = where.rpartition(":")
-                report.add(
-                    Where(file, int(line) if line.isdigit() else 0),
-                    "xHTTP",
-                    f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies "
-                    f"that to the plain binds too, where HAProxy allowed every method / raise "
-                    f"xhttp or list methods",
-                    traffic=True,
-                )
+            report.add(
+                listener.xhttp_where or Where("-", 0),
+                "xHTTP",
+                f"Pound allowed only the methods of xHTTP {level} over HTTPS; lbproxy applies "
+                f"that to the plain binds too, where HAProxy allowed every method / raise "
+                f"xhttp or list methods",
+                # From level 3 on, only methods Pound knows nothing of are refused.
+                traffic=level < XHTTP_EVERY_POUND_METHOD,
+            )
         if "rewrite_location" in listener.data and listener.data["rewrite_location"] is False:
             vs.data["rewrite_location"] = False
     pound.virtual_servers = kept

@@ -197,7 +197,7 @@ class PoundTranslator:
         timeouts: dict[str, str] = {}
         limits: dict[str, Any] = {}
         denies: list[dict[str, Any]] = []
-        extra_notes: list[str] = []
+        xhttp_where = d.where
         certs: list[str] = []
         if self.client:
             timeouts["header"] = _dur(self.client)
@@ -209,6 +209,7 @@ class PoundTranslator:
                 continue
             if kw == "xhttp" and arg.isdigit():
                 methods_level = int(arg)
+                xhttp_where = c.where
             elif kw == "cert" and https:
                 if self.exists(arg):
                     certs.append(arg)
@@ -247,14 +248,12 @@ class PoundTranslator:
                     req_headers.append(
                         {"set" if kw == "setheader" else "add": {hname.strip(): value.strip()}}
                     )
-                    extra_notes.append(c.name)
                 else:
                     self.note(c, "cannot read the header line")
             elif kw in {"headremove", "headerremove", "deleteheader"} and arg:
                 removed = _header_name_of(c.args)
                 if removed:
                     req_headers.append({"delete": removed})
-                    extra_notes.append(c.name)
                 else:
                     self.note(c, "only patterns that name one header (^Name:) can be carried")
             elif kw == "errorfile" and len(c.args) >= 2 and c.args[0].isdigit():
@@ -263,7 +262,6 @@ class PoundTranslator:
                 self._error_page(c, int(kw[3:]), arg, error_pages)
             elif kw == "maxrequest" and arg.isdigit():
                 limits["max_body"] = int(arg)
-                extra_notes.append(c.name)
             elif kw == "rewritelocation" and arg:
                 vs["rewrite_location"] = arg != "0"
                 if arg == "2":
@@ -275,7 +273,6 @@ class PoundTranslator:
                     )
             elif kw == "checkurl" and arg:
                 denies.append({"if": {"not": {"path_regex": arg}}, "status": 501})
-                extra_notes.append(c.name)
             elif kw == "trustedip":
                 nets = (
                     c.args
@@ -374,7 +371,7 @@ class PoundTranslator:
             rule_comments,
             forwards,
         )
-        out.forward_notes = extra_notes
+        out.xhttp_where = xhttp_where
         self.out.virtual_servers.append(out)
 
     def _error_page(self, d: Directive, code: int, path: str, pages: dict[int, str]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .report import Where
+
 
 @dataclass(slots=True)
 class VirtualServerOut:
@@ -14,7 +16,7 @@ class VirtualServerOut:
     # Pound only: the addresses a pass-through listener forwards every request to (the
     # appliance's hop to HAProxy); None when it does anything more.
     forwards_to: list[str] | None = None
-    forward_notes: list[str] = field(default_factory=list)
+    xhttp_where: Where | None = None  # Pound only: the xHTTP line, or the listener's
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -97,12 +98,19 @@ class Ask:
     keep_cookie: bool = False  # send back the cookies set by the previous replies
 
 
-def send(port: int, asks: list[Ask]) -> list[Reply]:
-    """The requests in order, each on a new connection; a cookie jar across them."""
+def send(port: int, asks: list[Ask], context: ssl.SSLContext | None = None) -> list[Reply]:
+    """The requests in order, each on a new connection (TLS with ``context``); a cookie jar
+    across them."""
     jar: dict[str, str] = {}
     replies = []
     for ask in asks:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+        conn: http.client.HTTPConnection
+        if context is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+        else:
+            conn = http.client.HTTPSConnection(
+                "localhost", port, timeout=CLIENT_TIMEOUT, context=context
+            )
         headers = dict(ask.headers)
         headers.setdefault("Host", "www.example.com")
         if ask.keep_cookie and jar:

@@ -17,8 +17,10 @@ from config.importers.pipeline import EXIT_CARRIED, import_configs
 from l7proxy.cli import main
 
 from .corpus import CORPUS
-from .differential import echo_servers, free_port, run_lbproxy
-from .test_differential import warm_up
+from .differential import Ask, echo_servers, free_port, run_haproxy, run_lbproxy, run_pound, send
+from .test_differential import differences, haproxy, pound, warm_up
+
+__all__ = ["haproxy", "pound"]  # fixtures shared with the differential tests
 
 REQUESTS = 4  # enough to see the cookie keep the client on one server
 
@@ -54,8 +56,17 @@ def localize(
     return tmp / "haproxy.cfg", tmp / "pound.cfg"
 
 
+def modernize(haproxy_1x: str) -> str:
+    """The appliance's 1.x file in the 2.x spelling Debian's HAProxy 2.6 accepts (the import reads
+    the 1.x file itself)."""
+    text = re.sub(r"(?m)^(\s*)contimeout ", r"\1timeout connect ", haproxy_1x)
+    text = re.sub(r"(?m)^(\s*)clitimeout ", r"\1timeout client ", text)
+    text = re.sub(r"(?m)^(\s*)srvtimeout ", r"\1timeout server ", text)
+    return re.sub(r"(?m)^listen (\S+) (\S+)$", r"listen \1\n    bind \2", text)
+
+
 def certificate(tmp: pathlib.Path, ca: trustme.CA) -> pathlib.Path:
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    leaf = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")  # Pound wants a CN
     path = tmp / "www.pem"
     path.touch(mode=0o600)
     path.write_bytes(
@@ -82,7 +93,7 @@ def test_appliance_pair_imports_to_one_virtual_server(
     assert vs["health_check"]["http"]["path"] == "/health"
     assert vs["fallback"]["address"] == "127.0.0.1:9009"
     assert [s["label"] for s in vs["real_servers"]] == ["web1", "web2"]
-    assert "pound.cfg:7: ListenHTTPS: forwarded to this virtual server" in result.yaml_text
+    assert re.search(r"pound\.cfg:\d+: ListenHTTPS: forwarded to this virtual server", result.yaml_text)
     # Only process settings of HAProxy are left behind: nothing that changes traffic.
     assert result.status == EXIT_CARRIED, result.report
     out = tmp_path / "lb.yaml"
@@ -127,3 +138,46 @@ def test_appliance_pair_serves_https_with_persistence_and_one_forwarded_for(
                 assert seen["x-forwarded-proto"] == "https"
             assert len(set(answered)) == 1
             assert cookie == f"SERVERID={answered[0]}"
+
+
+def test_appliance_chain_and_its_import_agree_but_for_forwarded_for(
+    tmp_path: pathlib.Path, ca: trustme.CA, haproxy: str, pound: str
+) -> None:
+    """Pound in front of HAProxy, as on the appliance, against lbproxy with the folded import:
+    the same answers, cookies and headers, except X-Forwarded-For, where the chain shows Pound's
+    address after the client's."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    asks = [
+        Ask(path="/"),
+        Ask(path="/a", keep_cookie=True),
+        Ask(method="POST", path="/b", keep_cookie=True),
+    ]
+    with echo_servers(["web1", "web2", "backup"]) as servers:
+        cert = certificate(tmp_path, ca)
+        chain_dir, ours_dir = tmp_path / "chain", tmp_path / "ours"
+        chain_dir.mkdir()
+        ours_dir.mkdir()
+        chain = {"vip": free_port(), "https": free_port(), **servers}
+        ours = {"vip": free_port(), "https": free_port(), **servers}
+        chain_haproxy, chain_pound = localize(chain_dir, chain, cert)
+        our_haproxy, our_pound = localize(ours_dir, ours, cert)
+        result = import_configs(str(our_haproxy), str(our_pound), env={})
+        assert result.yaml_text is not None
+        config = ours_dir / "lb.yaml"
+        config.write_text(result.yaml_text)
+        with (
+            run_haproxy(chain_dir, modernize(chain_haproxy.read_text()), chain["vip"]),
+            run_pound(chain_dir, pound, chain_pound.read_text(), chain["https"]),
+        ):
+            theirs = send(chain["https"], asks, context)
+        with run_lbproxy(config, ours["https"]):
+            warm_up(ours["vip"])
+            mine = send(ours["https"], asks, context)
+    found = differences(theirs, mine, asks)
+    expected = [
+        f"{ask.method} {ask.path} {{}}: server received x-forwarded-for: "
+        "original ('127.0.0.1, 127.0.0.1',), lbproxy ('127.0.0.1',)"
+        for ask in asks
+    ]
+    assert found == expected
