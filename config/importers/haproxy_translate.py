@@ -24,8 +24,8 @@ from .haproxy_acl import (
 )
 from .haproxy_reader import PROXY_KINDS, Line, Section
 from .report import Report, Where
-from .result import Translation, VirtualServerOut
-from .values import duration, haproxy_address, haproxy_ms, label
+from .result import Translation, VirtualServerOut, placeholder_pool, put_nonempty
+from .values import duration, haproxy_address, haproxy_ms, label, words
 
 Exists = Callable[[str], bool]
 
@@ -65,382 +65,100 @@ QUIET = {
     "option httpclose",
     "option forceclose",
 }
-PROCESS_ONLY = {
-    "log",
-    "log-format",
-    "log-tag",
-    "capture",
-    "description",
-    "id",
-    "option",
-    "maxconn",
-    "declare",
-    "unique-id-format",
-    "log-format-sd",
-    "error-log-format",
-    "hash-type",
-    "http-reuse",
-    "fullconn",
-    "compression",
-    "email-alert",
-    "rate-limit",
-    "bind-process",
-    "balance-url-param",
-    "grace",
-    "stats",
-    "monitor",
-    "monitor-net",
-    "default-server",
-    "disabled",
-    "enabled",
-    "load-server-state-from-file",
-    "server-state-file-name",
-    "http-send-name-header",
-    "dynamic-cookie-key",
-    "backlog",
-}
-GLOBAL_NOT_NEEDED = {
-    "daemon",
-    "nbproc",
-    "nbthread",
-    "cpu-map",
-    "chroot",
-    "maxconn",
-    "ulimit-n",
-    "node",
-    "description",
-    "spread-checks",
-    "log-send-hostname",
-    "log-tag",
-    "quiet",
-    "master-worker",
-    "noepoll",
-    "nopoll",
-    "nosplice",
-    "uid",
-    "gid",
-    "stats",
-    "ssl-server-verify",
-    "insecure-fork-wanted",
-    "expose-experimental-directives",
-    "localpeer",
-    "set-dumpable",
-    "zero-warning",
-    "strict-limits",
-    "busy-polling",
-    "max-spread-checks",
-    "maxsslconn",
-    "maxcompcpuusage",
-    "maxpipes",
-    "maxsslrate",
-    "maxconnrate",
-    "maxsessrate",
-    "maxcomprate",
-    "hard-stop-after",
-    "presetenv",
-    "setenv",
-    "resetenv",
-    "unsetenv",
-    "server-state-base",
-    "server-state-file",
-    "ssl-dh-param-file",
-    "lua-prepend-path",
-    "debug",
-    "external-check",
-    "ssl-engine",
-    "profiling.tasks",
-    "cluster-secret",
-    "pp2-never-send-local",
-    "h1-case-adjust-bogus-client",
-    "numa-cpu-mapping",
-    "ssl-mode-async",
-    "stats-file",
-    "httpclient.resolvers.prefer",
-}
+PROCESS_ONLY = words(
+    """
+    log log-format log-tag capture description id option maxconn declare unique-id-format
+    log-format-sd error-log-format hash-type http-reuse fullconn compression email-alert
+    rate-limit bind-process balance-url-param grace stats monitor monitor-net default-server
+    disabled enabled load-server-state-from-file server-state-file-name http-send-name-header
+    dynamic-cookie-key backlog
+    """
+)
+GLOBAL_NOT_NEEDED = words(
+    """
+    daemon nbproc nbthread cpu-map chroot maxconn ulimit-n node description spread-checks
+    log-send-hostname log-tag quiet master-worker noepoll nopoll nosplice uid gid stats
+    ssl-server-verify insecure-fork-wanted expose-experimental-directives localpeer set-dumpable
+    zero-warning strict-limits busy-polling max-spread-checks maxsslconn maxcompcpuusage
+    maxpipes maxsslrate maxconnrate maxsessrate maxcomprate hard-stop-after presetenv setenv
+    resetenv unsetenv server-state-base server-state-file ssl-dh-param-file lua-prepend-path
+    debug external-check ssl-engine profiling.tasks cluster-secret pp2-never-send-local
+    h1-case-adjust-bogus-client numa-cpu-mapping ssl-mode-async stats-file
+    httpclient.resolvers.prefer
+    """
+)
 
 # lbproxy refuses rules on the fields that carry framing or routing (docs/configuration.md).
-HEADER_FORBIDDEN = {
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "host",
-    "expect",
-    "upgrade",
-    "keep-alive",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-}
+HEADER_FORBIDDEN = words(
+    """
+    content-length transfer-encoding connection host expect upgrade keep-alive te trailer
+    proxy-connection proxy-authenticate proxy-authorization http2-settings
+    """
+)
+# Health checks other than HTTP: lbproxy checks those servers with a TCP connect.
+OTHER_CHECKS = words(
+    "ssl-hello-chk tcp-check mysql-check pgsql-check redis-check smtpchk ldap-check external-check"
+)
+# The header-rule keywords, 2.x and 1.x.
+HEADER_KEYWORDS = words(
+    """
+    http-request http-response reqadd rspadd reqdel reqidel rspdel rspidel reqrep reqirep rsprep
+    rspirep
+    """
+)
 LBPROXY_SETS = {"x-forwarded-proto", "x-forwarded-port", "x-forwarded-host"}
-SAMPLE_FETCHES = {
-    "src",
-    "src_port",
-    "dst",
-    "dst_port",
-    "ssl_fc",
-    "srv_name",
-    "host",
-    "hdr(host)",
-    "req.hdr(host)",
-    "method",
-    "path",
-    "query",
-    "url",
-    "base",
-}
+SAMPLE_FETCHES = words(
+    """
+    src src_port dst dst_port ssl_fc srv_name host hdr(host) req.hdr(host) method path query url
+    base
+    """
+)
 _FETCH_IN_FORMAT_RE = re.compile(r"%\[([^\]]*)\]")
-_SERVER_ARGS = {
-    "weight",
-    "inter",
-    "fastinter",
-    "downinter",
-    "rise",
-    "fall",
-    "cookie",
-    "addr",
-    "port",
-    "maxconn",
-    "maxqueue",
-    "minconn",
-    "slowstart",
-    "verify",
-    "ca-file",
-    "crl-file",
-    "sni",
-    "crt",
-    "resolvers",
-    "resolve-prefer",
-    "init-addr",
-    "id",
-    "on-error",
-    "on-marked-down",
-    "on-marked-up",
-    "observe",
-    "error-limit",
-    "agent-port",
-    "agent-inter",
-    "agent-send",
-    "agent-addr",
-    "track",
-    "redir",
-    "ssl-min-ver",
-    "ssl-max-ver",
-    "alpn",
-    "check-alpn",
-    "check-sni",
-    "proto",
-    "pool-max-conn",
-    "pool-purge-delay",
-    "ciphers",
-    "ciphersuites",
-    "namespace",
-    "source",
-    "usesrc",
-    "socks4",
-    "ws",
-    "max-reuse",
-    "pool-low-conn",
-    "tcp-ut",
-    "curves",
-    "sigalgs",
-    "client-sigalgs",
-    "hash-key",
-    "shard",
-    "resolve-opts",
-    "resolve-net",
-    "guid",
-    "init-state",
-    "check-proto",
-    "log-proto",
-    "set-proxy-v2-tlv-fmt",
-    "idle-ping",
-    "check-pool-conn-name",
-    "pool-conn-name",
-    "npn",
-    "tls-tickets",
-}
-_SERVER_NOT_TRAFFIC = {
-    "id",
-    "observe",
-    "error-limit",
-    "on-error",
-    "on-marked-down",
-    "on-marked-up",
-    "slowstart",
-    "init-addr",
-    "resolvers",
-    "resolve-prefer",
-    "resolve-opts",
-    "resolve-net",
-    "agent-check",
-    "agent-port",
-    "agent-inter",
-    "agent-send",
-    "agent-addr",
-    "fastinter",
-    "downinter",
-    "minconn",
-    "maxqueue",
-    "pool-max-conn",
-    "pool-purge-delay",
-    "max-reuse",
-    "pool-low-conn",
-    "tfo",
-    "check-send-proxy",
-    "no-agent-check",
-    "non-stick",
-    "guid",
-    "hash-key",
-    "shard",
-    "log-proto",
-    "check-alpn",
-    "check-sni",
-    "check-ssl",
-    "no-check-ssl",
-    "alpn",
-    "npn",
-    "no-tls-tickets",
-    "allow-0rtt",
-    "tcp-ut",
-    "crl-file",
-    "ws",
-    "proto",
-    "idle-ping",
-    "init-state",
-    "check-proto",
-    "namespace",
-    "curves",
-    "sigalgs",
-    "client-sigalgs",
-    "no-sslv3",
-    "no-tlsv10",
-    "no-tlsv11",
-    "no-tlsv12",
-    "no-tlsv13",
-    "force-tlsv12",
-    "force-tlsv13",
-    "ssl-min-ver",
-    "ssl-max-ver",
-    "ciphers",
-    "ciphersuites",
-    "tls-tickets",
-    "check-pool-conn-name",
-    "pool-conn-name",
-    "ssl-reuse",
-    "no-ssl-reuse",
-    "enabled",
-    "no-backup",
-    "no-send-proxy",
-    "no-send-proxy-v2",
-    "no-ssl",
-    "no-verifyhost",
-    "verifyhost",
-    "check-via-socks4",
-}
-_BIND_ARGS = {
-    "crt",
-    "crt-list",
-    "alpn",
-    "npn",
-    "ssl-min-ver",
-    "ssl-max-ver",
-    "ciphers",
-    "ciphersuites",
-    "ca-file",
-    "verify",
-    "crl-file",
-    "name",
-    "process",
-    "maxconn",
-    "level",
-    "mode",
-    "user",
-    "group",
-    "uid",
-    "gid",
-    "interface",
-    "namespace",
-    "curves",
-    "ecdhe",
-    "tls-ticket-keys",
-    "ca-sign-file",
-    "ca-sign-pass",
-    "thread",
-    "id",
-    "backlog",
-    "tcp-ut",
-    "mss",
-    "nice",
-    "severity-output",
-    "sigalgs",
-    "client-sigalgs",
-    "ca-ignore-err",
-    "crt-ignore-err",
-    "quic-cc-algo",
-    "proto",
-    "label",
-    "guid-prefix",
-    "default-crt",
-    "ca-verify-file",
-    "accept-netscaler-cip",
-    "idle-ping",
-    "shards",
-    "quic-socket",
-}
-_BIND_NOT_TRAFFIC = {
-    "name",
-    "process",
-    "maxconn",
-    "level",
-    "mode",
-    "user",
-    "group",
-    "uid",
-    "gid",
-    "interface",
-    "namespace",
-    "curves",
-    "ecdhe",
-    "tls-ticket-keys",
-    "thread",
-    "id",
-    "backlog",
-    "tcp-ut",
-    "mss",
-    "nice",
-    "severity-output",
-    "v4v6",
-    "v6only",
-    "transparent",
-    "defer-accept",
-    "tfo",
-    "no-tls-tickets",
-    "prefer-client-ciphers",
-    "allow-0rtt",
-    "npn",
-    "alpn",
-    "no-sslv3",
-    "no-tlsv10",
-    "no-tlsv11",
-    "force-tlsv12",
-    "no-ca-names",
-    "sigalgs",
-    "client-sigalgs",
-    "label",
-    "shards",
-    "idle-ping",
-    "ssl-max-ver",
-    "crl-file",
-    "ca-ignore-err",
-    "crt-ignore-err",
-    "expose-fd",
-    "generate-certificates",
-    "ca-sign-file",
-    "ca-sign-pass",
-    "strict-sni",
-}
+_SERVER_ARGS = words(
+    """
+    weight inter fastinter downinter rise fall cookie addr port maxconn maxqueue minconn
+    slowstart verify ca-file crl-file sni crt resolvers resolve-prefer init-addr id on-error
+    on-marked-down on-marked-up observe error-limit agent-port agent-inter agent-send agent-addr
+    track redir ssl-min-ver ssl-max-ver alpn check-alpn check-sni proto pool-max-conn
+    pool-purge-delay ciphers ciphersuites namespace source usesrc socks4 ws max-reuse
+    pool-low-conn tcp-ut curves sigalgs client-sigalgs hash-key shard resolve-opts resolve-net
+    guid init-state check-proto log-proto set-proxy-v2-tlv-fmt idle-ping check-pool-conn-name
+    pool-conn-name npn tls-tickets
+    """
+)
+_SERVER_NOT_TRAFFIC = words(
+    """
+    id observe error-limit on-error on-marked-down on-marked-up slowstart init-addr resolvers
+    resolve-prefer resolve-opts resolve-net agent-check agent-port agent-inter agent-send
+    agent-addr fastinter downinter minconn maxqueue pool-max-conn pool-purge-delay max-reuse
+    pool-low-conn tfo check-send-proxy no-agent-check non-stick guid hash-key shard log-proto
+    check-alpn check-sni check-ssl no-check-ssl alpn npn no-tls-tickets allow-0rtt tcp-ut
+    crl-file ws proto idle-ping init-state check-proto namespace curves sigalgs client-sigalgs
+    no-sslv3 no-tlsv10 no-tlsv11 no-tlsv12 no-tlsv13 force-tlsv12 force-tlsv13 ssl-min-ver
+    ssl-max-ver ciphers ciphersuites tls-tickets check-pool-conn-name pool-conn-name ssl-reuse
+    no-ssl-reuse enabled no-backup no-send-proxy no-send-proxy-v2 no-ssl no-verifyhost
+    verifyhost check-via-socks4
+    """
+)
+_BIND_ARGS = words(
+    """
+    crt crt-list alpn npn ssl-min-ver ssl-max-ver ciphers ciphersuites ca-file verify crl-file
+    name process maxconn level mode user group uid gid interface namespace curves ecdhe
+    tls-ticket-keys ca-sign-file ca-sign-pass thread id backlog tcp-ut mss nice severity-output
+    sigalgs client-sigalgs ca-ignore-err crt-ignore-err quic-cc-algo proto label guid-prefix
+    default-crt ca-verify-file accept-netscaler-cip idle-ping shards quic-socket
+    """
+)
+_BIND_NOT_TRAFFIC = words(
+    """
+    name process maxconn level mode user group uid gid interface namespace curves ecdhe
+    tls-ticket-keys thread id backlog tcp-ut mss nice severity-output v4v6 v6only transparent
+    defer-accept tfo no-tls-tickets prefer-client-ciphers allow-0rtt npn alpn no-sslv3 no-tlsv10
+    no-tlsv11 force-tlsv12 no-ca-names sigalgs client-sigalgs label shards idle-ping ssl-max-ver
+    crl-file ca-ignore-err crt-ignore-err expose-fd generate-certificates ca-sign-file
+    ca-sign-pass strict-sni
+    """
+)
 
 
 @dataclass(slots=True)
@@ -476,22 +194,12 @@ def _section_mode(section: Section) -> str:
     return mode
 
 
-_HTTP_HINTS = {
-    "http-request",
-    "http-response",
-    "reqadd",
-    "reqrep",
-    "reqirep",
-    "reqdel",
-    "reqidel",
-    "rspadd",
-    "rspdel",
-    "rspidel",
-    "rsprep",
-    "redirect",
-    "cookie",
-    "errorfile",
-}
+_HTTP_HINTS = words(
+    """
+    http-request http-response reqadd reqrep reqirep reqdel reqidel rspadd rspdel rspidel rsprep
+    redirect cookie errorfile
+    """
+)
 
 
 def _is_http(section: Section) -> bool:
@@ -536,6 +244,13 @@ class HaproxyTranslator:
         self, line: Line, why: str, *, traffic: bool = True, directive: str | None = None
     ) -> None:
         self.report.add(line.where, directive or _directive(line), why, traffic=traffic)
+
+    def _readable(self, line: Line, path: str, why: str, directive: str) -> bool:
+        """Whether a file the configuration names is here; reported when it is not."""
+        if self.exists(path):
+            return True
+        self.note(line, why, directive=directive)
+        return False
 
     def _path(self, base: str, path: str) -> str:
         if base and not path.startswith("/"):
@@ -895,22 +610,7 @@ class HaproxyTranslator:
                 cond = cond_of(line, cwords)
                 if cond is not None:
                     allows.append(cond)
-            elif kw in {
-                "http-request",
-                "http-response",
-                "reqadd",
-                "rspadd",
-                "reqdel",
-                "reqidel",
-                "rspdel",
-                "rspidel",
-                "reqrep",
-                "reqirep",
-                "rsprep",
-                "rspirep",
-                "reqdeny",
-                "reqideny",
-            }:
+            elif kw in HEADER_KEYWORDS or kw in {"reqdeny", "reqideny"}:
                 self._header_rule(line, acls, ctx, req_headers, rsp_headers, denies)
             elif kw in {"errorfile"} and len(args) >= 2:
                 self._errorfile(line, error_pages)
@@ -944,20 +644,7 @@ class HaproxyTranslator:
             elif (
                 kw == "option"
                 and args[:1]
-                and args[0]
-                in {
-                    "httpchk",
-                    "allbackups",
-                    "ssl-hello-chk",
-                    "tcp-check",
-                    "mysql-check",
-                    "pgsql-check",
-                    "redis-check",
-                    "smtpchk",
-                    "ldap-check",
-                    "persist",
-                    "originalto",
-                }
+                and args[0] in OTHER_CHECKS | {"httpchk", "allbackups", "persist", "originalto"}
                 and not is_listen
             ):
                 continue
@@ -984,7 +671,7 @@ class HaproxyTranslator:
                 if default_backend is None
                 else f"default backend {default_backend} has no server lbproxy can carry"
             )
-            vs.update(self._placeholder_pool())
+            vs.update(placeholder_pool())
             if rules or redirects or redirect_to_https or denies:
                 self.report.add(
                     where,
@@ -1015,21 +702,16 @@ class HaproxyTranslator:
             vs["timeouts"] = self._clean_timeouts(timeouts, vs)
         if redirect_to_https is not None:
             vs["redirect_to_https"] = redirect_to_https or True
-        if redirects:
-            vs["redirects"] = redirects
-        if denies:
-            vs["deny"] = denies
-        if req_headers:
-            vs["request_headers"] = req_headers
-        if rsp_headers:
-            vs["response_headers"] = rsp_headers
-        if error_pages:
-            vs["error_pages"] = error_pages
-        limits = {k: v for k, v in limits.items() if v is not None}
-        if limits:
-            vs["limits"] = limits
-        if rules:
-            vs["rules"] = [entry for entry, _ in rules]
+        put_nonempty(
+            vs,
+            redirects=redirects,
+            deny=denies,
+            request_headers=req_headers,
+            response_headers=rsp_headers,
+            error_pages=error_pages,
+            limits={k: v for k, v in limits.items() if v is not None},
+            rules=[entry for entry, _ in rules],
+        )
         names = _referenced_names(
             [
                 vs.get(k)
@@ -1064,12 +746,6 @@ class HaproxyTranslator:
         except Unsupported:
             return False
         return plain is ALWAYS and tls is NEVER
-
-    def _placeholder_pool(self) -> dict[str, Any]:
-        return {
-            "health_check": {"enabled": False},
-            "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}],
-        }
 
     def _acl_table(self, lines: list[Line], ctx: Context) -> AclTable:
         entries: dict[str, list[Any]] = {}
@@ -1397,20 +1073,7 @@ class HaproxyTranslator:
                 backend.vs_lines.append(ln) if not inherited else None
             elif kw == "option" and ln.args[:1] == ("forwardfor",):
                 backend.forwardfor = ln
-            elif kw in {
-                "http-request",
-                "http-response",
-                "reqadd",
-                "rspadd",
-                "reqdel",
-                "reqidel",
-                "rspdel",
-                "rspidel",
-                "reqrep",
-                "reqirep",
-                "rsprep",
-                "rspirep",
-            }:
+            elif kw in HEADER_KEYWORDS:
                 before = len(backend.request_headers) + len(backend.response_headers)
                 self._header_rule(
                     ln, acls, tls_ctx, backend.request_headers, backend.response_headers, denies
@@ -1487,21 +1150,7 @@ class HaproxyTranslator:
             pool.setdefault("_http_check", []).append(line)
         elif kw == "option" and args[:1] == ("allbackups",):
             pool["_allbackups"] = True
-        elif (
-            kw == "option"
-            and args[:1]
-            and args[0]
-            in {
-                "ssl-hello-chk",
-                "tcp-check",
-                "mysql-check",
-                "pgsql-check",
-                "redis-check",
-                "smtpchk",
-                "ldap-check",
-                "external-check",
-            }
-        ):
+        elif kw == "option" and args[:1] and args[0] in OTHER_CHECKS:
             self.note(line, "checked with a TCP connect instead", traffic=False)
         elif kw == "stick-table":
             pool["_stick_table"] = line
@@ -1640,15 +1289,10 @@ class HaproxyTranslator:
                 tls["verify"] = value
             elif word == "ca-file":
                 path = self._path(self.globals.ca_base, value)
-                if self.exists(path):
+                why = f"ca-file {path} cannot be read here, so it is not verified / add tls.ca"
+                if self._readable(line, path, why, f"server {name} ca-file"):
                     tls["ca"] = path
                 else:
-                    self.note(
-                        line,
-                        f"ca-file {path} cannot be read here, so the server's certificate is not "
-                        f"verified / add tls.ca",
-                        directive=f"server {name} ca-file",
-                    )
                     tls["_no_ca"] = True
             elif word == "sni":
                 sni = value
@@ -1665,14 +1309,9 @@ class HaproxyTranslator:
                     )
             elif word == "crt":
                 path = self._path(self.globals.crt_base, value)
-                if self.exists(path):
+                why = f"client certificate {path} cannot be read here / add tls.certificate"
+                if self._readable(line, path, why, f"server {name} crt"):
                     tls["certificate"] = path
-                else:
-                    self.note(
-                        line,
-                        f"client certificate {path} cannot be read here / add tls.certificate",
-                        directive=f"server {name} crt",
-                    )
             elif word in {
                 "send-proxy",
                 "send-proxy-v2",
@@ -2157,15 +1796,12 @@ class HaproxyTranslator:
             takes = word in _BIND_ARGS
             if word == "crt":
                 path = self._path(self.globals.crt_base, value)
-                if self.exists(path):
+                why = (
+                    f"certificate {path} cannot be read here, so this bind serves lbproxy's "
+                    "self-signed certificate / copy it and set tls.certificate"
+                )
+                if self._readable(line, path, why, "bind crt"):
                     certs.append(path)
-                else:
-                    self.note(
-                        line,
-                        f"certificate {path} cannot be read here, so this bind serves lbproxy's "
-                        f"self-signed certificate / copy it and set tls.certificate",
-                        directive="bind crt",
-                    )
             elif word == "crt-list":
                 self.note(
                     line,
@@ -2182,15 +1818,9 @@ class HaproxyTranslator:
                 tls["ciphersuites"] = value
             elif word == "ca-file":
                 path = self._path(self.globals.ca_base, value)
-                if self.exists(path):
+                why = f"client CA {path} cannot be read here: no client certificates asked for"
+                if self._readable(line, path, why, "bind ca-file"):
                     tls["client_ca"] = path
-                else:
-                    self.note(
-                        line,
-                        f"client CA {path} cannot be read here, so client certificates are not "
-                        f"asked for",
-                        directive="bind ca-file",
-                    )
             elif word == "verify" and value in {"optional", "required"}:
                 tls["verify"] = value
             elif word == "strict-sni":
@@ -2231,32 +1861,12 @@ class HaproxyTranslator:
         return out
 
 
-_FACILITIES = {
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "auth2",
-    "ftp",
-    "ntp",
-    "audit",
-    "alert",
-    "cron2",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-}
+_FACILITIES = words(
+    """
+    kern user mail daemon auth syslog lpr news uucp cron auth2 ftp ntp audit alert cron2 local0
+    local1 local2 local3 local4 local5 local6 local7
+    """
+)
 
 
 def _is_request_action(line: Line) -> bool:

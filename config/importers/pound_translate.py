@@ -16,51 +16,35 @@ from typing import Any
 from .conditions import ALWAYS, NEVER, Condition, all_of, any_of, negate, with_if
 from .pound_reader import Directive, PoundConfig
 from .report import Report
-from .result import Translation, VirtualServerOut
-from .values import address, duration, label
+from .result import Translation, VirtualServerOut, placeholder_pool, put_nonempty
+from .values import address, duration, label, words
 
 Exists = Callable[[str], bool]
 
 XHTTP_DEFAULT = 0  # Pound accepts only GET, POST and HEAD unless told otherwise
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 DEFAULT_ALIVE = 30  # seconds; Pound's Alive default
-_GLOBAL_NOT_NEEDED = {
-    "daemon",
-    "rootjail",
-    "threads",
-    "logfacility",
-    "loglevel",
-    "dhparams",
-    "ecdhcurve",
-    "sslengine",
-    "control",
-    "anonymise",
-    "anonymize",
-    "supervisor",
-    "workerminthreads",
-    "workermaxthreads",
-    "workeridletimeout",
-    "threadmodel",
-    "balancer",
-    "regextype",
-    "watcherttl",
-    "logformat",
-    "linebuffersize",
-    "pidfile",
-    "includedir",
-    "backendstats",
-    "logtag",
-    "ignorecase",
-    "resolver",
-    "combineheaders",
-    "forwardedheader",
-    "sslmodeasync",
-    "sslallowclientrenegotiation",
-    "sslhonorcipherorder",
-    "nohttps11",
-    "headeroption",
-    "constant",
-}
+_GLOBAL_NOT_NEEDED = words(
+    """
+    daemon rootjail threads logfacility loglevel dhparams ecdhcurve sslengine control anonymise
+    anonymize supervisor workerminthreads workermaxthreads workeridletimeout threadmodel
+    balancer regextype watcherttl logformat linebuffersize pidfile includedir backendstats
+    logtag ignorecase resolver combineheaders forwardedheader sslmodeasync
+    sslallowclientrenegotiation sslhonorcipherorder nohttps11 headeroption constant
+    """
+)
+
+
+# Top-level directives read before the listeners.
+GLOBAL_READ_FIRST = words(
+    "service acl backend alive timeout connto wstimeout client grace user group pidfile"
+)
+# The Service directives that match requests (Pound 2.x and 4.x).
+MATCH_KEYWORDS = words("url path host header headrequire headdeny query queryparam method")
+# Service directives read elsewhere than as settings of the pool.
+SERVICE_READ_ELSEWHERE = MATCH_KEYWORDS | words(
+    "backend usebackend emergency session not match acl disabled redirect error"
+)
 
 
 def _seconds(text: str | None) -> float | None:
@@ -135,20 +119,7 @@ class PoundTranslator:
             kw = d.keyword
             if kw in {"listenhttp", "listenhttps"}:
                 self._listener(d, services)
-            elif kw in {
-                "service",
-                "acl",
-                "backend",
-                "alive",
-                "timeout",
-                "connto",
-                "wstimeout",
-                "client",
-                "grace",
-                "user",
-                "group",
-                "pidfile",
-            }:
+            elif kw in GLOBAL_READ_FIRST:
                 continue
             elif kw == "trustedip":
                 self.note(
@@ -324,12 +295,7 @@ class PoundTranslator:
         services = [s for s in (d.children or []) if s.keyword == "service"] + top_services
         pool_data, rules, rule_comments, redirects = self._services(d, services, vs_label, denies)
         if pool_data is None:
-            vs.update(
-                {
-                    "health_check": {"enabled": False},
-                    "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}],
-                }
-            )
+            vs.update(placeholder_pool())
             self.report.add(
                 d.where,
                 d.name,
@@ -347,20 +313,16 @@ class PoundTranslator:
                 for k in ("connect", "header", "client_idle", "server", "tunnel")
                 if k in timeouts
             }
-        if redirects:
-            vs["redirects"] = redirects
-        if denies:
-            vs["deny"] = denies
-        if req_headers:
-            vs["request_headers"] = req_headers
-        if rsp_headers:
-            vs["response_headers"] = rsp_headers
-        if error_pages:
-            vs["error_pages"] = error_pages
-        if limits:
-            vs["limits"] = limits
-        if rules:
-            vs["rules"] = rules
+        put_nonempty(
+            vs,
+            redirects=redirects,
+            deny=denies,
+            request_headers=req_headers,
+            response_headers=rsp_headers,
+            error_pages=error_pages,
+            limits=limits,
+            rules=rules,
+        )
         forwards = None
         if pool_data is not None and not rules and not redirects and len(services) >= 1:
             servers = pool_data[0].get("real_servers", [])
@@ -506,17 +468,7 @@ class PoundTranslator:
             op = (c.args[0] if c.args else "AND").upper()
             parts = [p for p in (self._match(x) for x in c.children or []) if p is not None]
             return all_of(parts) if op == "AND" else any_of(parts)
-        if kw in {
-            "url",
-            "path",
-            "host",
-            "header",
-            "headrequire",
-            "headdeny",
-            "query",
-            "queryparam",
-            "method",
-        }:
+        if kw in MATCH_KEYWORDS:
             opts = [a for a in c.args if a.startswith("-")]
             values = [a for a in c.args if not a.startswith("-")]
             if "-file" in opts or "-filewatch" in opts:
@@ -649,27 +601,7 @@ class PoundTranslator:
             pool["fallback"] = fallbacks[0] if len(fallbacks) == 1 else fallbacks
         pool["real_servers"] = servers
         for c in service.children or []:
-            if c.keyword in {
-                "backend",
-                "usebackend",
-                "emergency",
-                "session",
-                "url",
-                "path",
-                "host",
-                "header",
-                "headrequire",
-                "headdeny",
-                "query",
-                "queryparam",
-                "method",
-                "not",
-                "match",
-                "acl",
-                "disabled",
-                "redirect",
-                "error",
-            }:
+            if c.keyword in SERVICE_READ_ELSEWHERE:
                 continue
             if c.keyword in {"balancer"}:
                 self.note(c, "lbproxy balances by weighted round robin here", traffic=False)

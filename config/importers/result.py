@@ -24,3 +24,17 @@ class Translation:
     virtual_servers: list[VirtualServerOut] = field(default_factory=list)
     pools: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
     global_: dict[str, Any] = field(default_factory=dict)
+
+
+def put_nonempty(data: dict[str, Any], **items: Any) -> None:
+    """Set the keys whose values are not empty: an empty list or mapping is the default."""
+    data.update({key: value for key, value in items.items() if value})
+
+
+def placeholder_pool() -> dict[str, Any]:
+    """A pool for a virtual server whose requests HAProxy or Pound answered with 503 when no
+    rule matched: its one server is in maintenance, so lbproxy answers 503 too."""
+    return {
+        "health_check": {"enabled": False},
+        "real_servers": [{"label": "none", "address": "127.0.0.1:1", "state": "maint"}],
+    }

@@ -79,3 +79,8 @@ def haproxy_address(text: str, default_port: int | None = None) -> str:
     result = address(host, int(port_text))
     parse_address(result)
     return result
+
+
+def words(text: str) -> frozenset[str]:
+    """The whitespace-separated words of ``text``: long keyword lists stay readable."""
+    return frozenset(text.split())

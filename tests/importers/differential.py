@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -169,35 +169,25 @@ def import_yaml(
 
 
 @contextmanager
-def run_haproxy(tmp: pathlib.Path, text: str, port: int) -> Iterator[None]:
-    path = tmp / "haproxy.cfg"
+def _run(tmp: pathlib.Path, name: str, text: str, port: int, command: list[str]) -> Iterator[None]:
+    """``command`` with its configuration written to ``tmp/NAME.cfg``, until the block ends."""
+    path = tmp / f"{name}.cfg"
     path.write_text(text)
-    log = (tmp / "haproxy.log").open("wb")
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_listening("127.0.0.1", port, proc)
-        yield
-    finally:
-        stop(proc, signal.SIGTERM)
-        log.close()
+    with (tmp / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen([*command, str(path)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening("127.0.0.1", port, proc)
+            yield
+        finally:
+            stop(proc, signal.SIGTERM)
 
 
-@contextmanager
-def run_pound(tmp: pathlib.Path, binary: str, text: str, port: int) -> Iterator[None]:
-    path = tmp / "pound.cfg"
-    path.write_text(text)
-    log = (tmp / "pound.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, "-e", "-f", str(path), "-p", str(tmp / "pound.pid")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_listening("127.0.0.1", port, proc)
-        yield
-    finally:
-        stop(proc, signal.SIGTERM)
-        log.close()
+def run_haproxy(tmp: pathlib.Path, text: str, port: int) -> AbstractContextManager[None]:
+    return _run(tmp, "haproxy", text, port, [HAPROXY, "-db", "-f"])
+
+
+def run_pound(tmp: pathlib.Path, binary: str, text: str, port: int) -> AbstractContextManager[None]:
+    return _run(tmp, "pound", text, port, [binary, "-e", "-p", str(tmp / "pound.pid"), "-f"])
 
 
 @contextmanager
