@@ -126,6 +126,8 @@ def _host(method: str, values: list[str]) -> Condition:
 def _header(name: str, method: str, values: list[str], icase: bool) -> Condition:
     if method == "found" or (method == "cnt" and values in (["gt", "0"], ["ge", "1"])):
         return {"header": {"name": name}}
+    if method == "cnt" and values in (["eq", "0"], ["lt", "1"], ["le", "0"]):
+        return {"not": {"header": {"name": name}}}
     if method == "str" and not icase:
         return any_of([{"header": {"name": name, "value": v}} for v in values])
     if method == "reg":

@@ -672,22 +672,16 @@ class HaproxyTranslator:
                 else f"default backend {default_backend} has no server lbproxy can carry"
             )
             vs.update(placeholder_pool())
-            if rules or redirects or redirect_to_https or denies:
-                self.report.add(
-                    where,
-                    f"{section.kind} {section.name}",
-                    f"{reason}: requests that match no rule get 503 from a pool whose one server "
-                    f"is in maintenance, as HAProxy answers them",
-                    traffic=False,
-                )
-            else:
-                self.report.add(
-                    where,
-                    f"{section.kind} {section.name}",
-                    f"{reason}: every request gets 503 from a pool whose one server is in "
-                    f"maintenance",
-                    traffic=False,
-                )
+            who = "requests that match no rule" if rules else "every request"
+            # Without default_backend HAProxy answers 503 too; a backend whose servers were
+            # not carried (unix sockets, added by Lua...) served those requests.
+            self.report.add(
+                where,
+                f"{section.kind} {section.name}",
+                f"{reason}: {who} gets 503 from a pool whose one server is in maintenance"
+                + (", as HAProxy answers them" if default_backend is None else ""),
+                traffic=default_backend is not None,
+            )
         else:
             vs.update(backend.pool)
             timeouts = {**timeouts, **backend.timeouts}

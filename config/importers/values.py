@@ -7,8 +7,16 @@ import re
 from config.fields import LABEL_RE
 from config.scalars import parse_address
 
-_TIME_RE = re.compile(r"(\d+)(us|ms|s|m|h|d)?")
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0, "d": 86400000.0}
+_TIME_RE = re.compile(r"(\d+)(us|ms|s|min|m|h|d)?")
+_UNIT_MS = {
+    "us": 0.001,
+    "ms": 1.0,
+    "s": 1000.0,
+    "m": 60000.0,
+    "min": 60000.0,
+    "h": 3600000.0,
+    "d": 86400000.0,
+}
 
 
 def haproxy_ms(text: str) -> float | None:
