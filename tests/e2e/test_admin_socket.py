@@ -235,8 +235,9 @@ def test_socat_and_prompt_mode(tmp_path: pathlib.Path) -> None:
         ).stdout
 
     with running(tmp_path) as setup:
-        lines = talk(setup.sock, "set server www/web1 state drain; show servers state www\n")
-        lines = lines.splitlines()
+        lines = talk(
+            setup.sock, "set server www/web1 state drain; show servers state www\n"
+        ).splitlines()
         assert lines[:3] == ["", "1", lines[2]] and lines[2].startswith("# be_id be_name srv_id")
         assert lines[3].split()[1:7] == ["www", "1", "web1", "127.0.0.1", "2", "8"]
         assert {get(setup.port, "127.0.0.1").server for _ in range(NEW_CLIENTS)} == {"web2"}

@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -44,8 +45,11 @@ def get(port: int, path: str = "/", context: ssl.SSLContext | None = None) -> tu
         conn.close()
 
 
+Demo = tuple[dict[str, int], pathlib.Path]  # the demo's ports by name, and its folder
+
+
 @pytest.fixture
-def demo(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
+def demo(tmp_path: pathlib.Path) -> Iterator[Demo]:
     ports = {"http": free_port(), "https": free_port(), "stats": free_port()}
     proc = subprocess.Popen(
         [
@@ -71,7 +75,7 @@ def demo(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
     assert proc.returncode == 0
 
 
-def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[no-untyped-def]
+def test_demo_balances_persists_and_shows_stats(demo: Demo) -> None:
     ports, folder = demo
     labels = set()
     for _ in range(4):
@@ -101,7 +105,7 @@ def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[n
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-def test_a_browser_sees_the_demo_and_the_stats_page(demo) -> None:  # type: ignore[no-untyped-def]
+def test_a_browser_sees_the_demo_and_the_stats_page(demo: Demo) -> None:
     ports, _ = demo
     assert CHROMIUM is not None
     with tempfile.TemporaryDirectory() as profile:

@@ -50,7 +50,10 @@ def served_names(port: int, ca: trustme.CA, server_name: str) -> list[str]:
         context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         cert = tls.getpeercert()
-    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    assert cert is not None
+    names = cert.get("subjectAltName", ())
+    assert isinstance(names, tuple)
+    return [value for kind, value in names if kind == "DNS" and isinstance(value, str)]
 
 
 @needs_curl

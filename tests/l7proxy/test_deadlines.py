@@ -197,7 +197,8 @@ async def test_client_stalling_mid_upload_is_408_and_not_the_servers_fault() -> 
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
             assert web.seen == []
-            counters = proxy.runtime.pools["www"].server("w").counters  # type: ignore[union-attr]
-            assert counters.failures_response == 0
+            real = proxy.runtime.pools["www"].server("w")
+            assert real is not None
+            assert real.counters.failures_response == 0
             assert proxy.runtime.frontend("www").request_errors == 1
             nursery.cancel_scope.cancel()

@@ -148,6 +148,12 @@ async def test_status_lines_have_reason_phrases_and_auth_is_required(
         assert wrong.status == 401 and wrong.header("www-authenticate")
 
 
+def admin_state(handle: app.ProxyHandle, label: str) -> AdminState:
+    real = handle.runtime.pools["www"].server(label)
+    assert real is not None
+    return real.admin
+
+
 def page_token(page: Response) -> str:
     found = re.search(rb'name="token" value="([^"]+)"', page.body)
     assert found is not None, page.body[:500]
@@ -167,12 +173,11 @@ async def test_drain_from_the_page_needs_token_and_same_origin_then_moves_traffi
         assert foreign.status == 403
         anonymous = await post(stats_port, drain, {})
         assert anonymous.status == 401 and anonymous.header("www-authenticate")
-        web1 = handle.runtime.pools["www"].server("web1")
-        assert web1 is not None and web1.admin is AdminState.READY
+        assert admin_state(handle, "web1") is AdminState.READY
         origin = f"http://127.0.0.1:{stats_port}"
         done = await post(stats_port, drain, {**auth_header(), "Origin": origin})
         assert done.status == 303 and done.header("location") == "/stats?st=done"
-        assert web1.admin is AdminState.DRAIN
+        assert admin_state(handle, "web1") is AdminState.DRAIN
         page = await request(stats_port, "GET", "/stats?st=done", headers=auth_header())
         assert b'data-row="www/web1"' in page.body and b"<td>DRAIN</td>" in page.body
         for _ in range(4):

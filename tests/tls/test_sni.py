@@ -130,8 +130,9 @@ def test_normalize(raw: str, expected: str) -> None:
 def served_names(tls: trio.SSLStream[trio.SocketStream] | ssl.SSLSocket) -> tuple[str, ...]:
     cert = tls.getpeercert()
     assert cert is not None
-    san: tuple[tuple[str, str], ...] = cert["subjectAltName"]  # type: ignore[assignment]
-    return tuple(value for kind, value in san if kind == "DNS")
+    san = cert["subjectAltName"]
+    assert isinstance(san, tuple)
+    return tuple(value for kind, value in san if kind == "DNS" and isinstance(value, str))
 
 
 def sni_client(ca: trustme.CA, version: ssl.TLSVersion) -> ssl.SSLContext:

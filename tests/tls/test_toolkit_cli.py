@@ -450,8 +450,8 @@ def test_install_cert_decrypts_an_encrypted_key(
     monkeypatch.setattr(getpass, "getpass", typed)
     assert main([*base, str(tmp_path / "prompted.pem")]) == 0
     assert prompts == [f"Password for {key}: "]
-    out, err = capsys.readouterr()
-    assert SENTINEL not in out + err
+    printed, logged = capsys.readouterr()
+    assert SENTINEL not in printed + logged
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tls.keys import PrivateKey, generate_key
+from tls.status import EXPIRY_WARNING_DAYS
 from tls.store import CertificateError, key_matches, parse_pem_bundle
 from tls.toolkit.certinfo import describe_file, fingerprint, key_description, validity
 from tls.toolkit.csr import SubjectFields, build_csr, normalise_host, validate_subject
 from tls.toolkit.der import looks_like_pkcs12, read_certificate_file
-from tls.toolkit.install import EXPIRY_WARNING_DAYS, assemble_bundle
+from tls.toolkit.install import assemble_bundle
 from tls.toolkit.pfx import OPEN_FAILED, read_pfx
 
 NOW = datetime.datetime.now(datetime.UTC)
