@@ -128,7 +128,8 @@ async def test_tcp_check_ok() -> None:
     async with serving(just_close) as port:
         result = await probe(port, TCP)
     assert (result.ok, result.status, result.desc) == (True, "L4OK", "connected")
-    assert result.duration is not None and result.duration >= 0
+    assert result.duration is not None
+    assert result.duration >= 0
 
 
 async def test_tcp_check_refused() -> None:
@@ -436,5 +437,6 @@ async def test_fallback_check_can_be_disabled_alone(
         await check_for(states, log, 30)
     assert states["www"].servers[0].health is Health.DOWN
     fallback = states["www"].fallback
-    assert fallback is not None and fallback.health is Health.UP
+    assert fallback is not None
+    assert fallback.health is Health.UP
     assert fallback.counters.check_status == ""

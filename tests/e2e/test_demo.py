@@ -89,11 +89,14 @@ def test_demo_balances_persists_and_shows_stats(demo: Demo) -> None:
     cert = folder / "lbproxy-state" / "default-cert.pem"
     context = ssl.create_default_context(cafile=str(cert))
     status, cookie, body = get(ports["https"], context=context)
-    assert status == 200 and cookie.endswith("; Secure")
+    assert status == 200
+    assert cookie.endswith("; Secure")
     assert "<td>x-forwarded-proto</td><td>https</td>" in body
     assert oct((folder / "lbproxy-state" / "default-key.pem").stat().st_mode & 0o777) == "0o600"
     status, _, page = get(ports["stats"])
-    assert status == 200 and "web1" in page and "web2" in page
+    assert status == 200
+    assert "web1" in page
+    assert "web2" in page
     status, _, csv = get(ports["stats"], "/?csv")
     lines = csv.splitlines()
     header = lines[0].removeprefix("# ").split(",")

@@ -37,7 +37,8 @@ def test_version_and_help_on_every_subcommand() -> None:
     out = subprocess.run(
         [*lbproxy_command(), "--version"], capture_output=True, text=True, timeout=30
     )
-    assert out.returncode == 0 and out.stdout.startswith("lbproxy ")
+    assert out.returncode == 0
+    assert out.stdout.startswith("lbproxy ")
     commands = ["run", "check", "demo", "csr", "convert-pfx", "convert-cer", "install-cert"]
     for command in [*commands, "selfsigned", "show-cert"]:
         result = subprocess.run(

@@ -77,7 +77,8 @@ def test_date_matches_strftime_whatever_the_order(when: float) -> None:
 def test_request_text_is_cut_at_1024_bytes_and_marked() -> None:
     line = request_line(b"GET", b"/" + b"a" * 20_000, b"1.1")
     assert len(line) == 1024
-    assert line.startswith("GET /aaaa") and line.endswith("aaa... HTTP/1.1")
+    assert line.startswith("GET /aaaa")
+    assert line.endswith("aaa... HTTP/1.1")
     assert request_line(b"GET", b"/short", b"1.1") == "GET /short HTTP/1.1"
     exact = b"/" + b"b" * (1024 - len("GET  HTTP/1.1") - 1)
     assert request_line(b"GET", exact, b"1.1").endswith(" HTTP/1.1")  # 1024: not cut

@@ -105,7 +105,8 @@ def test_split_line(line: str, commands: list[list[str]]) -> None:
 def test_error_texts(line: str, answer: str) -> None:
     out = run(line)
     assert out.text == answer
-    assert out.errors == 1 and out.close
+    assert out.errors == 1
+    assert out.close
     assert not out.changed
 
 
@@ -135,7 +136,8 @@ def test_partial_match_lists_the_better_matches() -> None:
         == "Unknown command: 'show', but maybe one of the following ones is a better match:"
     )
     listed = [line for line in lines[1:-3] if line]
-    assert listed and all(line.startswith("  show ") for line in listed)
+    assert listed
+    assert all(line.startswith("  show ") for line in listed)
     assert admin.is_error(out.text)
 
 
@@ -197,8 +199,10 @@ def test_changes_apply_at_once_and_are_logged(
     assert web1 is not None
     assert (web1.admin, web1.weight) == (admin_value, weight)
     assert out.text == "\n" * len(admin.split_line(line))
-    assert out.changed and out.errors == 0
-    assert out.log and all(entry.startswith("admin socket: server www/web1 ") for entry in out.log)
+    assert out.changed
+    assert out.errors == 0
+    assert out.log
+    assert all(entry.startswith("admin socket: server www/web1 ") for entry in out.log)
     # A drained or weight-0 server takes no new client; a drained one keeps its cookie holders.
     assert web1.accepts_new() is (admin_value is AdminState.READY and weight > 0)
     assert web1.accepts_sticky() is (admin_value is not AdminState.MAINT)
@@ -297,7 +301,8 @@ def test_show_and_clear_table() -> None:
     assert lines[2].endswith(": key=203.0.113.0/24 use=0 exp=99000 server_id=2 server_key=a2")
     assert lines[1].startswith("0x")
     out = run("clear table api key 192.0.2.0/24", runtime)
-    assert out.text == "\n" and out.log == ["admin socket: table api: cleared entry 192.0.2.0/24"]
+    assert out.text == "\n"
+    assert out.log == ["admin socket: table api: cleared entry 192.0.2.0/24"]
     assert [key for key, _, _ in table.items()] == ["198.51.100.0/24", "203.0.113.0/24"]
     run("clear table api", runtime)
     assert len(table) == 0
@@ -362,9 +367,12 @@ def test_show_sess_and_shutdown_sessions() -> None:
         "0x102: proto=tcpv4 src=192.0.2.2:40002 fe=www be=<NONE> srv=<none> age=5s",
     ]
     out = run("shutdown sessions server www/web1", runtime)
-    assert out.text == "\n" and out.log == ["admin socket: server www/web1: shut 1 session(s)"]
-    assert on_web1.stopping and on_web1.scope.cancelled
-    assert not on_web2.scope.cancelled and not idle.scope.cancelled
+    assert out.text == "\n"
+    assert out.log == ["admin socket: server www/web1: shut 1 session(s)"]
+    assert on_web1.stopping
+    assert on_web1.scope.cancelled
+    assert not on_web2.scope.cancelled
+    assert not idle.scope.cancelled
 
 
 def test_prompt_mode() -> None:

@@ -95,7 +95,8 @@ async def test_other_http_versions_get_505_and_reach_no_server(data: bytes) -> N
             reply = await raw_exchange(port, data)
             assert reply.startswith(b"HTTP/1.1 505 ")
             assert b"connection: close" in reply.lower()
-            assert web.seen == [] and web.connections == 0
+            assert web.seen == []
+            assert web.connections == 0
             nursery.cancel_scope.cancel()
 
 

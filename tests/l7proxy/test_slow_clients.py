@@ -28,7 +28,8 @@ async def test_half_open_clients_do_not_starve_a_normal_request() -> None:
                 slow.append(stream)
             started = trio.current_time()
             resp = await request(port, "GET", "/normal")
-            assert resp.status == 200 and resp.body == b"web1 GET /normal 0"
+            assert resp.status == 200
+            assert resp.body == b"web1 GET /normal 0"
             assert trio.current_time() - started < 5  # served now, not after the slow ones
             assert proxy.runtime.connections >= HALF_OPEN_CLIENTS
             for stream in slow:

@@ -107,7 +107,8 @@ def test_unwritable_state_dir_is_an_os_error(tmp_path: Path) -> None:
         ensure_default_certificate(str(blocker / "state"), now=NOW, log=LOG)
     message = str(info.value)
     assert message.startswith(f"state_dir {blocker / 'state'}: cannot store")
-    assert "\n" not in message and "Errno" not in message
+    assert "\n" not in message
+    assert "Errno" not in message
 
 
 def test_custom_names(tmp_path: Path) -> None:

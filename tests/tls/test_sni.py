@@ -94,7 +94,8 @@ def test_lookup_any_order(server_name: str | None, expected: str) -> None:
 )
 def test_default_is_marked_else_first(certs: list[LoadedCertificate], expected: str) -> None:
     picked = SniIndex(certs).pick("nothing.matches")
-    assert picked is not None and picked.source == expected
+    assert picked is not None
+    assert picked.source == expected
     assert SniIndex(certs).default is picked
 
 
