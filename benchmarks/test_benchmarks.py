@@ -76,11 +76,16 @@ def test_parse_reads_the_marker_line(line: str, expected: loadgen.Result) -> Non
 
 
 @pytest.mark.parametrize(
-    "output",
-    ["", "Requests/sec: 100\n", "BENCH-RESULT 1 2 3\n", "BENCH-RESULT x 0 0 0 0 0 0 0 1 1\n"],
+    ("output", "problem"),
+    [
+        ("", "printed no result line"),
+        ("Requests/sec: 100\n", "printed no result line"),
+        ("BENCH-RESULT 1 2 3\n", "malformed result line"),
+        ("BENCH-RESULT x 0 0 0 0 0 0 0 1 1\n", "could not convert"),
+    ],
 )
-def test_parse_rejects_output_without_a_good_line(output: str) -> None:
-    with pytest.raises(ValueError):
+def test_parse_rejects_output_without_a_good_line(output: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
         loadgen.parse(output)
 
 

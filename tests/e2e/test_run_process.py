@@ -145,6 +145,6 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: pathlib.Path) -> None:
         assert status == 0
         assert results == [(200, b"web1 POST /slow 6\n")]
         # New connections are refused once it stopped accepting.
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/")
     assert "shutting down" in proxy.stderr()

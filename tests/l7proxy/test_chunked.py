@@ -49,12 +49,16 @@ def test_bytes_after_the_end_are_not_read() -> None:
     assert reader.done
 
 
+def feed_bytewise(reader: ChunkedBody, body: bytes) -> None:
+    for byte in range(len(body)):  # byte by byte: no split hides a problem
+        reader.feed(body[byte : byte + 1])
+
+
 @pytest.mark.parametrize("body", BAD.values(), ids=BAD.keys())
 def test_invalid_framing_is_refused(body: bytes) -> None:
     reader = ChunkedBody()
     with pytest.raises(ChunkError):
-        for byte in range(len(body)):  # byte by byte: no split hides a problem
-            reader.feed(body[byte : byte + 1])
+        feed_bytewise(reader, body)
 
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -52,10 +52,10 @@ def test_haproxy_names_for_frontends_backends_and_servers() -> None:
 
 
 def test_certificate_expiry_in_seconds_negative_when_expired_and_labels_escaped() -> None:
-    found = dict(
-        (labels["subject"], value)
+    found = {
+        labels["subject"]: value
         for labels, value in families()["lbproxy_certificate_expiry_seconds"]
-    )
+    }
     assert found == {"CN=www.example.com": 45.5 * 86400, 'CN=odd "quoted"\\name': -2 * 86400}
 
 
