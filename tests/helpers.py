@@ -56,9 +56,31 @@ def default_responder(label: str) -> Responder:
     return reply
 
 
+class Changes:
+    """Tells waiters that something changed, so a test awaits a condition instead of polling.
+
+    The owner calls ``notify`` after each change; ``wait_until`` re-checks its predicate then.
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self, *_: object) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._event.wait()
+
+
 @dataclass
 class Backend:
-    """An h11 real server on 127.0.0.1 that records what it received."""
+    """An h11 real server on 127.0.0.1 that records what it received.
+
+    ``changes`` is notified when a connection arrives and when a request is recorded; backends
+    may share one, so a test can wait for whichever of them is reached first.
+    """
 
     label: str
     responder: Responder | None = None
@@ -66,10 +88,15 @@ class Backend:
     connections: int = 0
     sock: trio.socket.SocketType | None = None
     port: int = 0
+    changes: Changes = field(default_factory=Changes)
 
     @property
     def address(self) -> Address:
         return Address("127.0.0.1", self.port)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate`` (about what this backend saw) holds."""
+        await self.changes.wait_until(predicate)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.sock = trio.socket.socket()
@@ -83,6 +110,7 @@ class Backend:
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         number = self.connections
+        self.changes.notify()
         conn = h11.Connection(h11.SERVER)
         responder = self.responder or default_responder(self.label)
         try:
@@ -112,6 +140,7 @@ class Backend:
                     request.method, request.target, list(request.headers), bytes(body), number
                 )
                 self.seen.append(seen)
+                self.changes.notify()
                 result = responder(seen)
                 if not isinstance(result, tuple):
                     result = await result

@@ -54,8 +54,7 @@ async def test_show_sess_and_shutdown_sessions_of_a_held_request(tmp_path: pathl
             port = handle.address("www")[1]
             client = await trio.open_tcp_stream("127.0.0.1", port)
             await client.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            while not web1.seen:
-                await trio.sleep(0.01)
+            await web1.wait_until(lambda: bool(web1.seen))
             sess = await ask(path, "show sess")
             assert " fe=www be=www srv=web1 " in sess
             assert sess.count("\n") == 2  # one session, then the empty line

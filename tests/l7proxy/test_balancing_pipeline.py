@@ -21,7 +21,16 @@ from config.model import (
     Rule,
     VirtualService,
 )
-from tests.helpers import Backend, Seen, free_port, request, server, simple_config, start_proxy
+from tests.helpers import (
+    Backend,
+    Changes,
+    Seen,
+    free_port,
+    request,
+    server,
+    simple_config,
+    start_proxy,
+)
 
 
 async def served_by(port: int, count: int, path: str = "/") -> Counter[str]:
@@ -61,8 +70,9 @@ async def test_leastconn_avoids_the_busy_server() -> None:
 
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            busy = Backend("busy", slow)
-            free = Backend("free")
+            either = Changes()  # shared: a request reaching either backend wakes the test
+            busy = Backend("busy", slow, changes=either)
+            free = Backend("free", changes=either)
             await nursery.start(busy.serve)
             await nursery.start(free.serve)
             config = simple_config(
@@ -77,12 +87,10 @@ async def test_leastconn_avoids_the_busy_server() -> None:
 
             async with trio.open_nursery() as clients:
                 clients.start_soon(one)
-                while not busy.seen and not free.seen:
-                    await trio.sleep(0.01)
+                await either.wait_until(lambda: bool(busy.seen or free.seen))
                 if free.seen:  # the first request went to "free": make "busy" hold one
                     clients.start_soon(one)
-                    while not busy.seen:
-                        await trio.sleep(0.01)
+                    await busy.wait_until(lambda: bool(busy.seen))
                 # "busy" now holds one request: the next ones all go to "free".
                 for _ in range(4):
                     assert (await request(port, "GET", "/")).body.startswith(b"free")

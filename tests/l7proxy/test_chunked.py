@@ -83,8 +83,7 @@ async def test_bad_chunk_after_the_head_was_forwarded_closes_the_server_side() -
             port = await proxy_one(nursery, web)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(HEAD + b"5\r\nhello\r\n")
-            while web.connections == 0:
-                await trio.sleep(0.01)
+            await web.wait_until(lambda: web.connections > 0)
             await stream.send_all(b"3;x=\x00\r\nabc\r\n0\r\n\r\n")
             reply = b""
             while chunk := await stream.receive_some(65536):

@@ -174,8 +174,7 @@ async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
             assert (await read_response(idle, buffer)).endswith(b"ok:/a")
             busy = await trio.open_tcp_stream("127.0.0.1", port)
             await busy.send_all(GET % b"never")
-            while len(web.seen) < 2:
-                await trio.sleep(0.01)
+            await web.wait_until(lambda: len(web.seen) >= 2)
             proxy.stop()
             assert await read_to_close(idle) == b""  # long before client_idle
             assert (await read_to_close(busy)).startswith(b"HTTP/1.1 504 ")

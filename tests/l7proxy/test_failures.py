@@ -10,6 +10,7 @@ import trio
 from config.model import Address, Timeouts
 from tests.helpers import (
     Backend,
+    Changes,
     free_port,
     proxy_one,
     raw_exchange,
@@ -251,9 +252,11 @@ async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
     from config.model import HealthCheck, RealServer
 
     arrived: list[bytes] = []
+    arrivals = Changes()
 
     async def hangs(stream: trio.SocketStream) -> None:
         arrived.append(await read_request_head(stream))
+        arrivals.notify()
         await trio.sleep_forever()  # an unplugged or frozen server: no answer, no close
 
     with trio.fail_after(15):
@@ -289,8 +292,7 @@ async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
             async with trio.open_nursery() as clients:
                 clients.start_soon(one, "GET")
                 clients.start_soon(one, "POST")
-                while len(arrived) < 2:  # both wait on "hung" now
-                    await trio.sleep(0.01)
+                await arrivals.wait_until(lambda: len(arrived) >= 2)  # both wait on "hung" now
                 pulled = trio.current_time()
                 check_listener.close()  # the next check is refused: "hung" goes DOWN
             # Long before the 30 s server timeout, and without waiting for it:

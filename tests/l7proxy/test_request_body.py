@@ -40,7 +40,9 @@ async def test_body_reaches_the_server_whole(pieces: list[bytes]) -> None:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             for piece in pieces:
                 await stream.send_all(piece)
-                await trio.sleep(0.05)
+                # The proxy has read the head (it connected to the server) before the next
+                # piece leaves, so the pieces reach it in separate reads.
+                await web.wait_until(lambda: web.connections > 0)
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 200 ")
             assert [(seen.target, seen.body) for seen in web.seen] == [(b"/p", b"hello world")]
             nursery.cancel_scope.cancel()
