@@ -185,6 +185,12 @@ async def read_request_head(stream: trio.SocketStream) -> bytes:
     return data
 
 
+async def raw_server(nursery: trio.Nursery, label: str, handler: RawHandler) -> RealServer:
+    """Start a raw TCP server (``serve_raw``); the real server ``label`` at its address."""
+    port = await nursery.start(serve_raw, handler)
+    return RealServer(label=label, address=Address("127.0.0.1", port))
+
+
 def free_port() -> int:
     """A port nobody listens on (bound once, then released): connects to it are refused."""
     with socket.socket() as sock:
@@ -284,11 +290,22 @@ async def raw_exchange(port: int, data: bytes, *, until_close: bool = True) -> b
         return received
 
 
-async def proxy_one(
-    nursery: trio.Nursery, backend: Backend, label: str | None = None, **config_kwargs: Any
-) -> int:
-    """Start ``backend`` and a proxy whose only real server it is; the proxy's port."""
-    await nursery.start(backend.serve)
-    servers = [server(label or backend.label, backend)]
+async def start_farm(
+    nursery: trio.Nursery, *members: Backend | RealServer, **config_kwargs: Any
+) -> tuple[app.ProxyHandle, int]:
+    """Start each backend and a proxy whose pool "www" has the members as its real servers, in
+    order: a backend under its own label, a RealServer as given (a dead or raw server's
+    address). ``config_kwargs`` go to ``simple_config``. The proxy, and its port."""
+    servers = []
+    for member in members:
+        if isinstance(member, Backend):
+            await nursery.start(member.serve)
+            member = server(member.label, member)
+        servers.append(member)
     proxy = await start_proxy(nursery, simple_config(servers, **config_kwargs))
-    return proxy.address("www")[1]
+    return proxy, proxy.address("www")[1]
+
+
+async def proxy_one(nursery: trio.Nursery, backend: Backend, **config_kwargs: Any) -> int:
+    """Start ``backend`` and a proxy whose only real server it is; the proxy's port."""
+    return (await start_farm(nursery, backend, **config_kwargs))[1]

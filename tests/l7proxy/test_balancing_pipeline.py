@@ -29,6 +29,7 @@ from tests.helpers import (
     request,
     server,
     simple_config,
+    start_farm,
     start_proxy,
 )
 
@@ -73,13 +74,7 @@ async def test_leastconn_avoids_the_busy_server() -> None:
             either = Changes()  # shared: a request reaching either backend wakes the test
             busy = Backend("busy", slow, changes=either)
             free = Backend("free", changes=either)
-            await nursery.start(busy.serve)
-            await nursery.start(free.serve)
-            config = simple_config(
-                [server("busy", busy), server("free", free)], balance=Balance.LEASTCONN
-            )
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, busy, free, balance=Balance.LEASTCONN)
             results: list[bytes] = []
 
             async def one() -> None:
@@ -103,20 +98,16 @@ async def test_fallback_only_when_no_real_server_can() -> None:
         async with trio.open_nursery() as nursery:
             web = Backend("web")
             sorry = Backend("sorry")
-            await nursery.start(web.serve)
             await nursery.start(sorry.serve)
             fallback = RealServer("fallback", sorry.address, backup=True)
             dead = Address("127.0.0.1", free_port())
             cookie = CookiePersistence("SERVERID")
             # Live real server: the fallback never answers.
-            config = simple_config([server("web", web)], fallback=fallback, persistence=cookie)
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web, fallback=fallback, persistence=cookie)
             assert await served_by(port, 4) == Counter({"web": 4})
             # Every real server down: the fallback answers and clears the cookie.
-            config = simple_config([server("dead", dead)], fallback=fallback, persistence=cookie)
-            proxy2 = await start_proxy(nursery, config)
-            _, port2 = proxy2.address("www")
+            dead_only = server("dead", dead)
+            _, port2 = await start_farm(nursery, dead_only, fallback=fallback, persistence=cookie)
             resp = await request(port2, "GET", "/", headers={"Cookie": "SERVERID=dead"})
             assert resp.body.startswith(b"sorry")
             assert resp.header("set-cookie") == (

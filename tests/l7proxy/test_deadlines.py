@@ -18,8 +18,7 @@ from tests.helpers import (
     read_request_head,
     serve_raw,
     server,
-    simple_config,
-    start_proxy,
+    start_farm,
 )
 
 GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -77,9 +76,9 @@ async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
     keeps the connection; a pause longer than client_idle closes it without a byte."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
+            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(server=0.2, client_idle=1.0, header=0.2)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
+            port = await proxy_one(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -96,9 +95,9 @@ async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
 async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/slow"))
+            web = Backend("w", responder=slow_on(b"/slow"))
             timeouts = Timeouts(server=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
+            port = await proxy_one(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -112,9 +111,9 @@ async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
 async def test_partial_head_after_a_kept_alive_exchange_is_408() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
+            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(header=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
+            port = await proxy_one(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await stream.send_all(GET % b"a")
@@ -134,11 +133,8 @@ async def test_server_stalling_mid_body_truncates_the_response() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_raw, stalls)
-            config = simple_config(
-                [server("s", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.3)
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            stalling = server("s", Address("127.0.0.1", port))
+            _, pport = await start_farm(nursery, stalling, timeouts=Timeouts(server=0.3))
             stream = await trio.open_tcp_stream("127.0.0.1", pport)
             await stream.send_all(GET % b"a")
             received = await read_to_close(stream)
@@ -150,9 +146,9 @@ async def test_server_stalling_mid_body_truncates_the_response() -> None:
 async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
+            web = Backend("w")
             timeouts = Timeouts(server=5.0, client_idle=0.3)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
+            port = await proxy_one(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
@@ -163,11 +159,9 @@ async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
 async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
-            await nursery.start(web.serve)
+            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(server=0.5, client_idle=30.0)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            proxy, port = await start_farm(nursery, web, timeouts=timeouts)
             idle = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await idle.send_all(GET % b"a")
@@ -186,12 +180,9 @@ async def test_client_stalling_mid_upload_is_408_and_not_the_servers_fault() -> 
     server timeout is the shorter one: 408, and the server's counters stay clean."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
+            web = Backend("w")
             timeouts = Timeouts(server=0.2, client_idle=0.6)
-            config = simple_config([server("w", web)], timeouts=timeouts)
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            proxy, port = await start_farm(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")

@@ -14,11 +14,13 @@ from tests.helpers import (
     free_port,
     proxy_one,
     raw_exchange,
+    raw_server,
     read_request_head,
     request,
     serve_raw,
     server,
     simple_config,
+    start_farm,
     start_proxy,
 )
 
@@ -26,12 +28,9 @@ from tests.helpers import (
 async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web2")
-            await nursery.start(web.serve)
             dead = Address("127.0.0.1", free_port())
-            config = simple_config([server("web1", dead), server("web2", web)])
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            web = Backend("web2")
+            _, port = await start_farm(nursery, server("web1", dead), web)
             for _ in range(4):
                 resp = await request(port, "POST", "/form", body=b"a=1")
                 assert resp.status == 200
@@ -45,8 +44,7 @@ async def test_no_server_at_all_is_503_with_html() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, server("web1", dead))
             resp = await request(port, "GET", "/")
             assert resp.status == 503
             assert (
@@ -81,10 +79,8 @@ async def test_bad_or_missing_response_head_is_502(reply: bytes) -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, broken)
-            config = simple_config([server("bad", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "bad", broken)
+            _, pport = await start_farm(nursery, upstream)
             resp = await request(pport, "POST", "/", body=b"x")
             assert resp.status == 502
             nursery.cancel_scope.cancel()
@@ -97,12 +93,8 @@ async def test_silent_server_is_504_after_server_timeout() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, silent)
-            config = simple_config(
-                [server("slow", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.5)
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "slow", silent)
+            _, pport = await start_farm(nursery, upstream, timeouts=Timeouts(server=0.5))
             resp = await request(pport, "GET", "/")
             assert resp.status == 504
             nursery.cancel_scope.cancel()
@@ -117,10 +109,8 @@ async def test_mid_body_death_truncates_the_client_response() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, dies)
-            config = simple_config([server("dies", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "dies", dies)
+            _, pport = await start_farm(nursery, upstream)
             raw = await raw_exchange(pport, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             head, _, body = raw.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
@@ -138,14 +128,8 @@ async def test_idempotent_request_is_resent_when_server_closes_before_responding
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("good")
-            await nursery.start(web.serve)
-            port = await nursery.start(serve_raw, flaky)
-            config = simple_config(
-                [server("flaky", Address("127.0.0.1", port)), server("good", web)]
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "flaky", flaky)
+            _, pport = await start_farm(nursery, upstream, Backend("good"))
             for _ in range(2):
                 assert (await request(pport, "GET", "/")).status == 200
             assert calls["n"] == 1  # the GET that hit "flaky" was resent to "good"
@@ -161,10 +145,7 @@ async def test_header_timeout_is_408_and_close() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            config = simple_config([server("web1", web)], timeouts=Timeouts(header=0.3))
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web, timeouts=Timeouts(header=0.3))
             raw = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
             assert raw.startswith(b"HTTP/1.1 408")
             assert web.seen == []
@@ -232,14 +213,8 @@ async def test_bytes_after_a_complete_response_are_never_the_next_response() -> 
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web")
-            await nursery.start(web.serve)
-            port = await nursery.start(serve_raw, smuggler)
-            config = simple_config(
-                [server("smuggler", Address("127.0.0.1", port), weight=1), server("web", web)]
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "smuggler", smuggler)
+            _, pport = await start_farm(nursery, upstream, Backend("web"))
             bodies = [(await request(pport, "GET", "/")).body for _ in range(4)]
             assert b"EVIL!" not in bodies
             assert bodies.count(b"") == 2  # the 204s
@@ -332,8 +307,7 @@ async def test_retries_are_bounded_then_503() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, pport = proxy.address("www")
+            proxy, pport = await start_farm(nursery, server("web1", dead))
             assert (await request(pport, "GET", "/")).status == 503
             counters = proxy.runtime.pools["www"].servers[0].counters
             assert counters.failures_connect == 4  # the first try and 3 retries

@@ -18,6 +18,7 @@ from tests.helpers import (
     request,
     server,
     simple_config,
+    start_farm,
     start_proxy,
 )
 
@@ -174,8 +175,7 @@ async def test_head_request_gets_its_error_page_head_without_a_body() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, server("web1", dead))
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
             reply = b""
