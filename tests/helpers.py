@@ -198,6 +198,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def dead_server(label: str) -> RealServer:
+    """A real server at a port nobody listens on: every connect to it is refused."""
+    return RealServer(label=label, address=Address("127.0.0.1", free_port()))
+
+
 def simple_config(
     servers: list[RealServer],
     *,

@@ -25,7 +25,7 @@ from tests.helpers import (
     Backend,
     Changes,
     Seen,
-    free_port,
+    dead_server,
     request,
     server,
     simple_config,
@@ -100,14 +100,13 @@ async def test_fallback_only_when_no_real_server_can() -> None:
             sorry = Backend("sorry")
             await nursery.start(sorry.serve)
             fallback = RealServer("fallback", sorry.address, backup=True)
-            dead = Address("127.0.0.1", free_port())
             cookie = CookiePersistence("SERVERID")
             # Live real server: the fallback never answers.
             _, port = await start_farm(nursery, web, fallback=fallback, persistence=cookie)
             assert await served_by(port, 4) == Counter({"web": 4})
             # Every real server down: the fallback answers and clears the cookie.
-            dead_only = server("dead", dead)
-            _, port2 = await start_farm(nursery, dead_only, fallback=fallback, persistence=cookie)
+            dead = dead_server("dead")
+            _, port2 = await start_farm(nursery, dead, fallback=fallback, persistence=cookie)
             resp = await request(port2, "GET", "/", headers={"Cookie": "SERVERID=dead"})
             assert resp.body.startswith(b"sorry")
             assert resp.header("set-cookie") == (

@@ -9,15 +9,14 @@ from collections.abc import Awaitable
 
 import trio
 
-from config.model import Address, Timeouts
+from config.model import Timeouts
 from tests.helpers import (
     Backend,
     Responder,
     Seen,
     proxy_one,
+    raw_server,
     read_request_head,
-    serve_raw,
-    server,
     start_farm,
 )
 
@@ -71,18 +70,28 @@ def slow_on(path: bytes) -> Responder:
     return respond
 
 
+async def after_one_exchange(
+    nursery: trio.Nursery, slow_path: bytes, timeouts: Timeouts
+) -> tuple[Backend, trio.SocketStream, bytearray]:
+    """A proxy before a server that never answers ``slow_path``, and a client connection that
+    has had one answered request (/a) and is kept alive: the server, the stream, what is left
+    in its buffer."""
+    web = Backend("w", responder=slow_on(slow_path))
+    port = await proxy_one(nursery, web, timeouts=timeouts)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    buffer = bytearray()
+    await stream.send_all(GET % b"a")
+    assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+    return web, stream, buffer
+
+
 async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
     """A pause between requests longer than the server timeout but shorter than client_idle
     keeps the connection; a pause longer than client_idle closes it without a byte."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(server=0.2, client_idle=1.0, header=0.2)
-            port = await proxy_one(nursery, web, timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            _, stream, buffer = await after_one_exchange(nursery, b"/never", timeouts)
             await trio.sleep(0.5)
             await stream.send_all(GET % b"b")
             assert (await read_response(stream, buffer)).endswith(b"ok:/b")
@@ -95,13 +104,8 @@ async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
 async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("w", responder=slow_on(b"/slow"))
             timeouts = Timeouts(server=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            _, stream, buffer = await after_one_exchange(nursery, b"/slow", timeouts)
             await stream.send_all(GET % b"slow")
             rest = bytes(buffer) + await read_to_close(stream)
             assert rest.startswith(b"HTTP/1.1 504 ")
@@ -111,13 +115,8 @@ async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
 async def test_partial_head_after_a_kept_alive_exchange_is_408() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(header=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            web, stream, buffer = await after_one_exchange(nursery, b"/never", timeouts)
             await stream.send_all(b"GET /b HTTP/1.1\r\nHost: x\r\n")  # never finished
             assert (bytes(buffer) + await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
             assert [seen.target for seen in web.seen] == [b"/a"]
@@ -132,9 +131,8 @@ async def test_server_stalling_mid_body_truncates_the_response() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, stalls)
-            stalling = server("s", Address("127.0.0.1", port))
-            _, pport = await start_farm(nursery, stalling, timeouts=Timeouts(server=0.3))
+            upstream = await raw_server(nursery, "s", stalls)
+            _, pport = await start_farm(nursery, upstream, timeouts=Timeouts(server=0.3))
             stream = await trio.open_tcp_stream("127.0.0.1", pport)
             await stream.send_all(GET % b"a")
             received = await read_to_close(stream)

@@ -11,6 +11,7 @@ from config.model import Address, Timeouts
 from tests.helpers import (
     Backend,
     Changes,
+    dead_server,
     free_port,
     proxy_one,
     raw_exchange,
@@ -28,9 +29,8 @@ from tests.helpers import (
 async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
             web = Backend("web2")
-            _, port = await start_farm(nursery, server("web1", dead), web)
+            _, port = await start_farm(nursery, dead_server("web1"), web)
             for _ in range(4):
                 resp = await request(port, "POST", "/form", body=b"a=1")
                 assert resp.status == 200
@@ -43,8 +43,7 @@ async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
 async def test_no_server_at_all_is_503_with_html() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
-            _, port = await start_farm(nursery, server("web1", dead))
+            _, port = await start_farm(nursery, dead_server("web1"))
             resp = await request(port, "GET", "/")
             assert resp.status == 503
             assert (
@@ -306,8 +305,7 @@ async def test_single_server_refusing_for_a_moment_is_retried_not_503() -> None:
 async def test_retries_are_bounded_then_503() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
-            proxy, pport = await start_farm(nursery, server("web1", dead))
+            proxy, pport = await start_farm(nursery, dead_server("web1"))
             assert (await request(pport, "GET", "/")).status == 503
             counters = proxy.runtime.pools["www"].servers[0].counters
             assert counters.failures_connect == 4  # the first try and 3 retries
@@ -329,11 +327,8 @@ async def test_response_head_beyond_the_limit_is_502(size: int, status: int) -> 
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, big_head)
-            proxy = await start_proxy(
-                nursery, simple_config([server("s", Address("127.0.0.1", port))])
-            )
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "s", big_head)
+            _, pport = await start_farm(nursery, upstream)
             resp = await request(pport, "GET", "/")
             assert resp.status == status
             if status == 502:
