@@ -376,6 +376,34 @@ def failures(clients: Sequence[Client]) -> list[str]:
     return [failure for client in clients for failure in client.failures]
 
 
+def one_each(a: Client, b: Client) -> tuple[str, str]:
+    """One request from each of two new clients: they are answered, by different servers;
+    the server of ``a``, then of ``b``."""
+    a.request()
+    b.request()
+    assert a.server is not None, failures([a, b])
+    assert b.server is not None, failures([a, b])
+    assert a.server != b.server
+    return a.server, b.server
+
+
+def stick(a: Client, b: Client, a_server: str, b_server: str) -> None:
+    """Three more requests each: every answer so far came from each client's own server."""
+    for _ in range(3):
+        a.request()
+        b.request()
+    assert a.servers_since(0) == {a_server}
+    assert b.servers_since(0) == {b_server}
+
+
+def assert_within_detection_limit(failover: Failover) -> None:
+    """Every client on the survivor, and the killed server DOWN, within DETECTION_LIMIT."""
+    assert failover.all_moved is not None
+    assert failover.all_moved <= DETECTION_LIMIT
+    assert failover.down is not None
+    assert failover.down <= DETECTION_LIMIT
+
+
 def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -391,26 +419,14 @@ def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread
         a = Client(setup.port, "127.0.0.2", keep_alive=True)
         b = Client(setup.port, "127.0.0.3")
         # Round robin over two equal servers: the first two new clients, in order, get one each.
-        a.request()
-        b.request()
-        assert a.server is not None, failures([a, b])
-        assert b.server is not None, failures([a, b])
-        assert a.server != b.server
-        killed, survivor = a.server, b.server
-        for _ in range(3):
-            a.request()
-            b.request()
-        assert a.servers_since(0) == {killed}
-        assert b.servers_since(0) == {survivor}
+        killed, survivor = one_each(a, b)
+        stick(a, b, killed, survivor)
 
         failover = fail_over(setup, [a, b], killed, survivor)
         # A refused connect moves the request to the next server before anything was sent, so
         # not even the request in flight at the first failed check may fail.
         assert failures([a, b]) == []
-        assert failover.all_moved is not None
-        assert failover.all_moved <= DETECTION_LIMIT
-        assert failover.down is not None
-        assert failover.down <= DETECTION_LIMIT
+        assert_within_detection_limit(failover)
         assert b.servers_since(0) == {survivor}  # the survivor's client never moved
         late = Client(setup.port, "127.0.0.5")  # a new client while the server is down
         late.request()
@@ -446,32 +462,20 @@ def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
     ) as setup:
         a = Client(setup.port, "127.0.0.2", cookies=True, keep_alive=True)
         b = Client(setup.port, "127.0.0.3", cookies=True)
-        a.request()
-        b.request()
-        assert a.server is not None, failures([a, b])
-        assert b.server is not None, failures([a, b])
-        assert a.server != b.server
-        killed, survivor = a.server, b.server
+        killed, survivor = one_each(a, b)
         for client in (a, b):
             assert client.last is not None
             assert client.last.set_cookies == (f"{COOKIE}={client.server}; path=/",)
             assert client.last.cache_control == "private"  # HAProxy's nocache
             assert client.cookie == client.server
         sticky_from = time.monotonic()
-        for _ in range(3):
-            a.request()
-            b.request()
-        assert a.servers_since(0) == {killed}
-        assert b.servers_since(0) == {survivor}
+        stick(a, b, killed, survivor)
         assert a.cookies_since(sticky_from) == []
         assert b.cookies_since(sticky_from) == []
 
         failover = fail_over(setup, [a, b], killed, survivor)
         assert failures([a, b]) == []
-        assert failover.all_moved is not None
-        assert failover.all_moved <= DETECTION_LIMIT
-        assert failover.down is not None
-        assert failover.down <= DETECTION_LIMIT
+        assert_within_detection_limit(failover)
         # Redispatched once with a new cookie, which then holds: no cookie on later answers.
         assert a.cookies_since(failover.killed_at) == [f"{COOKIE}={survivor}; path=/"]
         assert a.cookie == survivor
@@ -735,12 +739,7 @@ def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Pat
     ) as setup:
         a = Client(setup.port, "127.0.0.2")
         b = Client(setup.port, "127.0.0.3")
-        a.request()
-        b.request()
-        assert a.server is not None, failures([a, b])
-        assert b.server is not None, failures([a, b])
-        assert a.server != b.server
-        frozen, survivor = a.server, b.server
+        frozen, survivor = one_each(a, b)
         frozen_at = time.monotonic()
         os.kill(setup.procs[frozen].pid, signal.SIGSTOP)
         try:
