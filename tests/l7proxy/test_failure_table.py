@@ -63,7 +63,8 @@ def test_resend_only_what_is_safe_to_send_twice(
     assert outcome.resend is resend
     assert outcome.server_fault  # a resend still counts against the server that failed
     if resend:
-        assert outcome.status is None and not outcome.close
+        assert outcome.status is None
+        assert not outcome.close
 
 
 @pytest.mark.parametrize(
