@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import resource
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,7 +36,7 @@ def one_response(sock: socket.socket) -> bytes:
 
 
 @pytest.fixture
-def many_files() -> None:
+def many_files() -> Iterator[None]:
     """Room for 10,000 sockets here and in the lbproxy process (it inherits the limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < IDLE_CLIENTS + 1000:
