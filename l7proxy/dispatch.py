@@ -18,8 +18,9 @@ from balancing.state import PoolState, ServerState
 
 from .errors import Failure
 from .exchange_state import ExchangeState
+from .proxy_protocol import encode
 from .relay import ExchangeFailed
-from .runtime import Runtime
+from .runtime import ClientInfo, Runtime
 from .upstream import ConnectError, UpstreamConnection
 
 health_log = logging.getLogger("lbproxy.health")
@@ -48,6 +49,7 @@ class Request:
     client_ip: str
     connect_timeout: float
     retries: int
+    client: ClientInfo | None = None  # for a server that wants a PROXY header
 
 
 async def connect_server(
@@ -83,7 +85,11 @@ async def connect_server(
             continue
         server = choice.server
         upstream = runtime.upstream
-        conn = upstream.take_idle(server.address)
+        # A PROXY header ties a server connection to its client (UpstreamPool, "_private").
+        version, owner = server.server.send_proxy, request.client
+        if version is None or owner is None:
+            owner = None
+        conn = upstream.take_idle(server.address, owner)
         if conn is not None:
             ex.connect_time = 0.0
             return choice, conn
@@ -91,7 +97,10 @@ async def connect_server(
         # A connect keeps its own time, per attempt; the server timeout starts after it.
         clock.pause_deadline()
         try:
-            conn = await upstream.connect(server.address, request.connect_timeout)
+            header = b""
+            if version is not None and owner is not None:
+                header = encode(version, (owner.ip, owner.port), (owner.local_ip, owner.local_port))
+            conn = await upstream.connect(server.address, request.connect_timeout, header, owner)
             ex.connect_time = trio.current_time() - started
         except ConnectError as error:
             _connect_failed(runtime, server, error)
