@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from config.model import ProxyVersion
 
 V1_PREFIX = b"PROXY "
-V1_MAX = 107  # the spec's longest v1 line, CRLF included ("PROXY TCP6 " + two full v6 ...)
+V1_MAX = 107  # the spec's longest v1 line, CRLF included (UNKNOWN with two full IPv6 ends)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_FIXED = 16  # signature, version/command, family/protocol, length
 # The spec allows 64 KiB of address and TLVs; real senders (HAProxy, cloud balancers) send a
@@ -71,8 +71,8 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         if len(data) >= V1_MAX:
             raise ProxyHeaderError(f"v1 header longer than {V1_MAX} bytes")
         return None
+    _check_v1_prefix(data[: end + 1])
     line = data[:end]
-    _check_v1_prefix(line)
     parts = line.decode("ascii").split(" ")
     length = end + 2
     if len(parts) >= 2 and parts[1] == "UNKNOWN":
@@ -96,7 +96,7 @@ def _check_v1_prefix(data: bytes) -> None:
     for byte in data:
         if not 0x20 <= byte <= 0x7E and byte != 0x0D:
             raise ProxyHeaderError("v1 header holds a byte that is not printable ASCII")
-    if b"\r" in data.rstrip(b"\r") or data.count(b"\r") > 1:
+    if b"\r" in data[:-1]:  # only the CR of the final CRLF may be there
         raise ProxyHeaderError("v1 header holds a CR before its end")
 
 
