@@ -9,6 +9,7 @@ import pathlib
 import socket
 import ssl
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import h11
 import pytest
@@ -60,6 +61,19 @@ def networks(*texts: str) -> tuple[Network, ...]:
     return tuple(parse_network(text) for text in texts)
 
 
+async def web_behind_proxy(
+    nursery: trio.Nursery, accept: str, state_dir: pathlib.Path | None = None, **kwargs: Any
+) -> tuple[Backend, int]:
+    """A real server, and a proxy whose one bind trusts PROXY headers from ``accept``."""
+    web = Backend("web1")
+    await nursery.start(web.serve)
+    cfg = config((RealServer("web1", web.address),), networks(accept), **kwargs)
+    if state_dir is not None:
+        cfg = replace(cfg, global_=replace(cfg.global_, state_dir=str(state_dir)))
+    proxy = await start_proxy(nursery, cfg)
+    return web, proxy.address("www")[1]
+
+
 def exchange(
     port: int,
     data: bytes,
@@ -99,12 +113,7 @@ async def run_exchange(
 async def test_listed_source_is_known_by_the_header_address(version: ProxyVersion) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(
-                nursery, config((RealServer("web1", web.address),), networks("127.0.0.2"))
-            )
-            port = proxy.address("www")[1]
+            web, port = await web_behind_proxy(nursery, "127.0.0.2")
             header = encode(version, ("192.0.2.7", 51000), ("198.51.100.1", 443))
             # The header and the request in one write: the request is still there after it.
             answer = await run_exchange(port, header + GET)
@@ -120,12 +129,7 @@ async def test_listed_source_is_known_by_the_header_address(version: ProxyVersio
 async def test_a_header_in_pieces_and_local_headers() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(
-                nursery, config((RealServer("web1", web.address),), networks("127.0.0.0/8"))
-            )
-            port = proxy.address("www")[1]
+            web, port = await web_behind_proxy(nursery, "127.0.0.0/8")
             header = encode(V1, ("2001:db8::7", 1), ("2001:db8::1", 80))
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
@@ -162,12 +166,7 @@ async def test_listed_source_without_a_valid_header_is_closed_and_logged(
     caplog.set_level(logging.WARNING, "lbproxy")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(
-                nursery, config((RealServer("web1", web.address),), networks("127.0.0.2"))
-            )
-            port = proxy.address("www")[1]
+            web, port = await web_behind_proxy(nursery, "127.0.0.2")
 
             def send_and_half_close() -> bytes:
                 sock = socket.create_connection(
@@ -200,13 +199,7 @@ async def test_no_header_in_time_is_closed_and_logged(caplog: pytest.LogCaptureF
     caplog.set_level(logging.WARNING, "lbproxy")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            servers = (RealServer("web1", web.address),)
-            proxy = await start_proxy(
-                nursery, config(servers, networks("127.0.0.2"), header_timeout=0.3)
-            )
-            port = proxy.address("www")[1]
+            _, port = await web_behind_proxy(nursery, "127.0.0.2", header_timeout=0.3)
             stream = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
             async with stream:
                 await stream.send_all(b"PROXY TCP4 ")
@@ -218,12 +211,7 @@ async def test_no_header_in_time_is_closed_and_logged(caplog: pytest.LogCaptureF
 async def test_unlisted_source_sending_a_header_gets_400() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(
-                nursery, config((RealServer("web1", web.address),), networks("10.0.0.0/8"))
-            )
-            port = proxy.address("www")[1]
+            web, port = await web_behind_proxy(nursery, "10.0.0.0/8")
             for version in (V1, V2):
                 header = encode(version, ("192.0.2.7", 51000), ("10.0.0.1", 443))
                 answer = await run_exchange(port, header + GET)
@@ -243,13 +231,7 @@ async def test_header_is_read_before_the_tls_handshake(
     ca.configure_trust(client)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
-            servers = (RealServer("web1", web.address),)
-            cfg = config(servers, networks("127.0.0.2"), tls)
-            cfg = replace(cfg, global_=replace(cfg.global_, state_dir=str(tmp_path / "state")))
-            proxy = await start_proxy(nursery, cfg)
-            port = proxy.address("www")[1]
+            web, port = await web_behind_proxy(nursery, "127.0.0.2", tmp_path / "state", tls=tls)
             for version in (V1, V2):
                 header = encode(version, ("2001:db8::9", 4444), ("2001:db8::1", 443))
                 answer = await run_exchange(port, header, tls=client, after=GET)
@@ -307,15 +289,22 @@ class ProxyReadingServer:
             await stream.aclose()
 
 
+async def proxy_reader_behind_proxy(
+    nursery: trio.Nursery, version: ProxyVersion
+) -> tuple[ProxyReadingServer, int]:
+    """A real server that reads PROXY headers, behind a proxy that sends ``version``."""
+    real = ProxyReadingServer()
+    real.port = await nursery.start(serve_raw, real.handle)
+    server = RealServer("web1", Address("127.0.0.1", real.port), send_proxy=version)
+    proxy = await start_proxy(nursery, config((server,)))
+    return real, proxy.address("www")[1]
+
+
 @pytest.mark.parametrize("version", [V1, V2])
 async def test_send_proxy_tells_the_server_the_client_address(version: ProxyVersion) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            real = ProxyReadingServer()
-            real.port = await nursery.start(serve_raw, real.handle)
-            server = RealServer("web1", Address("127.0.0.1", real.port), send_proxy=version)
-            proxy = await start_proxy(nursery, config((server,)))
-            port = proxy.address("www")[1]
+            real, port = await proxy_reader_behind_proxy(nursery, version)
             number = 2 if version is V2 else 1
 
             stream = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
@@ -341,11 +330,7 @@ async def test_send_proxy_tells_the_server_the_client_address(version: ProxyVers
 async def test_two_clients_never_share_a_server_connection() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            real = ProxyReadingServer()
-            real.port = await nursery.start(serve_raw, real.handle)
-            server = RealServer("web1", Address("127.0.0.1", real.port), send_proxy=V1)
-            proxy = await start_proxy(nursery, config((server,)))
-            port = proxy.address("www")[1]
+            real, port = await proxy_reader_behind_proxy(nursery, V1)
             a = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
             b = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.3")
             async with a, b:
