@@ -20,6 +20,7 @@ from balancing.checker import check_once
 from balancing.state import ServerState
 from config.model import (
     Address,
+    Balance,
     Bind,
     CertificateSpec,
     GlobalSettings,
@@ -144,6 +145,32 @@ async def test_a_header_in_pieces_and_local_headers() -> None:
                 answer = await run_exchange(port, local + GET)
                 assert answer.startswith(b"HTTP/1.1 200")
                 assert web.seen[-1].header(b"x-forwarded-for") == b"127.0.0.2"
+            nursery.cancel_scope.cancel()
+
+
+async def test_source_balancing_hashes_the_header_address() -> None:
+    """Every client comes from 127.0.0.2; only the header tells them apart, and it is the
+    address `balance: source` hashes: each keeps its server, and they spread over both."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            webs = [Backend("web1"), Backend("web2")]
+            for web in webs:
+                await nursery.start(web.serve)
+            servers = tuple(RealServer(web.label, web.address) for web in webs)
+            cfg = config(servers, networks("127.0.0.2"))
+            vs = cfg.virtual_servers[0]
+            pool = replace(vs.pool, balance=Balance.SOURCE)
+            cfg = replace(cfg, virtual_servers=(replace(vs, pool=pool),))
+            port = (await start_proxy(nursery, cfg)).address("www")[1]
+            chosen: dict[str, set[bytes]] = {}
+            for i in range(16):
+                source = f"10.{i}.0.1"
+                for _ in range(2):
+                    header = encode(V2, (source, 1000), ("10.0.0.1", 80))
+                    answer = await run_exchange(port, header + GET)
+                    chosen.setdefault(source, set()).add(answer.split(b"x-served-by: ")[1][:4])
+            assert all(len(labels) == 1 for labels in chosen.values()), chosen
+            assert set().union(*chosen.values()) == {b"web1", b"web2"}
             nursery.cancel_scope.cancel()
 
 
