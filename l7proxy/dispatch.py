@@ -15,6 +15,7 @@ import trio
 from balancing.health import report_passive_failure
 from balancing.scheduler import Choice, NoServerAvailable, choose
 from balancing.state import PoolState, ServerState
+from config.model import ProxyVersion
 
 from .errors import Failure
 from .exchange_state import ExchangeState
@@ -86,9 +87,8 @@ async def connect_server(
         server = choice.server
         upstream = runtime.upstream
         # A PROXY header ties a server connection to its client (UpstreamPool, "_private").
-        version, owner = server.server.send_proxy, request.client
-        if version is None or owner is None:
-            owner = None
+        version = server.server.send_proxy
+        owner = request.client if version is not None else None
         conn = upstream.take_idle(server.address, owner)
         if conn is not None:
             ex.connect_time = 0.0
@@ -97,9 +97,7 @@ async def connect_server(
         # A connect keeps its own time, per attempt; the server timeout starts after it.
         clock.pause_deadline()
         try:
-            header = b""
-            if version is not None and owner is not None:
-                header = encode(version, (owner.ip, owner.port), (owner.local_ip, owner.local_port))
+            header = _proxy_header(version, owner)
             conn = await upstream.connect(server.address, request.connect_timeout, header, owner)
             ex.connect_time = trio.current_time() - started
         except ConnectError as error:
@@ -113,6 +111,12 @@ async def connect_server(
             ex.retries += failures
         return choice, conn
     raise ExchangeFailed(Failure.CONNECT_FAILED if failures else Failure.NO_SERVER)
+
+
+def _proxy_header(version: ProxyVersion | None, client: ClientInfo | None) -> bytes:
+    if version is None or client is None:
+        return b""
+    return encode(version, (client.ip, client.port), (client.local_ip, client.local_port))
 
 
 def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) -> None:

@@ -171,6 +171,9 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
         except OSError:
             sock.close()
             return
+        except BaseException:  # cancelled (a shutdown) while waiting for the header: not kept
+            sock.close()
+            raise
         stream: SockStream
         tls_headers: list[tuple[bytes, bytes]] = []
         if tls_server is None:
