@@ -33,7 +33,7 @@ from .model import (
 )
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
-from .scalars import MAX_PORT, parse_address, parse_duration, parse_network
+from .scalars import MAX_PORT, parse_address, parse_duration
 from .service_reader import SERVICE_GLOBAL_KEYS, ServiceReader
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
@@ -430,19 +430,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
         trusted_entry = m.get("trusted") if m is not None else None
         if trusted_entry is None:
             return None, None
-        items = self.sequence(trusted_entry.value, trusted_entry.path)
-        if items is None:
-            return None, None
-        networks: list[Network] = []
-        for index, item in enumerate(items):
-            path = f"{trusted_entry.path}[{index}]"
-            text = self.string(item, path)
-            network = self.parsed(item, path, parse_network, text) if text is not None else None
-            if network is not None:
-                networks.append(network)
-        if len(networks) != len(items):
-            return None, None
-        return True, tuple(networks)
+        networks = self.networks(trusted_entry)
+        return (None, None) if networks is None else (True, networks)
 
     def https_redirect(self, entry: Entry) -> HttpsRedirect | None:
         """``false``, ``true`` or ``{code: 301|302|303|307|308, port: N}``."""

@@ -64,6 +64,13 @@ class AdminState(enum.Enum):
     MAINT = "maint"  # no traffic at all
 
 
+class ProxyVersion(enum.Enum):
+    """The PROXY protocol version sent to a real server (HAProxy ``send-proxy``/``-v2``)."""
+
+    V1 = "v1"
+    V2 = "v2"
+
+
 class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
@@ -111,6 +118,9 @@ class TlsSettings:
 class Bind:
     address: Address
     tls: TlsSettings | None = None
+    # Peers in these networks must start with a PROXY protocol header (HAProxy `accept-proxy`);
+    # empty: no header is expected from anyone.
+    accept_proxy: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,7 @@ class RealServer:
     state: AdminState = AdminState.READY
     check_address: Address | None = None  # health checks go here instead, when set
     backup: bool = False  # the fallback server
+    send_proxy: ProxyVersion | None = None  # PROXY header first on each connection to it
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -17,6 +18,7 @@ from .model import (
     HttpCheck,
     Persistence,
     Pool,
+    ProxyVersion,
     RealServer,
     SourcePersistence,
 )
@@ -39,9 +41,17 @@ SAMESITE_VALUES = ("Strict", "Lax", "None")
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
-POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "retries", "real_servers")
+POOL_KEYS = (
+    "balance",
+    "persistence",
+    "health_check",
+    "fallback",
+    "retries",
+    "send_proxy",
+    "real_servers",
+)
 FALLBACK_KEYS = ("address", "health_check")
-SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
+SERVER_KEYS = ("label", "address", "weight", "state", "check_address", "send_proxy")
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
 SOURCE_KEYS = ("timeout", "mask", "mask6", "size")
@@ -68,9 +78,13 @@ class PoolReader(FieldReader):
         if fallback_entry is not None:
             fallback, fallback_check = self.fallback(fallback_entry)
         retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
-        servers = self.real_servers(m, what)
+        proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), None)
+        servers = self.real_servers(m, what, send_proxy)
+        if fallback is not None and send_proxy is not None:
+            fallback = dataclasses.replace(fallback, send_proxy=send_proxy)
         if (
-            balance is None
+            not proxy_ok
+            or balance is None
             or health is None
             or servers is None
             or fallback_check is None
@@ -108,7 +122,20 @@ class PoolReader(FieldReader):
             return None, None
         return RealServer(label=FALLBACK_LABEL, address=address, backup=True), check
 
-    def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
+    def send_proxy(
+        self, entry: Entry | None, default: ProxyVersion | None
+    ) -> tuple[bool, ProxyVersion | None]:
+        """``v1``, ``v2`` or ``false``: (valid, the version or None)."""
+        if entry is None:
+            return True, default
+        if self.is_false(entry.value):
+            return True, None
+        version = self.opt_enum(entry, ProxyVersion, ProxyVersion.V1)
+        return version is not None, version
+
+    def real_servers(
+        self, m: Mapping, what: str, send_proxy: ProxyVersion | None = None
+    ) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")
         if entry is None:
             self.problem(
@@ -131,14 +158,20 @@ class PoolReader(FieldReader):
         seen: dict[str, Node] = {}
         ok = True
         for index, item in enumerate(items):
-            server = self.real_server(item, f"{entry.path}[{index}]", seen)
+            server = self.real_server(item, f"{entry.path}[{index}]", seen, send_proxy)
             if server is None:
                 ok = False
             else:
                 servers.append(server)
         return tuple(servers) if ok else None
 
-    def real_server(self, node: Node, path: str, seen: dict[str, Node]) -> RealServer | None:
+    def real_server(
+        self,
+        node: Node,
+        path: str,
+        seen: dict[str, Node],
+        send_proxy: ProxyVersion | None = None,
+    ) -> RealServer | None:
         m = self.mapping(node, path, SERVER_KEYS, required=("label", "address"))
         if m is None:
             return None
@@ -164,10 +197,16 @@ class PoolReader(FieldReader):
             check_address = self.address(check_entry.value, check_entry.path, port)
             if check_address is None:
                 return None
-        if label is None or address is None or weight is None or state is None:
+        proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), send_proxy)
+        if label is None or address is None or weight is None or state is None or not proxy_ok:
             return None
         return RealServer(
-            label=label, address=address, weight=weight, state=state, check_address=check_address
+            label=label,
+            address=address,
+            weight=weight,
+            state=state,
+            check_address=check_address,
+            send_proxy=send_proxy,
         )
 
     def persistence(self, entry: Entry) -> Persistence | None:

@@ -14,11 +14,13 @@ import trio
 from balancing.health import report_passive_failure
 from balancing.scheduler import Choice, NoServerAvailable, choose
 from balancing.state import PoolState, ServerState
+from config.model import ProxyVersion
 
 from .errors import Failure
 from .exchange_state import ExchangeState
+from .proxy_protocol import encode
 from .relay import ExchangeFailed
-from .runtime import Runtime
+from .runtime import ClientInfo, Runtime
 from .upstream import ConnectError, UpstreamConnection
 
 health_log = logging.getLogger("lbproxy.health")
@@ -49,6 +51,7 @@ class Request(NamedTuple):
     client_ip: str
     connect_timeout: float
     retries: int
+    client: ClientInfo | None = None  # for a server that wants a PROXY header
 
 
 async def connect_server(
@@ -84,7 +87,10 @@ async def connect_server(
             continue
         server = choice.server
         upstream = runtime.upstream
-        conn = upstream.take_idle(server.address)
+        # A PROXY header ties a server connection to its client (UpstreamPool, "_private").
+        version = server.server.send_proxy
+        owner = request.client if version is not None else None
+        conn = upstream.take_idle(server.address, owner)
         if conn is not None:
             ex.connect_time = 0.0
             return choice, conn
@@ -92,7 +98,8 @@ async def connect_server(
         # A connect keeps its own time, per attempt; the server timeout starts after it.
         clock.pause_deadline()
         try:
-            conn = await upstream.connect(server.address, request.connect_timeout)
+            header = _proxy_header(version, owner)
+            conn = await upstream.connect(server.address, request.connect_timeout, header, owner)
             ex.connect_time = trio.current_time() - started
         except ConnectError as error:
             _connect_failed(runtime, server, error)
@@ -105,6 +112,12 @@ async def connect_server(
             ex.retries += failures
         return choice, conn
     raise ExchangeFailed(Failure.CONNECT_FAILED if failures else Failure.NO_SERVER)
+
+
+def _proxy_header(version: ProxyVersion | None, client: ClientInfo | None) -> bytes:
+    if version is None or client is None:
+        return b""
+    return encode(version, (client.ip, client.port), (client.local_ip, client.local_port))
 
 
 def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) -> None:

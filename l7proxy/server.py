@@ -16,6 +16,8 @@ from config.model import Address
 from tls.clientcert import client_headers
 
 from .connection import ClientConnection
+from .exchange import trusted_peer
+from .proxy_protocol import MAX_HEADER, ProxyHeader, ProxyHeaderError, parse
 from .runtime import ClientInfo, Runtime, ServedBind, SessionInfo
 from .stream import SockStream, TlsSockStream
 
@@ -101,6 +103,41 @@ def _client_info(sock: socket.socket, peer: Any, tls: bool) -> ClientInfo:
     return ClientInfo("unix", 0, "unix", 0, tls)
 
 
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """The PROXY protocol header a trusted peer starts with. Only its own bytes are taken from
+    the socket (peek, then take), so what follows (a TLS ClientHello, a request) stays there
+    for the next reader. ProxyHeaderError when the bytes are not a header or the peer left."""
+    sock.setblocking(False)
+    taken = bytearray()
+    while True:
+        try:
+            data = sock.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as error:
+            raise ProxyHeaderError(f"connection lost: {error.strerror or error}") from error
+        if not data:
+            raise ProxyHeaderError("connection closed before a complete PROXY header")
+        header = parse(taken + data)
+        if header is not None:
+            sock.recv(header.length - len(taken))  # peeked, so all there: one call takes it
+            return header
+        taken += sock.recv(len(data))  # every byte seen so far is header: take it, wait for more
+        await trio.lowlevel.wait_readable(sock)
+
+
+async def _proxied_client(sock: socket.socket, client: ClientInfo, wait: float) -> ClientInfo:
+    """``client`` as the PROXY header says (LOCAL or UNKNOWN: the connection's own)."""
+    with trio.move_on_after(wait):
+        header = await read_proxy_header(sock)
+        if header.source is None or header.destination is None:
+            return client
+        (ip, port), (local_ip, local_port) = header.source, header.destination
+        return ClientInfo(client_ip(ip), port, client_ip(local_ip), local_port, client.tls)
+    raise ProxyHeaderError(f"no PROXY header within {wait:g}s")
+
+
 async def close_stream(stream: trio.abc.Stream) -> None:
     """Close for sure (a TLS stream sends its close_notify when the socket takes it at once)."""
     if isinstance(stream, SockStream):
@@ -112,14 +149,31 @@ async def close_stream(stream: trio.abc.Stream) -> None:
 def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | None) -> Handler:
     """The guarded handler for one listener: TLS handshake, then the request loop."""
     handshake_timeout = served.bind.tls.handshake_timeout if served.bind.tls else 0.0
+    accept_proxy = served.bind.accept_proxy  # peers that must start with a PROXY header
 
     async def handle(sock: socket.socket, peer: Any) -> None:
         accepted_at = trio.current_time()
         try:
             client = _client_info(sock, peer, tls_server is not None)
+            if accept_proxy and trusted_peer(client.ip, accept_proxy):
+                client = await _proxied_client(sock, client, served.vs.timeouts.header)
+        except ProxyHeaderError as error:
+            log.warning(
+                "PROXY protocol from %s:%s to %s port %s: %s; connection closed",
+                client.ip,
+                client.port,
+                served.vs.label,
+                served.port,
+                error,
+            )
+            sock.close()
+            return
         except OSError:
             sock.close()
             return
+        except BaseException:  # cancelled (a shutdown) while waiting for the header: not kept
+            sock.close()
+            raise
         stream: SockStream
         tls_headers: list[tuple[bytes, bytes]] = []
         if tls_server is None:
@@ -160,6 +214,7 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
             log.exception("connection from %s:%s failed", client.ip, client.port)
         finally:
             runtime.sessions.pop(id(stream), None)
+            runtime.upstream.forget(client)
             runtime.connections -= 1
             frontend.current -= 1
             await close_stream(stream)
