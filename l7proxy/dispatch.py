@@ -75,7 +75,11 @@ async def connect_server(
                 exclude=excluded,
             )
         except MustWait as full:
-            got = await wait_for_slot(pool, full.wait, excluded, request, clock)
+            queued = trio.current_time()
+            try:
+                got = await wait_for_slot(pool, full.wait, excluded, request, clock)
+            finally:
+                ex.queue_time += trio.current_time() - queued
             if got is None:
                 continue  # its server went away while it waited: choose again
             choice = got

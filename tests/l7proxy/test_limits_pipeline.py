@@ -182,6 +182,12 @@ async def test_queue_timeout_is_503_with_sQ_in_the_access_log(
     lines = capsys.readouterr().out.splitlines()
     late_line = next(line for line in lines if "/late" in line)
     assert re.search(r" 503 \d+ - - sQ", late_line), late_line
+    # %TR/%Tw/%Tc: it waited the queue timeout (200 ms or more) and never connected
+    timers = re.search(r" (\d+)/(\d+)/(-?\d+)/(-?\d+)/(\d+) 503 ", late_line)
+    assert timers is not None, late_line
+    assert int(timers.group(2)) >= 200 and timers.group(3) == "-1", late_line
+    held_line = next(line for line in lines if "/held" in line)
+    assert re.search(r" \d+/0/\d+/\d+/\d+ 200 ", held_line), held_line
 
 
 async def test_a_persistent_client_waits_for_its_own_server() -> None:
