@@ -167,6 +167,14 @@ class WaitQueue:
         return None
 
 
+def _send_back(queue: WaitQueue) -> None:
+    """Wake every waiter of ``queue`` without a slot: each chooses again."""
+    while queue.waiters:
+        waiter = queue.waiters[0]
+        queue.remove(waiter)
+        waiter.wake()
+
+
 class ServerState:
     """One real server (or a fallback) at run time."""
 
@@ -364,12 +372,13 @@ class PoolState:
     def hand_over(self, state: ServerState) -> None:
         """Give ``state``'s free slots to the oldest waiters that may use them: its own queue
         and the pool's, in arrival order (HAProxy's process_srv_queue)."""
+        if not any(s.accepts_new() for s in self.servers):
+            # No real server takes new clients any more: the pool's waiters choose again, and
+            # find a fallback or a 503 at once (HAProxy's pendconn_redistribute).
+            _send_back(self.queue)
         if not state.accepts_sticky():
             # It cannot take its own waiters any more: they choose again (a redispatch).
-            while state.queue.waiters:
-                waiter = state.queue.waiters[0]
-                state.queue.remove(waiter)
-                waiter.wake()
+            _send_back(state.queue)
             return
         while not state.maxconn or state.served < state.maxconn:
             own = state.queue.waiters[0] if state.queue.waiters else None

@@ -240,3 +240,14 @@ def test_each_fallback_has_its_own_check() -> None:
     assert tuple(s.check for s in state.fallbacks) == checks
     assert all(s.is_fallback for s in state.fallbacks)
     assert state.fallback is state.fallbacks[0]
+
+
+def test_when_no_real_server_takes_new_clients_the_pool_queue_chooses_again() -> None:
+    pool = limited_pool(labels=("a",), fallbacks=("f1",))
+    held = start(pool)
+    woken = Woken()
+    waiter = pool.enqueue(None, woken.waker("w1"), frozenset())
+    held.server.health = Health.DOWN
+    pool.end(held.server)
+    assert woken.order == ["w1"] and waiter.server is None and len(pool.queue) == 0
+    assert start(pool).server.label == "f1"
