@@ -33,6 +33,7 @@ from tests.helpers import (
     Response,
     Seen,
     free_port,
+    read_request_head,
     request,
     server,
     simple_config,
@@ -190,7 +191,10 @@ async def test_queue_timeout_is_503_with_sQ_in_the_access_log(
     assert re.search(r" \d+/0/\d+/\d+/\d+ 200 ", held_line), held_line
 
 
-async def test_a_persistent_client_waits_for_its_own_server() -> None:
+def sticky_pair(
+    queue: float,
+) -> tuple[dict[str, Gate], list[Backend], Callable[[], ProxyConfig]]:
+    """Two held real servers a and b with maxconn 1 and cookie persistence."""
     gates = {"a": Gate("a"), "b": Gate("b")}
     backends = {name: Backend(name, gate) for name, gate in gates.items()}
 
@@ -198,11 +202,16 @@ async def test_a_persistent_client_waits_for_its_own_server() -> None:
         config = simple_config(
             [server(name, b, maxconn=1) for name, b in backends.items()],
             persistence=CookiePersistence("SERVERID"),
-            timeouts=Timeouts(queue=5.0),
+            timeouts=Timeouts(queue=queue),
         )
         return with_stats(config)
 
-    async with running(list(backends.values()), make) as (nursery, proxy):
+    return gates, list(backends.values()), make
+
+
+async def test_a_persistent_client_waits_for_its_own_server() -> None:
+    gates, backends, make = sticky_pair(queue=5.0)
+    async with running(backends, make) as (nursery, proxy):
         port = proxy.address("www")[1]
         pool = pool_of(proxy)
         answers: dict[str, Response] = {}
@@ -231,18 +240,8 @@ async def test_a_persistent_client_waits_for_its_own_server() -> None:
 
 
 async def test_a_persistent_client_gets_503_when_its_queue_times_out() -> None:
-    gates = {"a": Gate("a"), "b": Gate("b")}
-    backends = {name: Backend(name, gate) for name, gate in gates.items()}
-
-    def make() -> ProxyConfig:
-        config = simple_config(
-            [server(name, b, maxconn=1) for name, b in backends.items()],
-            persistence=CookiePersistence("SERVERID"),
-            timeouts=Timeouts(queue=0.2),
-        )
-        return config
-
-    async with running(list(backends.values()), make) as (nursery, proxy):
+    gates, backends, make = sticky_pair(queue=0.2)
+    async with running(backends, make) as (nursery, proxy):
         port = proxy.address("www")[1]
         sticky = {"Cookie": "SERVERID=a"}
         held: list[Response] = []
@@ -296,18 +295,25 @@ async def test_fallbacks_are_used_in_order_each_with_its_own_check() -> None:
         assert [s.label for s in pool.fallbacks] == ["dead", "second", "third"]
 
 
-async def test_fallback_mode_all_spreads_over_every_fallback() -> None:
+def two_fallbacks(
+    mode: FallbackMode,
+) -> tuple[Backend, Backend, Backend, Callable[[], ProxyConfig]]:
+    """A real server in maintenance and two fallbacks f1, f2 in ``mode``."""
     f1, f2, real = Backend("f1"), Backend("f2"), Backend("real")
 
     def make() -> ProxyConfig:
-        config = simple_config(
+        return simple_config(
             [server("real", real, state=AdminState.MAINT)],
             fallback=server("f1", f1, backup=True),
             more_fallbacks=(Fallback(server("f2", f2, backup=True), HealthCheck(enabled=False)),),
-            fallback_mode=FallbackMode.ALL,
+            fallback_mode=mode,
         )
-        return config
 
+    return f1, f2, real, make
+
+
+async def test_fallback_mode_all_spreads_over_every_fallback() -> None:
+    f1, f2, real, make = two_fallbacks(FallbackMode.ALL)
     async with running([f1, f2, real], make) as (_nursery, proxy):
         port = proxy.address("www")[1]
         seen: Counter[str] = Counter()
@@ -320,16 +326,7 @@ async def test_fallback_mode_all_spreads_over_every_fallback() -> None:
 
 
 async def test_fallback_mode_first_uses_only_the_first_while_it_is_up() -> None:
-    f1, f2, real = Backend("f1"), Backend("f2"), Backend("real")
-
-    def make() -> ProxyConfig:
-        config = simple_config(
-            [server("real", real, state=AdminState.MAINT)],
-            fallback=server("f1", f1, backup=True),
-            more_fallbacks=(Fallback(server("f2", f2, backup=True), HealthCheck(enabled=False)),),
-        )
-        return config
-
+    f1, f2, real, make = two_fallbacks(FallbackMode.FIRST)
     async with running([f1, f2, real], make) as (_nursery, proxy):
         port = proxy.address("www")[1]
         for _ in range(4):
@@ -341,17 +338,7 @@ async def test_fallback_mode_first_uses_only_the_first_while_it_is_up() -> None:
 async def open_and_ask(port: int, path: str) -> tuple[trio.SocketStream, bytes]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return stream, await read_head(stream)
-
-
-async def read_head(stream: trio.SocketStream) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return stream, await read_request_head(stream)
 
 
 async def test_max_connections_holds_the_next_connection_until_one_closes() -> None:
@@ -382,7 +369,7 @@ async def test_max_connections_holds_the_next_connection_until_one_closes() -> N
         assert table[("www", "FRONTEND")]["slim"] == "2"
 
         await first.aclose()
-        head3 = await read_head(third)
+        head3 = await read_request_head(third)
         assert head3.startswith(b"HTTP/1.1 200")
         assert [s.target for s in backend.seen] == [b"/1", b"/2", b"/3"]
         await second.aclose()
