@@ -139,6 +139,10 @@ async def test_maxconn_one_serves_three_clients_one_at_a_time_in_order() -> None
         assert table[("www", "a")]["slim"] == "1"
         assert table[("www", "a")]["scur"] == "1"
         assert gate.order == ["/1"]  # the server never saw the waiting ones
+        metrics = (await request(stats_port(proxy), "GET", "/metrics")).body.decode()
+        assert 'haproxy_backend_current_queue{proxy="www"} 2\n' in metrics
+        assert 'haproxy_server_current_queue{proxy="www",server="a"} 0\n' in metrics
+        assert 'haproxy_server_limit_sessions{proxy="www",server="a"} 1\n' in metrics
 
         for served in range(1, 4):
             await gate.holding(served)
