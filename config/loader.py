@@ -74,11 +74,15 @@ VS_KEYS = (
     "hsts",
     "rewrite_location",
     "rules",
+    "limits",
     *POOL_KEYS,
 )
+LIMIT_KEYS = ("max_connections",)
+# Far beyond the descriptors one process may hold; a typo, not a limit.
+MAX_CONNECTIONS_LIMIT = 10_000_000
 FORWARDFOR_KEYS = ("trusted",)
 REDIRECT_KEYS = ("code", "port")
-TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel")
+TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel", "queue")
 RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
 RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
 HEADER_KEYS = ("name", "value")
@@ -375,6 +379,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             # Browsers ignore Strict-Transport-Security over plain HTTP (RFC 6797 8.1).
             self.warning(hsts_entry.key, hsts_entry.path, "hsts has no effect: no TLS bind")
         rules = self.rules(m.get("rules"), pool_names)
+        max_connections = self.max_connections(m.get("limits"))
         pool = self.pool(m, label or path, "virtual server")
         if (
             label is None
@@ -383,6 +388,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             or timeouts is None
             or rewrite_location is None
             or rules is None
+            or max_connections is None
             or pool is None
             or self.failed_since(m)
         ):
@@ -398,7 +404,17 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             redirect_to_https=redirect,
             hsts=hsts,
             rewrite_location=rewrite_location,
+            max_connections=max_connections,
         )
+
+    def max_connections(self, entry: Entry | None) -> int | None:
+        """``limits: {max_connections: N}`` (HAProxy frontend ``maxconn``); 0: no limit."""
+        if entry is None:
+            return 0
+        m = self.mapping(entry.value, entry.path, LIMIT_KEYS)
+        if m is None:
+            return None
+        return self.opt_int(m.get("max_connections"), 0, 0, MAX_CONNECTIONS_LIMIT)
 
     def mode(self, entry: Entry | None) -> None:
         """``mode: http`` is accepted from older files: lbproxy speaks HTTP only (HAProxy ``mode
@@ -412,13 +428,18 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
         m = self.mapping(entry.value, entry.path, TIMEOUT_KEYS)
         if m is None:
             return None
-        defaults = Timeouts()
         values: dict[str, float] = {}
+        ok = True
         for key in TIMEOUT_KEYS:
-            value = self.opt_duration(m.get(key), getattr(defaults, key))
-            if value is not None:
+            item = m.get(key)
+            if item is None:
+                continue  # the default; queue follows the connect timeout
+            value = self.duration(item.value, item.path)
+            if value is None:
+                ok = False
+            else:
                 values[key] = value
-        return Timeouts(**values) if len(values) == len(TIMEOUT_KEYS) else None
+        return Timeouts(**values) if ok else None
 
     def forwardfor(self, entry: Entry | None) -> tuple[bool | None, tuple[Network, ...] | None]:
         """``true``, ``false`` or ``{trusted: [CIDR, ...]}``: (forwardfor, trusted networks)."""

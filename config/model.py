@@ -130,6 +130,12 @@ class Timeouts:
     client_idle: float = DEFAULT_CLIENT_IDLE_TIMEOUT
     server: float = DEFAULT_SERVER_TIMEOUT
     tunnel: float = DEFAULT_TUNNEL_TIMEOUT
+    # How long a request may wait for a slot of a full server (HAProxy `timeout queue`); None:
+    # the connect timeout, HAProxy's fallback too.
+    queue: float | None = None
+
+    def queue_timeout(self) -> float:
+        return self.connect if self.queue is None else self.queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +145,11 @@ class RealServer:
     weight: int = 1  # 0 = drain (HAProxy: no new sessions, persistent ones still served)
     state: AdminState = AdminState.READY
     check_address: Address | None = None  # health checks go here instead, when set
-    backup: bool = False  # the fallback server
+    backup: bool = False  # a fallback server
     send_proxy: ProxyVersion | None = None  # PROXY header first on each connection to it
+    # Requests at once on this server (HAProxy `server ... maxconn`); the rest wait in a queue.
+    # 0: no limit.
+    maxconn: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,22 @@ class HealthCheck:
     http: HttpCheck | None = None  # None: TCP connect check
 
 
+class FallbackMode(enum.Enum):
+    """Which fallbacks take requests when no real server can: the first usable one in the
+    listed order (HAProxy's default), or all usable ones balanced (HAProxy `option allbackups`)."""
+
+    FIRST = "first"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One fallback server with its own check."""
+
+    server: RealServer
+    check: HealthCheck = field(default_factory=HealthCheck)
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     """A set of real servers with how to choose among them (HAProxy backend)."""
@@ -214,6 +239,15 @@ class Pool:
     # Further connect attempts after a failed one, before the request gets a 503 (HAProxy
     # `retries`): the request path decides which server each attempt goes to.
     retries: int = DEFAULT_RETRIES
+    # Further fallbacks after ``fallback``, in the listed order, each with its own check.
+    more_fallbacks: tuple[Fallback, ...] = ()
+    fallback_mode: FallbackMode = FallbackMode.FIRST
+
+    def fallbacks(self) -> tuple[Fallback, ...]:
+        """Every fallback in the listed order."""
+        if self.fallback is None:
+            return ()
+        return (Fallback(self.fallback, self.fallback_check), *self.more_fallbacks)
 
     def server(self, label: str) -> RealServer | None:
         for server in self.real_servers:
@@ -277,6 +311,9 @@ class VirtualService:
     redirect_to_https: HttpsRedirect | None = None
     hsts: float | None = None  # max-age in seconds, sent on TLS responses only
     rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+    # Client connections at once (HAProxy frontend `maxconn`); 0: no limit. Beyond it the
+    # virtual server stops accepting and new connections wait in the listen backlog.
+    max_connections: int = 0
 
     def https_port(self) -> int:
         """The port ``redirect_to_https`` sends clients to."""

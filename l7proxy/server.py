@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from config.model import Address
+from config.model import Address, VirtualService
 from tls.clientcert import client_headers
 
 from .connection import ClientConnection
@@ -75,14 +75,64 @@ def client_ip(raw: str) -> str:
 Handler = Callable[[socket.socket, Any], Awaitable[None]]
 
 
-async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nursery) -> None:
-    """Accept connections forever; each runs as its own task in ``nursery``."""
+class ConnectionGate:
+    """A virtual server's ``limits.max_connections`` (HAProxy frontend ``maxconn``): while it is
+    full, the accept loops of its binds stop accepting, so new connections wait in the listen
+    backlog instead of being refused; each close lets the next one in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._freed = trio.Event()
+
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+    async def wait_free(self) -> None:
+        while self.full():
+            await self._freed.wait()
+
+    def closed(self) -> None:
+        self.open -= 1
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+def connection_gate(gates: dict[str, ConnectionGate], vs: VirtualService) -> ConnectionGate | None:
+    """The gate of ``vs`` (None without a limit); one per label, so a reload keeps counting the
+    connections already open and only changes the limit."""
+    if not vs.max_connections:
+        return None
+    gate = gates.setdefault(vs.label, ConnectionGate(vs.max_connections))
+    gate.limit = vs.max_connections
+    return gate
+
+
+async def _gated(handler: Handler, gate: ConnectionGate, conn: socket.socket, peer: Any) -> None:
+    try:
+        await handler(conn, peer)
+    finally:
+        gate.closed()
+
+
+async def accept_loop(
+    sock: socket.socket,
+    handler: Handler,
+    nursery: trio.Nursery,
+    gate: ConnectionGate | None = None,
+) -> None:
+    """Accept connections forever; each runs as its own task in ``nursery``. With a ``gate``,
+    only while it has room."""
     while True:
         try:
+            if gate is not None:
+                await gate.wait_free()
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
             return  # closed by a reload or the shutdown
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            if gate is not None and gate.full():
+                break  # another bind of the virtual server took the last slot
             try:
                 conn, peer = sock.accept()
             except BlockingIOError:
@@ -92,7 +142,11 @@ async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nurse
                     log.error("accept failed: %s; pausing accepts for 100 ms", error.strerror)
                     await trio.sleep(0.1)
                 break
-            nursery.start_soon(handler, conn, peer)
+            if gate is None:
+                nursery.start_soon(handler, conn, peer)
+            else:
+                gate.open += 1
+                nursery.start_soon(_gated, handler, gate, conn, peer)
         await trio.lowlevel.checkpoint()
 
 

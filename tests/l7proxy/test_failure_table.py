@@ -29,6 +29,7 @@ STARTED = Facts(response_started=True, idempotent=True)
         # Routing and connecting: 503, and the connection stays usable.
         (Failure.NO_POOL, FRESH, Outcome(503, "SC", close=False)),
         (Failure.NO_SERVER, FRESH, Outcome(503, "SQ", close=False)),
+        (Failure.QUEUE_TIMEOUT, GET, Outcome(503, "sQ", close=False)),
         (Failure.CONNECT_FAILED, GET, Outcome(503, "SC", close=False)),
         # The server's side.
         (Failure.SERVER_CLOSED, FRESH, Outcome(502, "SH", server_fault=True)),
