@@ -37,7 +37,9 @@ PID = 1  # HAProxy's "relative process number": one process serves the page
 
 _COLOURS = {"UP": "#c1ffc1", "DOWN": "#ffaaaa", "DRAIN": "#a0c0ff", "MAINT": "#cccccc"}
 _KIND_COLOURS = {FRONTEND: "#d0e0ff", BACKEND: "#d0e0ff"}
-ACTIONS = ("ready", "drain", "maint", "weight")
+# HAProxy's stats admin choices; "kill" is its "Kill Sessions": the connections being served by
+# the server are closed now.
+ACTIONS = ("ready", "drain", "maint", "weight", "kill")
 
 
 def csv_cell(row: Row, column: str) -> object:

@@ -269,3 +269,31 @@ async def test_a_refused_action_comes_back_with_its_reason_and_csv_answers_hapro
         for url in ("/stats?csv", "/stats;csv", "/stats?stats;csv", "/stats;csv;norefresh"):
             got = await request(stats_port, "GET", url, headers=auth_header())
             assert got.body.startswith(b"# pxname,svname,qcur,"), url
+
+
+async def test_kill_sessions_from_the_page_closes_what_that_server_serves(
+    tmp_path: pathlib.Path, ca: trustme.CA
+) -> None:
+    """HAProxy's "Kill Sessions": a request being served by web1 is closed at once; the
+    server stays in its state and new requests are served."""
+    async with running(tmp_path, ca) as (handle, port, stats_port):
+        web1 = handle.runtime.pools["www"].server("web1")
+        assert web1 is not None
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        # A request that web1 holds: the Backend of the fixture answers at once, so hold it by
+        # sending a body that never completes.
+        await client.send_all(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nCookie: SERVERID=web1\r\nContent-Length: 100\r\n\r\n"
+        )
+        while not any(  # noqa: ASYNC110
+            s.served_by() == ("www", "web1") for s in handle.runtime.sessions.values()
+        ):
+            await trio.sleep(0.01)  # nothing announces that the request reached web1
+        page = await request(stats_port, "GET", "/stats", headers=auth_header())
+        kill = f"token={page_token(page)}&b=www&one=web1%7Ckill".encode()
+        done = await post(stats_port, kill, auth_header())
+        assert done.status == 303
+        assert await client.receive_some(65536) == b""  # closed, nothing answered
+        await client.aclose()
+        assert admin_state(handle, "web1") is AdminState.READY
+        assert (await request(port)).status == 200
