@@ -24,16 +24,6 @@ def _load(path: str) -> ProxyConfig | None:
     return load(path)
 
 
-def _lbproxy_words(explicit: str | None) -> list[str]:
-    """How keepalived should start this lbproxy: the given path, the running script, or -m."""
-    if explicit:
-        return [explicit]
-    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if os.path.basename(script) == "lbproxy" and os.access(script, os.X_OK):
-        return [script]
-    return [sys.executable, "-m", "l7proxy"]
-
-
 def _cmd_keepalived(args: argparse.Namespace) -> int:
     from .ha_keepalived import HaConfigError, command_line, keepalived_conf, read_auth_pass
     from .ha_sync import SyncError, nodes_of
@@ -41,10 +31,14 @@ def _cmd_keepalived(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_FAILED
+    admin = config.global_.admin_socket
+    if admin is None:
+        print(f"lbproxy ha: {args.config}: keepalived asks global.admin_socket", file=sys.stderr)
+        return EXIT_FAILED
     try:
         ha, node, _ = nodes_of(config, args.node)
-        config_path = os.path.abspath(args.config)
-        health = command_line([*_lbproxy_words(args.lbproxy), "ctl", "-c", config_path, "health"])
+        python = args.python or sys.executable
+        health = command_line([python, "-m", "l7proxy.ha_probe", admin.path])
         auth_pass = None
         if ha.auth_pass_file is not None:
             with open(ha.auth_pass_file, encoding="utf-8") as handle:
@@ -168,7 +162,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _config_args(keepalived)
     keepalived.add_argument("-o", "--output", metavar="FILE", help="write it here (mode 0600)")
     keepalived.add_argument(
-        "--lbproxy", metavar="PATH", help="the lbproxy keepalived runs (default: this one)"
+        "--python",
+        metavar="PATH",
+        help="the interpreter that has lbproxy, for the health probe (default: this one)",
     )
     keepalived.set_defaults(func=_cmd_keepalived)
 

@@ -1,7 +1,8 @@
 """keepalived.conf for one node of the pair, from ``ha:`` (pure: text in, text out).
 
 The VRRP instance carries the floating addresses; a ``vrrp_script`` asks the local lbproxy
-through its admin socket whether every bind is open (``lbproxy ctl health``) and puts the node
+through its admin socket whether every bind is open (``l7proxy.ha_probe``, the light twin of
+``lbproxy ctl health``) and puts the node
 in FAULT after two failures, so the peer takes the addresses (keepalived's own tracking, as in
 its ``track_script`` examples for HAProxy). Transitions go to syslog with tag ``lbproxy-ha``.
 """
@@ -17,7 +18,7 @@ INSTANCE = "lbproxy"  # the vrrp_instance and vrrp_script names
 SCRIPT_INTERVAL = 1  # seconds between health runs
 SCRIPT_FALL = 2  # failures before FAULT: one lost run (a reload) is not a failover
 SCRIPT_RISE = 2
-SCRIPT_TIMEOUT = 2  # a hung proxy counts as a failure (ctl itself gives up after 10 s)
+SCRIPT_TIMEOUT = 2  # a hung proxy counts as a failure (the probe itself gives up after 1 s)
 NOTIFY_COMMAND = "/usr/bin/logger -t lbproxy-ha"  # keepalived appends: TYPE NAME STATE PRIORITY
 AUTH_PASS_MAX = 8  # VRRPv2 authentication data is 8 octets (RFC 2338 5.3.10)
 # keepalived splits script lines on spaces and ends them at a quote: nothing to escape with.
