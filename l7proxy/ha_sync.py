@@ -233,7 +233,8 @@ def collect(config: ProxyConfig, config_path: str, sender: str) -> tuple[Bundle,
         try:
             states = ctl.ask(admin.path, "show servers state")
         except ctl.Unreachable as error:
-            raise SyncError(f"reading the server states: {error}") from None
+            # A node being set up has no proxy yet: the files still go, the peer keeps its states.
+            notes.append(f"server states not sent: {error}")
     return Bundle(sender, _read(config_path), tuple(files), states), notes
 
 
@@ -365,12 +366,14 @@ def reload_and_apply(config: ProxyConfig, states: str | None) -> list[str]:
     return notes
 
 
-async def _handle(stream: trio.SSLStream[trio.SocketStream], config_path: str) -> None:
+async def _handle(
+    stream: trio.SSLStream[trio.SocketStream], config_path: str, node_name: str | None
+) -> None:
     try:
         with trio.fail_after(EXCHANGE_TIMEOUT):
             await stream.do_handshake()
             config = load_file(config_path)
-            _, node, peer = nodes_of(config, os.environ.get("LBPROXY_HA_NODE"))
+            _, node, peer = nodes_of(config, node_name)
             check_pin(peer, stream.getpeercert(binary_form=True))
             head = await _receive_exact(stream, LENGTH_BYTES)
             body = await _receive_exact(stream, frame_length(head))
@@ -385,7 +388,8 @@ async def _handle(stream: trio.SSLStream[trio.SocketStream], config_path: str) -
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(encode_answer(SyncAnswer(False, (str(error),))))
     except (trio.BrokenResourceError, trio.TooSlowError, OSError) as error:
-        log.error("sync connection lost: %s", error or error.__class__.__name__)
+        cause = error.__cause__ or error  # trio wraps the ssl error that says why
+        log.error("sync connection lost: %s", cause or cause.__class__.__name__)
     finally:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.aclose()
@@ -413,8 +417,6 @@ async def receive_forever(
     ha, node, peer = nodes_of(config, node_name)
     if ha.sync is None:
         raise SyncError(f"{config_path} has no ha.sync section")
-    if node_name is not None:
-        os.environ["LBPROXY_HA_NODE"] = node_name
     context = _context(ha, node, peer, ssl.Purpose.CLIENT_AUTH)
     host = ha.sync.bind or node.address
     listeners = await trio.open_tcp_listeners(ha.sync.port, host=host)
@@ -422,7 +424,8 @@ async def receive_forever(
 
     async def one(stream: trio.SocketStream) -> None:
         async with lock:
-            await _handle(trio.SSLStream(stream, context, server_side=True), config_path)
+            ssl_stream = trio.SSLStream(stream, context, server_side=True)
+            await _handle(ssl_stream, config_path, node_name)
 
     log.info("sync receiver for %s listening on %s port %d", node.name, host, ha.sync.port)
     async with trio.open_nursery() as nursery:

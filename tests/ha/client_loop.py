@@ -63,15 +63,27 @@ def client(index: int, host: str, port: int, out: list[str], stop: str) -> None:
         cookie = new_cookie or cookie
         out.append(
             json.dumps(
-                {"t": start, "end": time.time(), "client": index, "outcome": outcome,
-                 "server": server, "cookie": cookie}
+                {
+                    "t": start,
+                    "end": time.time(),
+                    "client": index,
+                    "outcome": outcome,
+                    "server": server,
+                    "cookie": cookie,
+                }
             )
         )
         time.sleep(PAUSE)
 
 
 def main() -> None:
-    host, port, clients, out_path, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    host, port, clients, out_path, stop = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        sys.argv[4],
+        sys.argv[5],
+    )
     lines: list[str] = []
     threads = [
         threading.Thread(target=client, args=(i, host, port, lines, stop)) for i in range(clients)

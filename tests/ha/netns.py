@@ -55,8 +55,21 @@ class Network:
             run(IP, "-n", self.switch, "link", "set", "br0", "up")
             for role, ns in self.members.items():
                 port = f"p-{role}"[:15]
-                run(IP, "-n", self.switch, "link", "add", port, "type", "veth",
-                    "peer", "name", "eth0", "netns", ns)
+                run(
+                    IP,
+                    "-n",
+                    self.switch,
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    ns,
+                )
                 run(IP, "-n", self.switch, "link", "set", port, "master", "br0", "up")
                 run(IP, "-n", ns, "addr", "add", f"{self.addresses[role]}/{MASK}", "dev", "eth0")
                 run(IP, "-n", ns, "link", "set", "eth0", "up")
@@ -75,7 +88,10 @@ class Network:
     def run_in(self, role: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # type: ignore[call-overload,no-any-return]
             [IP, "netns", "exec", self.members[role], *argv],
-            capture_output=True, text=True, timeout=60, **kwargs,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **kwargs,
         )
 
     def link(self, role: str, up: bool) -> None:

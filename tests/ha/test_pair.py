@@ -136,16 +136,34 @@ class Pair:
     def start_keepalived(self, node: Node) -> None:
         conf = node.folder / "keepalived.conf"
         made = self.lbproxy(
-            node, "ha", "keepalived", "-c", node.config, "--python", str(self.python),
-            "-o", str(conf),
+            node,
+            "ha",
+            "keepalived",
+            "-c",
+            node.config,
+            "--python",
+            str(self.python),
+            "-o",
+            str(conf),
         )
         assert made.returncode == 0, made.stderr
         log = open(node.folder / "keepalived.log", "ab")  # noqa: SIM115
         self.net.popen(
             node.name,
-            [KEEPALIVED, "-n", "-l", "-P", "-f", str(conf), "-p", str(node.folder / "ka.pid"),
-             "-r", str(node.folder / "vrrp.pid")],
-            stdout=log, stderr=log,
+            [
+                KEEPALIVED,
+                "-n",
+                "-l",
+                "-P",
+                "-f",
+                str(conf),
+                "-p",
+                str(node.folder / "ka.pid"),
+                "-r",
+                str(node.folder / "vrrp.pid"),
+            ],
+            stdout=log,
+            stderr=log,
         )
 
     def vip_on(self, name: str) -> bool:
@@ -161,14 +179,17 @@ def pair(tmp_path: pathlib.Path) -> Iterator[Pair]:
             net.popen(
                 label,
                 [sys.executable, "-m", "tests.e2e.backend", label, net.addresses[label], "8000"],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         for node in pair.nodes.values():
             pair.start_proxy(node)
         lb2 = pair.nodes["lb2"]
         log = open(lb2.folder / "receive.log", "ab")  # noqa: SIM115
-        net.popen("lb2", [str(pair.wrapper), "ha", "receive", "-c", lb2.config],
-                  stdout=log, stderr=log)
+        net.popen(
+            "lb2", [str(pair.wrapper), "ha", "receive", "-c", lb2.config], stdout=log, stderr=log
+        )
         for node in pair.nodes.values():
             pair.start_keepalived(node)
         wait_for(lambda: pair.vip_on("lb1"), "the VIP on lb1")
@@ -207,8 +228,18 @@ def test_failover_keeps_clients_and_sync_carries_states(pair: Pair) -> None:
     net, lb1, lb2 = pair.net, pair.nodes["lb1"], pair.nodes["lb2"]
     out, stop = pair.tmp / "client.jsonl", pair.tmp / "client.stop"
     loop = net.popen(
-        "cl", [sys.executable, "-m", "tests.ha.client_loop", VIP, "80", str(CLIENTS), str(out),
-               str(stop)], cwd=ROOT,
+        "cl",
+        [
+            sys.executable,
+            "-m",
+            "tests.ha.client_loop",
+            VIP,
+            "80",
+            str(CLIENTS),
+            str(out),
+            str(stop),
+        ],
+        cwd=ROOT,
     )
     phases: list[Phase] = []
 
@@ -245,7 +276,9 @@ def test_failover_keeps_clients_and_sync_carries_states(pair: Pair) -> None:
     assert len(servers) == CLIENTS
 
     # A drain set on the master through its admin socket is in force on the peer after a sync.
-    drained = pair.lbproxy(lb1, "ctl", "-c", lb1.config, "set", "server", "web/rs1", "state", "drain")
+    drained = pair.lbproxy(
+        lb1, "ctl", "-c", lb1.config, "set", "server", "web/rs1", "state", "drain"
+    )
     assert drained.returncode == 0, drained.stderr
     synced = pair.lbproxy(lb1, "sync", "-c", lb1.config)
     assert synced.returncode == 0, synced.stderr + synced.stdout
