@@ -115,6 +115,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from .ha_sync import fingerprint_of
 
     key = generate_key()
+    # Not tls.selfsigned's server certificate: this one authenticates both ends of the channel
+    # (its serverAuth-only key usage would fail the client side), and it is its own anchor.
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, f"lbproxy-ha {args.name}")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (

@@ -56,6 +56,15 @@ class Pair:
         path.write_text(text)
         return path
 
+    def write_with_tls(self, path: pathlib.Path) -> pathlib.Path:
+        """The web bind with TLS from certs/site.pem (with certs/site.key beside it)."""
+        plain = f"    bind: 127.0.0.1:{self.web_port}\n"
+        tls = (
+            f"    bind:\n      - {{address: '127.0.0.1:{self.web_port}', "
+            "tls: {certificate: certs/site.pem}}\n"
+        )
+        return self.write(path, **{plain: tls})
+
     async def send(self, path: pathlib.Path) -> ha_sync.SyncAnswer:
         config = load_file(str(path))
         outcome: ha_sync.SyncAnswer | ha_sync.SyncError
@@ -81,15 +90,7 @@ async def test_sync_places_files_and_keeps_keys_private(pair: Pair) -> None:
     assert main(["ha", "keygen", "site", "--dir", str(pair.a / "certs")]) == 0
     # A certificate with its key beside it: the key is named by the sidecar rule.
     os.rename(pair.a / "certs" / "sync.key", pair.a / "certs" / "site.key")
-    source = pair.write(
-        pair.a / "lb.yaml",
-        **{
-            f"    bind: 127.0.0.1:{pair.web_port}\n": (
-                f"    bind:\n      - {{address: '127.0.0.1:{pair.web_port}', "
-                "tls: {certificate: certs/site.pem}}\n"
-            )
-        },
-    )
+    source = pair.write_with_tls(pair.a / "lb.yaml")
     with trio.fail_after(60):
         answer = await pair.send(source)
     assert answer.ok, answer.lines
@@ -107,15 +108,7 @@ async def test_broken_configuration_is_refused_with_its_lines(pair: Pair) -> Non
     before = (pair.b / "lb.yaml").read_bytes()
     (pair.a / "certs").mkdir()
     (pair.a / "certs" / "site.pem").write_text("not a certificate\n")
-    broken = pair.write(
-        pair.a / "broken.yaml",
-        **{
-            f"    bind: 127.0.0.1:{pair.web_port}\n": (
-                f"    bind:\n      - {{address: '127.0.0.1:{pair.web_port}', "
-                "tls: {certificate: certs/site.pem}}\n"
-            )
-        },
-    )
+    broken = pair.write_with_tls(pair.a / "broken.yaml")
     with trio.fail_after(60):
         answer = await pair.send(broken)
     assert not answer.ok
