@@ -298,6 +298,14 @@ def _stage(bundle: Bundle, staging: str, config_name: str) -> list[tuple[str, st
     return placed
 
 
+def _keep_owner(path: str, like: str) -> None:
+    """Give the new file the owner of the one it replaces (else of the folder): a proxy that
+    dropped privileges must still read its key after the reload."""
+    owner = os.stat(like)
+    with contextlib.suppress(PermissionError):  # not root: the files are ours, as before
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def apply_bundle(bundle: Bundle, config_path: str, node: HaNode) -> SyncAnswer:
     """Stage, check, put in place, reload and apply the states; keep everything on a failure."""
     config_dir = os.path.dirname(os.path.abspath(config_path))
@@ -318,6 +326,7 @@ def apply_bundle(bundle: Bundle, config_path: str, node: HaNode) -> SyncAnswer:
         for staged_path, name, _mode in placed:
             final = os.path.join(config_dir, name)
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            _keep_owner(staged_path, final if os.path.exists(final) else config_dir)
             os.replace(staged_path, final)  # one rename each: never a half-written file
     finally:
         shutil.rmtree(staging, ignore_errors=True)

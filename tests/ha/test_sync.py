@@ -140,3 +140,14 @@ async def test_a_receiver_with_another_key_is_refused(pair: Pair) -> None:
     assert problems and problems[0].startswith("ha.nodes.lb2.fingerprint:"), problems
     with trio.fail_after(60), pytest.raises(ha_sync.SyncError, match="pinned"):
         await pair.send(pair.a / "lb.yaml")
+
+
+async def test_replaced_files_keep_their_owner(pair: Pair) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("changing owners needs root")
+    target = pair.b / "lb.yaml"
+    os.chown(target, 4321, 4321)  # as if owned by the proxy's unprivileged user
+    with trio.fail_after(60):
+        answer = await pair.send(pair.a / "lb.yaml")
+    assert answer.ok, answer.lines
+    assert (target.stat().st_uid, target.stat().st_gid) == (4321, 4321)
