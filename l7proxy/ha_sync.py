@@ -349,21 +349,32 @@ def reload_and_apply(config: ProxyConfig, states: str | None) -> list[str]:
     )
     if pid <= 0:
         return ["the proxy did not say its pid; reload it"]
-    os.kill(pid, signal.SIGHUP)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        return [f"cannot signal the proxy ({pid}): {error.strerror}; reload it"]
     notes = [f"proxy {pid} reloaded"]
-    if states is None:
-        return notes
+    if states is not None:
+        try:
+            notes += _apply_states(admin.path, config, states)
+        except ctl.Unreachable as error:
+            notes.append(f"server states not applied: {error}")
+    return notes
+
+
+def _apply_states(path: str, config: ProxyConfig, states: str) -> list[str]:
+    notes: list[str] = []
     saved, _ = admin_state.parse(states)
     wanted = {(p.name, s.label) for p in config.all_pools() for s in p.real_servers}
     deadline = time.monotonic() + RELOAD_WAIT
     while time.monotonic() < deadline:  # the reload is asynchronous: wait for its servers
-        shown, _ = admin_state.parse(ctl.ask(admin.path, "show servers state"))
+        shown, _ = admin_state.parse(ctl.ask(path, "show servers state"))
         if {(s.pool, s.label) for s in shown} == wanted:
             break
         time.sleep(0.1)
     known = [entry for entry in saved if (entry.pool, entry.label) in wanted]
     for line in state_commands(known):
-        answer = ctl.ask(admin.path, line)
+        answer = ctl.ask(path, line)
         if ctl.answers_error(answer):
             notes.append(f"{line}: {answer.strip()}")
     changed = [e for e in known if e.admin.value != "ready"]
@@ -388,7 +399,11 @@ async def _handle(
             body = await _receive_exact(stream, frame_length(head))
             bundle = decode_bundle(body)
             log.info("sync from %s: %d file(s)", bundle.sender, len(bundle.files) + 1)
-            answer = await trio.to_thread.run_sync(apply_bundle, bundle, config_path, node)
+            try:
+                answer = await trio.to_thread.run_sync(apply_bundle, bundle, config_path, node)
+            except OSError as error:  # a full disk, a read-only folder: say so to the sender
+                where = error.filename or config_path
+                answer = SyncAnswer(False, (f"{node.name}: {where}: {error.strerror or error}",))
             for line in answer.lines:
                 log.info("sync: %s", line)
             await stream.send_all(encode_answer(answer))
@@ -399,6 +414,10 @@ async def _handle(
     except (trio.BrokenResourceError, trio.TooSlowError, OSError) as error:
         cause = error.__cause__ or error  # trio wraps the ssl error that says why
         log.error("sync connection lost: %s", cause or cause.__class__.__name__)
+    except Exception:  # one sync's bug must not stop the receiver (DESIGN principle 5)
+        log.exception("sync failed")
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(encode_answer(SyncAnswer(False, ("internal error; see log",))))
     finally:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.aclose()
