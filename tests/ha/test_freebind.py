@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,7 +30,7 @@ except BindError as error:
 
 
 @pytest.fixture(scope="module")
-def space() -> object:
+def space() -> Iterator[str]:
     reason = netns.unavailable()
     if reason is not None:
         pytest.skip(reason)
