@@ -14,6 +14,7 @@ import re
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from .ha_reader import HaReader
 from .listener_reader import ListenerReader
 from .model import (
     DEFAULT_ADMIN_SOCKET_MODE,
@@ -50,7 +51,7 @@ _FILE_MODE_RE = re.compile(r"[0-7]{1,4}")
 
 _UNQUOTED_IPV6_RE = re.compile(r"(^|[\s,{\[])\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\]")
 
-TOP_KEYS = ("global", "virtual_servers", "pools")
+TOP_KEYS = ("global", "virtual_servers", "pools", "ha")
 GLOBAL_KEYS = (
     "state_dir",
     "grace",
@@ -184,7 +185,7 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return message
 
 
-class _Builder(PoolReader, ListenerReader, ServiceReader):
+class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
     """One pass over the document; each method returns None when its part had a problem."""
 
     def __init__(self, problems: Problems, base_dir: str, source: str) -> None:
@@ -237,6 +238,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
                         f"pool name {name!r} is also the label of a virtual server (line {line}), "
                         "whose own pool has that name; choose another name",
                     )
+        ha_entry = top.get("ha")
+        ha = self.ha_settings(ha_entry) if ha_entry is not None else None
         if settings is None or self.problems.items:
             return None
         return ProxyConfig(
@@ -245,6 +248,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             global_=settings,
             source=self.source,
             warnings=tuple(self.problems.sorted_warnings()),
+            ha=ha,
         )
 
     def default_global(self) -> GlobalSettings:

@@ -399,6 +399,63 @@ class GlobalSettings:
     pidfile: str | None = None
 
 
+DEFAULT_HA_ADVERT = 1.0  # keepalived's advert_int default
+DEFAULT_HA_SYNC_PORT = 7443
+HA_ROLE_PRIORITY = {"master": 150, "backup": 100}  # keepalived's sample priorities
+
+
+@dataclass(frozen=True, slots=True)
+class HaVip:
+    """A floating address (with its prefix length) and the interface it goes on."""
+
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    interface: str
+
+
+@dataclass(frozen=True, slots=True)
+class HaNode:
+    """One node of the pair; a node finds itself by its address (like corosync's nodelist)."""
+
+    name: str
+    address: str  # an IP address on the VRRP interface: VRRP unicast and the sync channel
+    priority: int
+    sync_cert: str | None = None  # the node's sync certificate (public): its peer pins it
+    fingerprint: str | None = None  # SHA-256 of sync_cert's DER, lower-case hex, no colons
+
+
+@dataclass(frozen=True, slots=True)
+class HaSync:
+    """The sync channel: TLS both ways, each side pinned to the other's certificate."""
+
+    key: str  # this node's private key for its sync_cert (never copied to the peer)
+    port: int = DEFAULT_HA_SYNC_PORT
+    bind: str | None = None  # the receiver listens here; None: the node's own address
+
+
+@dataclass(frozen=True, slots=True)
+class HaSettings:
+    """``ha:``: a keepalived pair sharing floating addresses; the same text on both nodes."""
+
+    router_id: int  # VRRP virtual_router_id, 1..255, unique on the segment
+    interface: str  # the VRRP interface and the default one for the VIPs
+    vips: tuple[HaVip, ...]
+    nodes: tuple[HaNode, ...]  # exactly two
+    advert_interval: float = DEFAULT_HA_ADVERT
+    preempt: bool = True  # the higher priority takes the VIPs back when it returns
+    auth_pass_file: str | None = None  # VRRP PASS authentication, first line of the file
+    notify_master: str | None = None  # a command keepalived runs on becoming master
+    sync: HaSync | None = None
+
+    def node_named(self, name: str) -> HaNode | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def is_vip(self, host: str) -> bool:
+        return any(str(vip.address.ip) == host for vip in self.vips)
+
+    def peer_of(self, node: HaNode) -> HaNode:
+        return next(other for other in self.nodes if other is not node)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     virtual_servers: tuple[VirtualService, ...]
@@ -408,6 +465,7 @@ class ProxyConfig:
     # Settings that are valid but have no effect, formatted like ConfigError's problems
     # ("FILE:LINE:COL: key.path: message"); `check` prints them, `run` logs them.
     warnings: tuple[str, ...] = ()
+    ha: HaSettings | None = None  # a clustered pair (docs/high-availability.md)
 
     def all_pools(self) -> list[Pool]:
         """Every pool once: each virtual server's own, then the named ones."""

@@ -279,7 +279,8 @@ def _bind_all(
     def listening(key: str, address: Address) -> socket.socket:
         sock = reuse.get(key)
         if sock is None:
-            sock = open_listening_socket(address)
+            vip = config.ha is not None and config.ha.is_vip(address.host)  # floating: ha.vips
+            sock = open_listening_socket(address, freebind=vip)
             opened.append(sock)
         return sock
 

@@ -28,14 +28,22 @@ log = logging.getLogger("lbproxy.server")
 
 LISTEN_BACKLOG = 1024  # HAProxy's default maxconn-derived backlog is of this order
 MAX_ACCEPTS_PER_WAKEUP = 64  # accept a burst, but let the connections run in between
+# Linux <linux/in.h>, <linux/in6.h>; Python's socket module does not name them.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
 
 
 class BindError(Exception):
     """A listening address could not be opened; the message names it."""
 
 
-def open_listening_socket(address: Address) -> socket.socket:
-    """Bind and listen on ``address`` (IPv4, IPv6, or a name resolved once at start)."""
+def open_listening_socket(address: Address, *, freebind: bool = False) -> socket.socket:
+    """Bind and listen on ``address`` (IPv4, IPv6, or a name resolved once at start).
+
+    ``freebind``: the address need not be on this machine yet (a floating address the standby
+    of a pair takes over later; HAProxy's ``bind ... freebind``). Off otherwise, so that a
+    mistyped address still fails at start.
+    """
     try:
         infos = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -51,6 +59,10 @@ def open_listening_socket(address: Address) -> socket.socket:
             sock.setsockopt(
                 socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address.host == "::" else 1
             )
+        if freebind and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif freebind:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.bind(sockaddr)
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
