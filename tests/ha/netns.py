@@ -81,7 +81,8 @@ class Network:
         self.names = made
 
     def popen(self, role: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([IP, "netns", "exec", self.members[role], *argv], **kwargs)  # type: ignore[call-overload]
+        command = [IP, "netns", "exec", self.members[role], *argv]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(command, **kwargs)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 

@@ -61,6 +61,7 @@ def test_a_floating_address_binds_only_with_freebind(space: str, host: str) -> N
         return done.returncode, done.stdout + done.stderr
 
     status, output = bind(False)
-    assert status == 1 and "Cannot assign requested address" in output, output
+    assert status == 1, output
+    assert "Cannot assign requested address" in output, output
     status, output = bind(True)
     assert status == 0, output

@@ -39,7 +39,9 @@ def test_a_full_ha_section_loads() -> None:
     config = load_text(GOOD, "/etc/lbproxy/lb.yaml")
     ha = config.ha
     assert ha is not None
-    assert ha.router_id == 51 and ha.interface == "eth0" and ha.preempt is False
+    assert ha.router_id == 51
+    assert ha.interface == "eth0"
+    assert ha.preempt is False
     assert [(str(v.address), v.interface) for v in ha.vips] == [
         ("10.99.0.100/24", "eth0"),
         ("fd00::100/64", "eth1"),
@@ -49,8 +51,10 @@ def test_a_full_ha_section_loads() -> None:
     assert lb2.fingerprint == "ab" * 32
     assert lb1.sync_cert == "/etc/lbproxy/ha/lb1.pem"
     assert ha.auth_pass_file == "/etc/lbproxy/vrrp.pass"
-    assert ha.sync is not None and ha.sync.port == 7000
-    assert ha.is_vip("10.99.0.100") and not ha.is_vip("10.99.0.11")
+    assert ha.sync is not None
+    assert ha.sync.port == 7000
+    assert ha.is_vip("10.99.0.100")
+    assert not ha.is_vip("10.99.0.11")
     assert ha.peer_of(lb1) is lb2
     assert ha.vips[0].address.ip == ipaddress.ip_address("10.99.0.100")
 

@@ -75,7 +75,8 @@ def test_without_preempt_both_start_as_backup() -> None:
     assert ha is not None
     for node in ha.nodes:
         text = keepalived_conf(ha, node, health_command="probe")
-        assert "state BACKUP" in text and "nopreempt" in text
+        assert "state BACKUP" in text
+        assert "nopreempt" in text
 
 
 def test_keepalived_accepts_the_file(tmp_path: pathlib.Path) -> None:
@@ -126,7 +127,8 @@ def test_the_password_never_reaches_stderr(
     config = write(tmp_path, password="far-too-long-secret")
     assert main(["ha", "keepalived", "-c", config, "--node", "lb1"]) == 1
     err = capsys.readouterr().err
-    assert "vrrp.pass" in err and "far-too-long-secret" not in err
+    assert "vrrp.pass" in err
+    assert "far-too-long-secret" not in err
 
 
 def test_check_reads_the_password_file(

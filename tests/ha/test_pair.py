@@ -267,7 +267,7 @@ def test_failover_keeps_clients_and_sync_carries_states(pair: Pair) -> None:
     for name, numbers in report.items():
         assert numbers["failed"] <= CLIENTS, (name, numbers)
     # Every client kept its real server across all four switches; both servers were in use.
-    servers = {}
+    servers: dict[str, set[str]] = {}
     for event in events:
         if event["outcome"] == "ok":
             servers.setdefault(event["client"], set()).add(event["server"])
@@ -301,7 +301,8 @@ def test_failover_keeps_clients_and_sync_carries_states(pair: Pair) -> None:
     )
     refused = pair.lbproxy(lb1, "sync", "-c", str(broken))
     assert refused.returncode == 1
-    assert "site.pem" in refused.stderr and "lb2 refused" in refused.stderr, refused.stderr
+    assert "site.pem" in refused.stderr, refused.stderr
+    assert "lb2 refused" in refused.stderr, refused.stderr
     assert pathlib.Path(lb2.config).read_bytes() == before
     assert not (lb2.folder / "certs").exists()
     assert pair.healthy(lb2)

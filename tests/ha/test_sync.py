@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from config.loader import load_file
-from l7proxy import ha_sync
+from l7proxy import ha_bundle, ha_sync
 from l7proxy.cli import main
 from tests.e2e.process import free_port
 
@@ -65,9 +65,9 @@ class Pair:
         )
         return self.write(path, **{plain: tls})
 
-    async def send(self, path: pathlib.Path) -> ha_sync.SyncAnswer:
+    async def send(self, path: pathlib.Path) -> ha_bundle.SyncAnswer:
         config = load_file(str(path))
-        outcome: ha_sync.SyncAnswer | ha_sync.SyncError
+        outcome: ha_bundle.SyncAnswer | ha_sync.SyncError
         async with trio.open_nursery() as nursery:
             await nursery.start(ha_sync.receive_forever, str(self.b / "lb.yaml"), "lb2")
             try:
@@ -137,7 +137,8 @@ async def test_a_receiver_with_another_key_is_refused(pair: Pair) -> None:
     )
     config = load_file(str(pair.a / "lb.yaml"))
     problems = ha_sync.check_files(config)
-    assert problems and problems[0].startswith("ha.nodes.lb2.fingerprint:"), problems
+    assert problems, problems
+    assert problems[0].startswith("ha.nodes.lb2.fingerprint:"), problems
     with trio.fail_after(60), pytest.raises(ha_sync.SyncError, match="pinned"):
         await pair.send(pair.a / "lb.yaml")
 
