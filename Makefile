@@ -11,7 +11,7 @@ RUNTIME := $(VENV)/.runtime
 TESTING := $(VENV)/.testing
 LINTING := $(VENV)/.linting
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv tools clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ lint: $(LINTING)
 
 bench: $(TESTING)
 	$(PY) benchmarks/run.py
+
+# The optional tools some end-to-end tests use (Debian, as root); the tests skip without them.
+TOOLS := curl openssl socat haproxy nginx wrk keepalived iproute2 chromium systemd
+tools:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		timeout 600 apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq $(TOOLS) >/dev/null; \
+	else \
+		echo "make tools: needs root and apt-get; the tests that need $(TOOLS) will skip"; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

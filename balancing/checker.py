@@ -18,7 +18,7 @@ from collections.abc import Callable
 import h11
 import trio
 
-from config.model import Address, AdminState, HealthCheck, HttpCheck
+from config.model import Address, AdminState, HealthCheck, HttpCheck, ProxyVersion
 
 from .health import (
     L4CON,
@@ -44,6 +44,12 @@ RECV_SIZE = 4096
 USER_AGENT = "lbproxy-health-check"
 # A cause quoted from a server's bytes (h11's error text) is cut here to keep log lines short.
 MAX_DESC_CHARS = 200
+# A check is the balancer's own connection: to a server that reads the PROXY protocol it says
+# so (v1 UNKNOWN, v2 LOCAL), as HAProxy does; the same bytes as l7proxy/proxy_protocol.encode.
+CHECK_PROXY_HEADER = {
+    ProxyVersion.V1: b"PROXY UNKNOWN\r\n",
+    ProxyVersion.V2: b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00",
+}
 
 _CAUSES = {
     errno.ECONNREFUSED: "connection refused",
@@ -95,7 +101,7 @@ def _fail(status: str, desc: str) -> CheckResult:
 
 
 async def _http_exchange(
-    stream: trio.SocketStream, address: Address, http: HttpCheck
+    stream: trio.SocketStream, address: Address, http: HttpCheck, proxy: bytes = b""
 ) -> CheckResult:
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=CHECK_HEAD_LIMIT)
     headers = [
@@ -105,7 +111,7 @@ async def _http_exchange(
     ]
     request = conn.send(h11.Request(method=http.method, target=http.path, headers=headers))
     end = conn.send(h11.EndOfMessage())
-    await stream.send_all((request or b"") + (end or b""))
+    await stream.send_all(proxy + (request or b"") + (end or b""))
     needle = http.body.encode() if http.body is not None else None
     body = bytearray()
     eof = False
@@ -149,7 +155,9 @@ async def _http_exchange(
         # InformationalResponse (1xx): keep reading for the final response.
 
 
-async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) -> CheckResult:
+async def _probe(
+    address: Address, http: HttpCheck | None, progress: _Progress, proxy: bytes = b""
+) -> CheckResult:
     try:
         stream = await _connect(address)
     except OSError as exc:
@@ -159,7 +167,7 @@ async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) 
         if http is None:
             return CheckResult(True, L4OK, "connected", None)
         try:
-            return await _http_exchange(stream, address, http)
+            return await _http_exchange(stream, address, http, proxy)
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__
             desc = describe_os_error(cause) if isinstance(cause, OSError) else "connection lost"
@@ -169,11 +177,16 @@ async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) 
 async def check_once(server: ServerState, check: HealthCheck) -> CheckResult:
     """Probe one server once under ``check.timeout``; never raises for network trouble."""
     address = server.server.check_address or server.server.address
+    # As HAProxy: no PROXY header when checks go to another address than the traffic.
+    version = server.server.send_proxy
+    proxy = b""
+    if version is not None and server.server.check_address is None:
+        proxy = CHECK_PROXY_HEADER[version]
     progress = _Progress()
     started = trio.current_time()
     result: CheckResult | None = None
     with trio.move_on_after(check.timeout):
-        result = await _probe(address, check.http, progress)
+        result = await _probe(address, check.http, progress, proxy)
     if result is None:
         result = _fail(L7TOUT if progress.connected else L4TOUT, "timeout")
     return CheckResult(result.ok, result.status, result.desc, trio.current_time() - started)

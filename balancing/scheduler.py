@@ -1,4 +1,5 @@
-"""choose(): persistence, then the pool's algorithm, then the fallback, else NoServerAvailable.
+"""choose(): persistence, then the pool's algorithm, then the fallbacks, else NoServerAvailable;
+MustWait when the server for the request has no free slot (``maxconn``).
 
 Pure and synchronous: the connection code calls it once per attempt, passing the labels it has
 already tried in ``exclude``. Because nothing here awaits, looking up the source table and
@@ -12,7 +13,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from config.model import Balance, CookiePersistence, SourcePersistence
+from config.model import Balance, CookiePersistence, FallbackMode, SourcePersistence
 
 from .algorithms import Candidate
 from .persistence import source_key
@@ -40,6 +41,40 @@ class Choice:
 
 class NoServerAvailable(Exception):
     """No real server and no fallback can take the request: answer 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a request waits for when its server is full: a slot of ``server`` (a persistent
+    client waits for its own server, as in HAProxy), or with None, of any real server; and the
+    choice it becomes once ``granted`` a slot."""
+
+    server: ServerState | None
+    reason: Reason
+    insert_cookie: bool
+    clear_cookie: bool
+    source_key: str | None = None  # recorded in the source table when granted
+
+
+class MustWait(Exception):
+    """Every server the request may go to is at its maxconn: queue (``PoolState.enqueue``)."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
+def granted(pool: PoolState, wait: Wait, server: ServerState, now: float) -> Choice:
+    """The choice of a request that waited and was given a slot of ``server``."""
+    if wait.source_key is not None and pool.source_table is not None:
+        pool.source_table.record(wait.source_key, server.label, now)
+    return Choice(server, wait.reason, wait.insert_cookie, wait.clear_cookie)
+
+
+def _sticky(pool: PoolState, held: ServerState, reason: Reason) -> Choice:
+    if pool.limited and not held.has_slot():
+        raise MustWait(Wait(held, reason, insert_cookie=False, clear_cookie=False))
+    return Choice(held, reason, insert_cookie=False, clear_cookie=False)
 
 
 def _hash_key(client_ip: str) -> str:
@@ -91,7 +126,7 @@ def choose(
         held = pool.server(cookie_label)
         if held is not None:
             if held.label not in exclude and held.accepts_sticky():
-                return Choice(held, Reason.COOKIE, insert_cookie=False, clear_cookie=False)
+                return _sticky(pool, held, Reason.COOKIE)
             redispatched_from = held
         # An unknown label is no cookie at all: normal balancing, and a new cookie.
 
@@ -102,12 +137,11 @@ def choose(
         if label is not None:
             held = pool.server(label)
             if held is not None and held.label not in exclude and held.accepts_sticky():
-                return Choice(held, Reason.SOURCE, insert_cookie=False, clear_cookie=False)
+                return _sticky(pool, held, Reason.SOURCE)
             redispatched_from = redispatched_from or held
 
     candidates = [s for s in pool.servers if s.label not in exclude and s.accepts_new()]
     if candidates:
-        chosen = _balance(pool, candidates, client_ip)
         if redispatched_from is not None:
             # Counted on the server the client was taken from, like HAProxy's wredis.
             redispatched_from.counters.redispatches += 1
@@ -116,13 +150,35 @@ def choose(
             reason = Reason.HASH
         else:
             reason = Reason.BALANCE
+        if pool.limited:
+            # Full servers are skipped; with a queue, newcomers line up behind it (HAProxy).
+            candidates = [s for s in candidates if s.has_slot()] if not pool.queue else []
+            if not candidates:
+                raise MustWait(Wait(None, reason, cookie_mode, clear_cookie=False, source_key=key))
+        chosen = _balance(pool, candidates, client_ip)
         if key is not None and pool.source_table is not None:
             pool.source_table.record(key, chosen.label, now)
         return Choice(chosen, reason, insert_cookie=cookie_mode, clear_cookie=False)
 
-    fallback = pool.fallback
-    if fallback is not None and fallback.label not in exclude and fallback.accepts_sticky():
-        # Never recorded in the source table and the cookie is cleared: clients go back to the
-        # real servers as soon as one recovers.
-        return Choice(fallback, Reason.FALLBACK, insert_cookie=False, clear_cookie=cookie_mode)
-    raise NoServerAvailable(f"no server available in pool {pool.pool.name}")
+    return _fallback(pool, exclude, cookie_mode)
+
+
+def _fallback(pool: PoolState, exclude: frozenset[str], cookie_mode: bool) -> Choice:
+    """Never recorded in the source table and the cookie is cleared: clients go back to the
+    real servers as soon as one recovers."""
+    usable = [f for f in pool.fallbacks if f.label not in exclude and f.accepts_sticky()]
+    if not usable:
+        raise NoServerAvailable(f"no server available in pool {pool.pool.name}")
+    if pool.fallback_mode is FallbackMode.FIRST:
+        chosen = usable[0]
+    else:
+        free = [f for f in usable if f.has_slot()]
+        if free:
+            cands = [Candidate(f.label, f.weight, f.counters.active) for f in free]
+            label = pool.fallback_round_robin.pick(cands)
+            chosen = next(f for f in free if f.label == label)
+        else:
+            chosen = min(usable, key=lambda f: len(f.queue))
+    if not chosen.has_slot():
+        raise MustWait(Wait(chosen, Reason.FALLBACK, False, clear_cookie=cookie_mode))
+    return Choice(chosen, Reason.FALLBACK, insert_cookie=False, clear_cookie=cookie_mode)

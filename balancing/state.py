@@ -1,4 +1,5 @@
-"""Runtime state of pools and real servers: health, admin state, weight, counters.
+"""Runtime state of pools and real servers: health, admin state, weight, counters, and the
+connection slots of servers with a ``maxconn`` with the queues of requests waiting for one.
 
 The config objects are frozen; everything that changes while the proxy runs lives here, owned by
 the trio thread. Nothing here awaits, so a read and the write that depends on it are atomic.
@@ -7,7 +8,9 @@ the trio thread. Nothing here awaits, so a read and the write that depends on it
 from __future__ import annotations
 
 import enum
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -143,8 +146,56 @@ class ServerCounters:
         return self.downtime + current
 
 
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """One request waiting for a connection slot (HAProxy's pendconn). ``wake`` is called once,
+    when the waiter got a slot (``server`` is then set) or when its server can no longer take
+    it (``server`` stays None: choose again)."""
+
+    seq: int  # arrival order across the pool's queues: the oldest waiter is served first
+    wake: Callable[[], None]
+    exclude: frozenset[str] = frozenset()  # servers this request must not go to
+    queue: WaitQueue | None = None  # where it waits; None once it left
+    server: ServerState | None = None  # the slot it was given
+
+
+@dataclass(slots=True)
+class WaitQueue:
+    """A FIFO of waiters; ``max`` is the longest it has been (HAProxy's qmax)."""
+
+    waiters: deque[Waiter] = field(default_factory=deque)
+    max: int = 0
+
+    def __len__(self) -> int:
+        return len(self.waiters)
+
+    def push(self, waiter: Waiter) -> None:
+        waiter.queue = self
+        self.waiters.append(waiter)
+        self.max = max(self.max, len(self.waiters))
+
+    def remove(self, waiter: Waiter) -> None:
+        self.waiters.remove(waiter)
+        waiter.queue = None
+
+    def first(self, server: ServerState) -> Waiter | None:
+        """The oldest waiter that may go to ``server``."""
+        for waiter in self.waiters:
+            if server.label not in waiter.exclude:
+                return waiter
+        return None
+
+
+def _send_back(queue: WaitQueue) -> None:
+    """Wake every waiter of ``queue`` without a slot: each chooses again."""
+    while queue.waiters:
+        waiter = queue.waiters[0]
+        queue.remove(waiter)
+        waiter.wake()
+
+
 class ServerState:
-    """One real server (or the fallback) at run time."""
+    """One real server (or a fallback) at run time."""
 
     def __init__(
         self, server: RealServer, pool_name: str, check: HealthCheck, *, fallback: bool = False
@@ -165,6 +216,11 @@ class ServerState:
         self.pool: PoolState | None = None  # set by PoolState; used for "N active left"
         # A drain with a deadline (runtime API): maint when the last client left or then.
         self.drain_deadline: float | None = None
+        self.maxconn = server.maxconn  # 0: no limit
+        # Slots in use: from the choice (before the connect) to the end of the exchange; what
+        # maxconn limits (HAProxy's "served").
+        self.served = 0
+        self.queue = WaitQueue()  # requests bound to this server (persistence, a fallback)
 
     @property
     def label(self) -> str:
@@ -181,6 +237,10 @@ class ServerState:
     def accepts_sticky(self) -> bool:
         """May serve a client bound to it: drain and weight 0 still serve their holders."""
         return self.health is Health.UP and self.admin is not AdminState.MAINT
+
+    def has_slot(self) -> bool:
+        """A request may start here now: no maxconn, or a free slot nobody queues for."""
+        return not self.maxconn or (self.served < self.maxconn and not self.queue.waiters)
 
     def status_text(self) -> str:
         """One word for stats pages: MAINT, DOWN, DRAIN or UP (HAProxy's precedence)."""
@@ -239,15 +299,22 @@ class PoolState:
         self.max_active = 0  # the most at once (backend smax)
         check = pool.health_check
         self.servers = [ServerState(s, pool.name, check) for s in pool.real_servers]
-        self.fallback = (
-            ServerState(pool.fallback, pool.name, pool.fallback_check, fallback=True)
-            if pool.fallback
-            else None
-        )
+        # In the listed order; each with its own check.
+        self.fallbacks = [
+            ServerState(f.server, pool.name, f.check, fallback=True) for f in pool.fallbacks()
+        ]
+        self.fallback = self.fallbacks[0] if self.fallbacks else None
+        self.fallback_mode = pool.fallback_mode
+        # Requests no real server had a slot for; any server that frees one takes the oldest.
+        self.queue = WaitQueue()
+        self._arrivals = itertools.count()
+        # Any maxconn at all: only then does choose() look at slots.
+        self.limited = any(s.maxconn for s in self.all_states())
         for state in self.all_states():
             state.pool = self
         self._by_label = {s.label: s for s in self.servers}
         self.round_robin = SmoothRoundRobin()
+        self.fallback_round_robin = SmoothRoundRobin()  # fallback_mode: all
         self.least_conn = LeastConnections()
         self.ring = HashRing()
         persistence = pool.persistence
@@ -262,8 +329,8 @@ class PoolState:
         return self.pool.balance
 
     def all_states(self) -> list[ServerState]:
-        """Real servers in config order, then the fallback."""
-        return self.servers + ([self.fallback] if self.fallback else [])
+        """Real servers in config order, then the fallbacks in theirs."""
+        return self.servers + self.fallbacks
 
     def server(self, label: str) -> ServerState | None:
         """A real server by label (never the fallback: it has no cookie)."""
@@ -285,9 +352,67 @@ class PoolState:
         self.max_active = max(self.max_active, self.active)
 
     def end(self, state: ServerState) -> None:
+        """The exchange on ``state`` is over: its slot goes to the oldest waiter."""
         c = state.counters
         c.active = max(c.active - 1, 0)
         self.active = max(self.active - 1, 0)
+        self.release_slot(state)
+
+    # ---- connection slots and queues (docs/architecture.md, "Where decisions live") ---------
+
+    def take_slot(self, state: ServerState) -> None:
+        """The request chosen for ``state`` holds one of its slots until ``end`` (or
+        ``release_slot`` when its connect failed)."""
+        state.served += 1
+
+    def release_slot(self, state: ServerState) -> None:
+        state.served = max(state.served - 1, 0)
+        if state.queue.waiters or self.queue.waiters:
+            self.hand_over(state)
+
+    def enqueue(
+        self, server: ServerState | None, wake: Callable[[], None], exclude: frozenset[str]
+    ) -> Waiter:
+        """Wait for a slot of ``server`` (a persistent client, a fallback) or, with None, of any
+        real server of the pool that would take a new client."""
+        waiter = Waiter(next(self._arrivals), wake, exclude)
+        (self.queue if server is None else server.queue).push(waiter)
+        return waiter
+
+    def leave(self, waiter: Waiter) -> None:
+        """The waiter gives up (queue timeout, client gone): out of its queue, and a slot it
+        was given but will not use goes to the next one."""
+        if waiter.queue is not None:
+            waiter.queue.remove(waiter)
+        elif waiter.server is not None:
+            server, waiter.server = waiter.server, None
+            self.release_slot(server)
+
+    def hand_over(self, state: ServerState) -> None:
+        """Give ``state``'s free slots to the oldest waiters that may use them: its own queue
+        and the pool's, in arrival order (HAProxy's process_srv_queue)."""
+        if not any(s.accepts_new() for s in self.servers):
+            # No real server takes new clients any more: the pool's waiters choose again, and
+            # find a fallback or a 503 at once (HAProxy's pendconn_redistribute).
+            _send_back(self.queue)
+        if not state.accepts_sticky():
+            # It cannot take its own waiters any more: they choose again (a redispatch).
+            _send_back(state.queue)
+            return
+        while not state.maxconn or state.served < state.maxconn:
+            own = state.queue.waiters[0] if state.queue.waiters else None
+            shared = None
+            if not state.is_fallback and state.accepts_new():
+                shared = self.queue.first(state)
+            if own is None or (shared is not None and shared.seq < own.seq):
+                own = shared
+            if own is None:
+                return
+            assert own.queue is not None
+            own.queue.remove(own)
+            own.server = state
+            state.served += 1
+            own.wake()
 
     def statistics(self) -> list[dict[str, object]]:
         return [s.row() for s in self.all_states()]
@@ -345,7 +470,7 @@ def _carry_server(old: ServerState, new: ServerState, notes: list[str]) -> None:
 def carry_over(previous: dict[str, PoolState], current: dict[str, PoolState]) -> list[str]:
     """Move runtime state from the old generation to a freshly built one, on reload.
 
-    Matched by pool name and server label (the fallback with the fallback). Health, check
+    Matched by pool name and server label (fallbacks with fallbacks). Health, check
     results and counters move when the server's address and check address are unchanged; admin
     state and weight move unless the operator changed them in the config; source-persistence
     entries move when both pools use source persistence. Returns one note per server whose
@@ -361,8 +486,11 @@ def carry_over(previous: dict[str, PoolState], current: dict[str, PoolState]) ->
             old_state = old_pool.server(new_state.label)
             if old_state is not None:
                 _carry_server(old_state, new_state, notes)
-        if old_pool.fallback is not None and new_pool.fallback is not None:
-            _carry_server(old_pool.fallback, new_pool.fallback, notes)
+        old_fallbacks = {s.label: s for s in old_pool.fallbacks}
+        for new_state in new_pool.fallbacks:
+            old_fallback = old_fallbacks.get(new_state.label)
+            if old_fallback is not None:
+                _carry_server(old_fallback, new_state, notes)
         if old_pool.source_table is not None and new_pool.source_table is not None:
             for key, label, seen in old_pool.source_table.items():
                 if new_pool.server(label) is not None:

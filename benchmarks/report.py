@@ -157,7 +157,8 @@ def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
     """req/s of numerator over denominator, when both ran and the denominator did work."""
     if numerator is None or denominator is None:
         return None
-    assert numerator.result is not None and denominator.result is not None
+    assert numerator.result is not None
+    assert denominator.result is not None
     if denominator.result.rps == 0:
         return None
     return numerator.result.rps / denominator.result.rps

@@ -76,11 +76,16 @@ def test_parse_reads_the_marker_line(line: str, expected: loadgen.Result) -> Non
 
 
 @pytest.mark.parametrize(
-    "output",
-    ["", "Requests/sec: 100\n", "BENCH-RESULT 1 2 3\n", "BENCH-RESULT x 0 0 0 0 0 0 0 1 1\n"],
+    ("output", "problem"),
+    [
+        ("", "printed no result line"),
+        ("Requests/sec: 100\n", "printed no result line"),
+        ("BENCH-RESULT 1 2 3\n", "malformed result line"),
+        ("BENCH-RESULT x 0 0 0 0 0 0 0 1 1\n", "could not convert"),
+    ],
 )
-def test_parse_rejects_output_without_a_good_line(output: str) -> None:
-    with pytest.raises(ValueError):
+def test_parse_rejects_output_without_a_good_line(output: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
         loadgen.parse(output)
 
 
@@ -548,7 +553,8 @@ def test_compare_two_json_results(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_compare_errors_are_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(args) == 1
     err = capsys.readouterr().err
-    assert err.startswith("bench: ") and err.count("\n") == 1
+    assert err.startswith("bench: ")
+    assert err.count("\n") == 1
 
 
 def test_disturbed_handshake_ratio_gets_no_req_s_verdict() -> None:
@@ -685,7 +691,8 @@ def test_memory_per_idle_connection_of_a_real_lbproxy(tmp_path: Path) -> None:
     assert found.clients == 100
     assert 90 <= found.pooled <= 100  # the warm-up left one pooled connection per real server
     assert found.real_servers == 2
-    assert found.per_client is not None and found.per_pooled is not None
+    assert found.per_client is not None
+    assert found.per_pooled is not None
     text = memory.render(found)
     assert "idle keep-alive client connection: " in text
     assert "idle pooled server connection: " in text

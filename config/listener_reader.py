@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .fields import FieldReader
-from .model import Address, Bind, CertificateSpec, TlsSettings, Verify
+from .model import Address, Bind, CertificateSpec, Network, TlsSettings, Verify
 from .nodes import Entry, Problems, describe
+from .scalars import parse_network
 
 TLS_VERSIONS = ("1.2", "1.3")
-BIND_KEYS = ("address", "tls")
+BIND_KEYS = ("address", "tls", "accept_proxy")
 TLS_KEYS = (
     "certificate",
     "min_version",
@@ -78,9 +79,27 @@ class ListenerReader(FieldReader):
             tls = self.tls(tls_entry)
             if tls is None and not self.is_false(tls_entry.value):
                 return None
-        if address is None:
+        accept_proxy: tuple[Network, ...] | None = ()
+        proxy_entry = m.get("accept_proxy")
+        if proxy_entry is not None:
+            accept_proxy = self.networks(proxy_entry, allow_empty=False)
+        if address is None or accept_proxy is None:
             return None
-        return Bind(address=address, tls=tls)
+        return Bind(address=address, tls=tls, accept_proxy=accept_proxy)
+
+    def networks(self, entry: Entry, *, allow_empty: bool = True) -> tuple[Network, ...] | None:
+        """A list of networks: ``[10.0.0.0/8, "2001:db8::/32", 192.0.2.7]``."""
+        items = self.sequence(entry.value, entry.path, allow_empty=allow_empty)
+        if items is None:
+            return None
+        networks: list[Network] = []
+        for index, item in enumerate(items):
+            path = f"{entry.path}[{index}]"
+            text = self.string(item, path)
+            network = self.parsed(item, path, parse_network, text) if text is not None else None
+            if network is not None:
+                networks.append(network)
+        return tuple(networks) if len(networks) == len(items) else None
 
     def note_bind(self, address: Address, node: Node, path: str, owner: str) -> None:
         """Two listeners on one address:port cannot both bind; say so before anything starts."""

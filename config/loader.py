@@ -14,6 +14,7 @@ import re
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from .ha_reader import HaReader
 from .listener_reader import ListenerReader
 from .model import (
     DEFAULT_ADMIN_SOCKET_MODE,
@@ -33,7 +34,7 @@ from .model import (
 )
 from .nodes import Entry, Problems, describe
 from .pool_reader import POOL_KEYS, PoolReader
-from .scalars import MAX_PORT, parse_address, parse_duration, parse_network
+from .scalars import MAX_PORT, parse_address, parse_duration
 from .service_reader import SERVICE_GLOBAL_KEYS, ServiceReader
 
 __all__ = ["ConfigError", "load_file", "load_text", "parse_address", "parse_duration"]
@@ -50,7 +51,7 @@ _FILE_MODE_RE = re.compile(r"[0-7]{1,4}")
 
 _UNQUOTED_IPV6_RE = re.compile(r"(^|[\s,{\[])\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\]")
 
-TOP_KEYS = ("global", "virtual_servers", "pools")
+TOP_KEYS = ("global", "virtual_servers", "pools", "ha")
 GLOBAL_KEYS = (
     "state_dir",
     "grace",
@@ -74,11 +75,15 @@ VS_KEYS = (
     "hsts",
     "rewrite_location",
     "rules",
+    "limits",
     *POOL_KEYS,
 )
+LIMIT_KEYS = ("max_connections",)
+# Far beyond the descriptors one process may hold; a typo, not a limit.
+MAX_CONNECTIONS_LIMIT = 10_000_000
 FORWARDFOR_KEYS = ("trusted",)
 REDIRECT_KEYS = ("code", "port")
-TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel")
+TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel", "queue")
 RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
 RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
 HEADER_KEYS = ("name", "value")
@@ -180,7 +185,7 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return message
 
 
-class _Builder(PoolReader, ListenerReader, ServiceReader):
+class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
     """One pass over the document; each method returns None when its part had a problem."""
 
     def __init__(self, problems: Problems, base_dir: str, source: str) -> None:
@@ -233,6 +238,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
                         f"pool name {name!r} is also the label of a virtual server (line {line}), "
                         "whose own pool has that name; choose another name",
                     )
+        ha_entry = top.get("ha")
+        ha = self.ha_settings(ha_entry) if ha_entry is not None else None
         if settings is None or self.problems.items:
             return None
         return ProxyConfig(
@@ -241,6 +248,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             global_=settings,
             source=self.source,
             warnings=tuple(self.problems.sorted_warnings()),
+            ha=ha,
         )
 
     def default_global(self) -> GlobalSettings:
@@ -375,6 +383,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             # Browsers ignore Strict-Transport-Security over plain HTTP (RFC 6797 8.1).
             self.warning(hsts_entry.key, hsts_entry.path, "hsts has no effect: no TLS bind")
         rules = self.rules(m.get("rules"), pool_names)
+        max_connections = self.max_connections(m.get("limits"))
         pool = self.pool(m, label or path, "virtual server")
         if (
             label is None
@@ -383,6 +392,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             or timeouts is None
             or rewrite_location is None
             or rules is None
+            or max_connections is None
             or pool is None
             or self.failed_since(m)
         ):
@@ -398,7 +408,17 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
             redirect_to_https=redirect,
             hsts=hsts,
             rewrite_location=rewrite_location,
+            max_connections=max_connections,
         )
+
+    def max_connections(self, entry: Entry | None) -> int | None:
+        """``limits: {max_connections: N}`` (HAProxy frontend ``maxconn``); 0: no limit."""
+        if entry is None:
+            return 0
+        m = self.mapping(entry.value, entry.path, LIMIT_KEYS)
+        if m is None:
+            return None
+        return self.opt_int(m.get("max_connections"), 0, 0, MAX_CONNECTIONS_LIMIT)
 
     def mode(self, entry: Entry | None) -> None:
         """``mode: http`` is accepted from older files: lbproxy speaks HTTP only (HAProxy ``mode
@@ -412,13 +432,18 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
         m = self.mapping(entry.value, entry.path, TIMEOUT_KEYS)
         if m is None:
             return None
-        defaults = Timeouts()
         values: dict[str, float] = {}
+        ok = True
         for key in TIMEOUT_KEYS:
-            value = self.opt_duration(m.get(key), getattr(defaults, key))
-            if value is not None:
+            item = m.get(key)
+            if item is None:
+                continue  # the default; queue follows the connect timeout
+            value = self.duration(item.value, item.path)
+            if value is None:
+                ok = False
+            else:
                 values[key] = value
-        return Timeouts(**values) if len(values) == len(TIMEOUT_KEYS) else None
+        return Timeouts(**values) if ok else None
 
     def forwardfor(self, entry: Entry | None) -> tuple[bool | None, tuple[Network, ...] | None]:
         """``true``, ``false`` or ``{trusted: [CIDR, ...]}``: (forwardfor, trusted networks)."""
@@ -430,19 +455,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader):
         trusted_entry = m.get("trusted") if m is not None else None
         if trusted_entry is None:
             return None, None
-        items = self.sequence(trusted_entry.value, trusted_entry.path)
-        if items is None:
-            return None, None
-        networks: list[Network] = []
-        for index, item in enumerate(items):
-            path = f"{trusted_entry.path}[{index}]"
-            text = self.string(item, path)
-            network = self.parsed(item, path, parse_network, text) if text is not None else None
-            if network is not None:
-                networks.append(network)
-        if len(networks) != len(items):
-            return None, None
-        return True, tuple(networks)
+        networks = self.networks(trusted_entry)
+        return (None, None) if networks is None else (True, networks)
 
     def https_redirect(self, entry: Entry) -> HttpsRedirect | None:
         """``false``, ``true`` or ``{code: 301|302|303|307|308, port: N}``."""

@@ -64,6 +64,13 @@ class AdminState(enum.Enum):
     MAINT = "maint"  # no traffic at all
 
 
+class ProxyVersion(enum.Enum):
+    """The PROXY protocol version sent to a real server (HAProxy ``send-proxy``/``-v2``)."""
+
+    V1 = "v1"
+    V2 = "v2"
+
+
 class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
@@ -111,6 +118,9 @@ class TlsSettings:
 class Bind:
     address: Address
     tls: TlsSettings | None = None
+    # Peers in these networks must start with a PROXY protocol header (HAProxy `accept-proxy`);
+    # empty: no header is expected from anyone.
+    accept_proxy: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,12 @@ class Timeouts:
     client_idle: float = DEFAULT_CLIENT_IDLE_TIMEOUT
     server: float = DEFAULT_SERVER_TIMEOUT
     tunnel: float = DEFAULT_TUNNEL_TIMEOUT
+    # How long a request may wait for a slot of a full server (HAProxy `timeout queue`); None:
+    # the connect timeout, HAProxy's fallback too.
+    queue: float | None = None
+
+    def queue_timeout(self) -> float:
+        return self.connect if self.queue is None else self.queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +145,11 @@ class RealServer:
     weight: int = 1  # 0 = drain (HAProxy: no new sessions, persistent ones still served)
     state: AdminState = AdminState.READY
     check_address: Address | None = None  # health checks go here instead, when set
-    backup: bool = False  # the fallback server
+    backup: bool = False  # a fallback server
+    send_proxy: ProxyVersion | None = None  # PROXY header first on each connection to it
+    # Requests at once on this server (HAProxy `server ... maxconn`); the rest wait in a queue.
+    # 0: no limit.
+    maxconn: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +206,22 @@ class HealthCheck:
     http: HttpCheck | None = None  # None: TCP connect check
 
 
+class FallbackMode(enum.Enum):
+    """Which fallbacks take requests when no real server can: the first usable one in the
+    listed order (HAProxy's default), or all usable ones balanced (HAProxy `option allbackups`)."""
+
+    FIRST = "first"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One fallback server with its own check."""
+
+    server: RealServer
+    check: HealthCheck = field(default_factory=HealthCheck)
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     """A set of real servers with how to choose among them (HAProxy backend)."""
@@ -203,6 +239,15 @@ class Pool:
     # Further connect attempts after a failed one, before the request gets a 503 (HAProxy
     # `retries`): the request path decides which server each attempt goes to.
     retries: int = DEFAULT_RETRIES
+    # Further fallbacks after ``fallback``, in the listed order, each with its own check.
+    more_fallbacks: tuple[Fallback, ...] = ()
+    fallback_mode: FallbackMode = FallbackMode.FIRST
+
+    def fallbacks(self) -> tuple[Fallback, ...]:
+        """Every fallback in the listed order."""
+        if self.fallback is None:
+            return ()
+        return (Fallback(self.fallback, self.fallback_check), *self.more_fallbacks)
 
     def server(self, label: str) -> RealServer | None:
         for server in self.real_servers:
@@ -266,6 +311,9 @@ class VirtualService:
     redirect_to_https: HttpsRedirect | None = None
     hsts: float | None = None  # max-age in seconds, sent on TLS responses only
     rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+    # Client connections at once (HAProxy frontend `maxconn`); 0: no limit. Beyond it the
+    # virtual server stops accepting and new connections wait in the listen backlog.
+    max_connections: int = 0
 
     def https_port(self) -> int:
         """The port ``redirect_to_https`` sends clients to."""
@@ -351,6 +399,63 @@ class GlobalSettings:
     pidfile: str | None = None
 
 
+DEFAULT_HA_ADVERT = 1.0  # keepalived's advert_int default
+DEFAULT_HA_SYNC_PORT = 7443
+HA_ROLE_PRIORITY = {"master": 150, "backup": 100}  # keepalived's sample priorities
+
+
+@dataclass(frozen=True, slots=True)
+class HaVip:
+    """A floating address (with its prefix length) and the interface it goes on."""
+
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    interface: str
+
+
+@dataclass(frozen=True, slots=True)
+class HaNode:
+    """One node of the pair; a node finds itself by its address (like corosync's nodelist)."""
+
+    name: str
+    address: str  # an IP address on the VRRP interface: VRRP unicast and the sync channel
+    priority: int
+    sync_cert: str | None = None  # the node's sync certificate (public): its peer pins it
+    fingerprint: str | None = None  # SHA-256 of sync_cert's DER, lower-case hex, no colons
+
+
+@dataclass(frozen=True, slots=True)
+class HaSync:
+    """The sync channel: TLS both ways, each side pinned to the other's certificate."""
+
+    key: str  # this node's private key for its sync_cert (never copied to the peer)
+    port: int = DEFAULT_HA_SYNC_PORT
+    bind: str | None = None  # the receiver listens here; None: the node's own address
+
+
+@dataclass(frozen=True, slots=True)
+class HaSettings:
+    """``ha:``: a keepalived pair sharing floating addresses; the same text on both nodes."""
+
+    router_id: int  # VRRP virtual_router_id, 1..255, unique on the segment
+    interface: str  # the VRRP interface and the default one for the VIPs
+    vips: tuple[HaVip, ...]
+    nodes: tuple[HaNode, ...]  # exactly two
+    advert_interval: float = DEFAULT_HA_ADVERT
+    preempt: bool = True  # the higher priority takes the VIPs back when it returns
+    auth_pass_file: str | None = None  # VRRP PASS authentication, first line of the file
+    notify_master: str | None = None  # a command keepalived runs on becoming master
+    sync: HaSync | None = None
+
+    def node_named(self, name: str) -> HaNode | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def is_vip(self, host: str) -> bool:
+        return any(str(vip.address.ip) == host for vip in self.vips)
+
+    def peer_of(self, node: HaNode) -> HaNode:
+        return next(other for other in self.nodes if other is not node)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     virtual_servers: tuple[VirtualService, ...]
@@ -360,6 +465,7 @@ class ProxyConfig:
     # Settings that are valid but have no effect, formatted like ConfigError's problems
     # ("FILE:LINE:COL: key.path: message"); `check` prints them, `run` logs them.
     warnings: tuple[str, ...] = ()
+    ha: HaSettings | None = None  # a clustered pair (docs/high-availability.md)
 
     def all_pools(self) -> list[Pool]:
         """Every pool once: each virtual server's own, then the named ones."""

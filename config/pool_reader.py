@@ -1,7 +1,8 @@
-"""Reading pools: real servers, the fallback server, persistence and health checks."""
+"""Reading pools: real servers, the fallback servers, persistence, health checks and maxconn."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -13,10 +14,13 @@ from .model import (
     AdminState,
     Balance,
     CookiePersistence,
+    Fallback,
+    FallbackMode,
     HealthCheck,
     HttpCheck,
     Persistence,
     Pool,
+    ProxyVersion,
     RealServer,
     SourcePersistence,
 )
@@ -33,15 +37,27 @@ MIN_STATUS = 100
 MAX_STATUS = 599
 # More attempts than this only delay the 503 of a dead pool (HAProxy's default is 3).
 MAX_RETRIES = 100
+# HAProxy's maxconn is an int; far beyond what one process could hold open.
+MAX_MAXCONN = 1_000_000
 
-FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats and cookies
+FALLBACK_LABEL = "fallback"  # the first fallback's label in logs and stats; then fallback2, ...
 SAMESITE_VALUES = ("Strict", "Lax", "None")
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
-POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "retries", "real_servers")
-FALLBACK_KEYS = ("address", "health_check")
-SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
+POOL_KEYS = (
+    "balance",
+    "persistence",
+    "health_check",
+    "fallback",
+    "fallback_mode",
+    "retries",
+    "maxconn",
+    "send_proxy",
+    "real_servers",
+)
+FALLBACK_KEYS = ("address", "label", "health_check", "maxconn")
+SERVER_KEYS = ("label", "address", "weight", "state", "check_address", "maxconn", "send_proxy")
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
 SOURCE_KEYS = ("timeout", "mask", "mask6", "size")
@@ -62,53 +78,129 @@ class PoolReader(FieldReader):
         health_entry = m.get("health_check")
         if health_entry is not None:
             health = self.health_check(health_entry)
-        fallback: RealServer | None = None
-        fallback_check: HealthCheck | None = HealthCheck()
+        retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
+        # The pool's maxconn is the default of its real servers and fallbacks.
+        maxconn = self.opt_int(m.get("maxconn"), 0, 0, MAX_MAXCONN)
+        seen: dict[str, Node] = {}
+        proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), None)
+        servers = self.real_servers(m, what, seen, maxconn or 0, send_proxy)
+        fallbacks: tuple[Fallback, ...] | None = ()
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
-            fallback, fallback_check = self.fallback(fallback_entry)
-        retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
-        servers = self.real_servers(m, what)
+            fallbacks = self.fallbacks(fallback_entry, seen, maxconn or 0)
+        if fallbacks and send_proxy is not None:
+            fallbacks = tuple(
+                dataclasses.replace(f, server=dataclasses.replace(f.server, send_proxy=send_proxy))
+                for f in fallbacks
+            )
+        mode = self.opt_enum(m.get("fallback_mode"), FallbackMode, FallbackMode.FIRST)
         if (
-            balance is None
+            not proxy_ok
+            or balance is None
             or health is None
             or servers is None
-            or fallback_check is None
+            or fallbacks is None
             or retries is None
+            or maxconn is None
+            or mode is None
         ):
             return None
+        first = fallbacks[0] if fallbacks else None
         return Pool(
             name=name,
             real_servers=servers,
             balance=balance,
-            fallback=fallback,
+            fallback=first.server if first else None,
             persistence=persistence,
             health_check=health,
-            fallback_check=fallback_check,
+            fallback_check=first.check if first else HealthCheck(),
             retries=retries,
+            more_fallbacks=fallbacks[1:],
+            fallback_mode=mode,
         )
 
-    def fallback(self, entry: Entry) -> tuple[RealServer | None, HealthCheck | None]:
-        """``ADDRESS`` or ``{address: ADDRESS, health_check: {...}}``; the check defaults to a
-        TCP connect, whatever the pool's own check is."""
-        address_entry: Entry | None = entry
+    def fallbacks(
+        self, entry: Entry, seen: dict[str, Node], maxconn: int
+    ) -> tuple[Fallback, ...] | None:
+        """One fallback, or a list of them in the order they are used (HAProxy ``backup``
+        servers, Pound ``Emergency``)."""
+        if not isinstance(entry.value, SequenceNode):
+            one = self.fallback(entry.value, entry.path, FALLBACK_LABEL, seen, maxconn)
+            return None if one is None else (one,)
+        items = self.sequence(entry.value, entry.path, allow_empty=False)
+        if items is None:
+            return None
+        found: list[Fallback] = []
+        for index, item in enumerate(items):
+            default_label = FALLBACK_LABEL if index == 0 else f"{FALLBACK_LABEL}{index + 1}"
+            path = f"{entry.path}[{index}]"
+            one = self.fallback(item, path, default_label, seen, maxconn)
+            if one is not None:
+                found.append(one)
+        return tuple(found) if len(found) == len(items) else None
+
+    def fallback(
+        self, node: Node, path: str, default_label: str, seen: dict[str, Node], maxconn: int
+    ) -> Fallback | None:
+        """``ADDRESS`` or ``{address: ADDRESS, label:, health_check: {...}, maxconn:}``; the
+        check defaults to a TCP connect, whatever the pool's own check is."""
+        address_node, address_path = node, path
         check: HealthCheck | None = HealthCheck()
-        if isinstance(entry.value, MappingNode):
-            m = self.mapping(entry.value, entry.path, FALLBACK_KEYS, required=("address",))
+        label: str | None = default_label
+        server_maxconn: int | None = maxconn
+        if isinstance(node, MappingNode):
+            m = self.mapping(node, path, FALLBACK_KEYS, required=("address",))
             if m is None:
-                return None, None
+                return None
             address_entry = m.get("address")
+            if address_entry is None:
+                return None
+            address_node, address_path = address_entry.value, address_entry.path
             check_entry = m.get("health_check")
             if check_entry is not None:
                 check = self.health_check(check_entry)
-        if address_entry is None:
-            return None, None
-        address = self.address(address_entry.value, address_entry.path)
-        if address is None:
-            return None, None
-        return RealServer(label=FALLBACK_LABEL, address=address, backup=True), check
+            label_entry = m.get("label")
+            if label_entry is not None:
+                label = self.label(label_entry, "fallback label", seen)
+                default_label = ""
+            server_maxconn = self.opt_int(m.get("maxconn"), maxconn, 0, MAX_MAXCONN)
+        if default_label:
+            if default_label in seen:
+                line = seen[default_label].start_mark.line + 1
+                self.problem(
+                    node,
+                    path,
+                    f"this fallback is labelled {default_label!r}, the label of the real server "
+                    f"at line {line}: give one of them another label",
+                )
+                label = None
+            else:
+                seen[default_label] = node
+        address = self.address(address_node, address_path)
+        if address is None or check is None or label is None or server_maxconn is None:
+            return None
+        server = RealServer(label=label, address=address, backup=True, maxconn=server_maxconn)
+        return Fallback(server, check)
 
-    def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
+    def send_proxy(
+        self, entry: Entry | None, default: ProxyVersion | None
+    ) -> tuple[bool, ProxyVersion | None]:
+        """``v1``, ``v2`` or ``false``: (valid, the version or None)."""
+        if entry is None:
+            return True, default
+        if self.is_false(entry.value):
+            return True, None
+        version = self.opt_enum(entry, ProxyVersion, ProxyVersion.V1)
+        return version is not None, version
+
+    def real_servers(
+        self,
+        m: Mapping,
+        what: str,
+        seen: dict[str, Node],
+        maxconn: int,
+        send_proxy: ProxyVersion | None = None,
+    ) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")
         if entry is None:
             self.problem(
@@ -128,17 +220,23 @@ class PoolReader(FieldReader):
             )
             return None
         servers: list[RealServer] = []
-        seen: dict[str, Node] = {}
         ok = True
         for index, item in enumerate(items):
-            server = self.real_server(item, f"{entry.path}[{index}]", seen)
+            server = self.real_server(item, f"{entry.path}[{index}]", seen, maxconn, send_proxy)
             if server is None:
                 ok = False
             else:
                 servers.append(server)
         return tuple(servers) if ok else None
 
-    def real_server(self, node: Node, path: str, seen: dict[str, Node]) -> RealServer | None:
+    def real_server(
+        self,
+        node: Node,
+        path: str,
+        seen: dict[str, Node],
+        maxconn: int,
+        send_proxy: ProxyVersion | None = None,
+    ) -> RealServer | None:
         m = self.mapping(node, path, SERVER_KEYS, required=("label", "address"))
         if m is None:
             return None
@@ -151,11 +249,13 @@ class PoolReader(FieldReader):
                 label_entry.path,
                 f"the label {FALLBACK_LABEL!r} is reserved for the pool's fallback server",
             )
+            seen.pop(FALLBACK_LABEL, None)
             label = None
         address_entry = m.get("address")
         address = self.address(address_entry.value, address_entry.path) if address_entry else None
         weight = self.opt_int(m.get("weight"), 1, 0, MAX_WEIGHT)
         state = self.opt_enum(m.get("state"), AdminState, AdminState.READY)
+        server_maxconn = self.opt_int(m.get("maxconn"), maxconn, 0, MAX_MAXCONN)
         check_address: Address | None = None
         check_entry = m.get("check_address")
         if check_entry is not None:
@@ -164,10 +264,24 @@ class PoolReader(FieldReader):
             check_address = self.address(check_entry.value, check_entry.path, port)
             if check_address is None:
                 return None
-        if label is None or address is None or weight is None or state is None:
+        proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), send_proxy)
+        if (
+            label is None
+            or address is None
+            or weight is None
+            or state is None
+            or server_maxconn is None
+            or not proxy_ok
+        ):
             return None
         return RealServer(
-            label=label, address=address, weight=weight, state=state, check_address=check_address
+            label=label,
+            address=address,
+            weight=weight,
+            state=state,
+            check_address=check_address,
+            send_proxy=send_proxy,
+            maxconn=server_maxconn,
         )
 
     def persistence(self, entry: Entry) -> Persistence | None:

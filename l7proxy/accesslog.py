@@ -83,6 +83,7 @@ class Entry:
     redispatched: bool
     request: str  # the request line, already made safe
     reason: str
+    queue: float = 0.0  # %Tw: waiting in a maxconn queue
 
 
 def make_entry(
@@ -122,6 +123,7 @@ def make_entry(
         redispatched=ex.redispatched,
         request=request_line(request.method, request.target, request.http_version),
         reason=ex.reason,
+        queue=ex.queue_time,
     )
 
 
@@ -151,7 +153,7 @@ def format_httplog(e: Entry) -> str:
     retries = f"+{e.retries}" if e.redispatched else str(e.retries)
     return (
         f"{ip}:{e.client.port} [{format_date(e.when)}] {frontend} {e.backend}/{e.server} "
-        f"{_ms(e.head)}/0/{_ms(e.connect)}/{_ms(e.response)}/{_ms(e.total)} "
+        f"{_ms(e.head)}/{_ms(e.queue)}/{_ms(e.connect)}/{_ms(e.response)}/{_ms(e.total)} "
         f"{e.status or -1} {e.bytes_out} - - "
         f"{e.termination}{e.client_cookie}{e.server_cookie} "
         f"{e.connections}/{e.frontend_connections}/{e.backend_active}/{e.server_active}/{retries}"

@@ -26,7 +26,15 @@ from . import admin, admin_socket, changes, stats
 from .log_targets import DIAGNOSTIC_FORMAT, LogOutputError, LogOutputs, OutputsHandler
 from .logsink import AccessLogSink
 from .runtime import Runtime, ServedBind
-from .server import BindError, Handler, accept_loop, make_handler, open_listening_socket
+from .server import (
+    BindError,
+    ConnectionGate,
+    Handler,
+    accept_loop,
+    connection_gate,
+    make_handler,
+    open_listening_socket,
+)
 from .service import (
     Identity,
     Notifier,
@@ -89,6 +97,7 @@ class ProxyHandle:
     _checks_scope: trio.CancelScope | None = None
     _admin_scope: trio.CancelScope | None = None
     _admin_settings: AdminSocketSettings | None = None
+    gates: dict[str, ConnectionGate] = field(default_factory=dict)  # max_connections per vs
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
@@ -172,17 +181,19 @@ class ProxyHandle:
         assert self._accepts is not None and self._connections is not None
         runtime = self.runtime
         handler: Handler
+        gate = None
         if b.served is None:
             handler = stats.make_handler(runtime, runtime.config.global_.stats, self.tls_binds)
         else:
             handler = make_handler(runtime, b.served, b.tls_server)
+            gate = connection_gate(self.gates, b.served.vs)
         scope = trio.CancelScope()
         b.scope = scope
         connections = self._connections
 
         async def accepting() -> None:
             with scope:
-                await accept_loop(b.sock, handler, connections)
+                await accept_loop(b.sock, handler, connections, gate)
 
         self._accepts.start_soon(accepting)
 
@@ -268,7 +279,8 @@ def _bind_all(
     def listening(key: str, address: Address) -> socket.socket:
         sock = reuse.get(key)
         if sock is None:
-            sock = open_listening_socket(address)
+            vip = config.ha is not None and config.ha.is_vip(address.host)  # floating: ha.vips
+            sock = open_listening_socket(address, freebind=vip)
             opened.append(sock)
         return sock
 

@@ -23,8 +23,7 @@ def _servers(config: ProxyConfig) -> set[str]:
     found: set[str] = set()
     for pool in config.all_pools():
         found.update(f"{pool.name}/{server.label}" for server in pool.real_servers)
-        if pool.fallback is not None:
-            found.add(f"{pool.name}/fallback")
+        found.update(f"{pool.name}/{f.server.label}" for f in pool.fallbacks())
     return found
 
 

@@ -13,7 +13,7 @@ from importlib import metadata
 from config.model import ProxyConfig
 from tls.toolkit import commands as toolkit
 
-from . import ctl
+from . import ctl, ha_cli
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -44,6 +44,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_BAD_INPUT
     problems, cert_warnings = _check_certificates(config)
+    if getattr(args, "ha_files", True):  # a staged sync has no node-local ha files beside it
+        from .ha_sync import check_files
+
+        problems += check_files(config)
     for problem in problems:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if problems:
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     toolkit.register(sub)
     ctl.register(sub)
+    ha_cli.register(sub)
     return parser
 
 

@@ -450,7 +450,14 @@ class ClientConnection:
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
         retries = pool.pool.retries
-        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, retries)
+        wanted = Request(
+            cookie_label,
+            self.client.ip,
+            self.timeouts.connect,
+            retries,
+            self.client,
+            self.timeouts.queue,
+        )
         while True:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)

@@ -2,7 +2,8 @@
 pool, or a new one under the connect timeout. A refused connect moves on to the next server
 (nothing was sent, so this is safe for every method); when no other server can take the request,
 the same ones are tried again after a short back-off, up to the pool's ``retries`` (HAProxy
-``retries``, ``option redispatch``)."""
+``retries``, ``option redispatch``). When the server for the request is at its ``maxconn``, the
+request waits in a queue for a slot, up to the queue timeout (HAProxy ``timeout queue``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from typing import NamedTuple, Protocol
 import trio
 
 from balancing.health import report_passive_failure
-from balancing.scheduler import Choice, NoServerAvailable, choose
+from balancing.scheduler import Choice, MustWait, NoServerAvailable, Wait, choose, granted
 from balancing.state import PoolState, ServerState
+from config.model import ProxyVersion
 
 from .errors import Failure
 from .exchange_state import ExchangeState
+from .proxy_protocol import encode
 from .relay import ExchangeFailed
-from .runtime import Runtime
+from .runtime import ClientInfo, Runtime
 from .upstream import ConnectError, UpstreamConnection
 
 health_log = logging.getLogger("lbproxy.health")
@@ -49,6 +52,8 @@ class Request(NamedTuple):
     client_ip: str
     connect_timeout: float
     retries: int
+    client: ClientInfo | None = None  # for a server that wants a PROXY header
+    queue_timeout: float | None = None  # None: the connect timeout
 
 
 async def connect_server(
@@ -64,14 +69,24 @@ async def connect_server(
     refused: set[str] = set()
     failures = rounds = 0
     for _ in range(MAX_CONNECT_ATTEMPTS):
+        excluded = frozenset(exclude | refused) if refused or exclude else NOBODY
         try:
             choice = choose(
                 pool,
                 cookie_label=request.cookie_label,
                 client_ip=request.client_ip,
                 now=trio.current_time(),
-                exclude=frozenset(exclude | refused) if refused or exclude else NOBODY,
+                exclude=excluded,
             )
+        except MustWait as full:
+            queued = trio.current_time()
+            try:
+                got = await wait_for_slot(pool, full.wait, excluded, request, clock)
+            finally:
+                ex.queue_time += trio.current_time() - queued
+            if got is None:
+                continue  # its server went away while it waited: choose again
+            choice = got
         except NoServerAvailable:
             if not refused or failures > request.retries:
                 break
@@ -82,18 +97,27 @@ async def connect_server(
             clock.wait_for_server()
             refused.clear()
             continue
+        else:
+            pool.take_slot(choice.server)
+        # The request holds a slot of the server now; the exchange's end gives it back.
         server = choice.server
         upstream = runtime.upstream
-        conn = upstream.take_idle(server.address)
+        # A PROXY header ties a server connection to its client (UpstreamPool, "_private").
+        version = server.server.send_proxy
+        owner = request.client if version is not None else None
+        conn = upstream.take_idle(server.address, owner)
         if conn is not None:
             ex.connect_time = 0.0
             return choice, conn
         started = trio.current_time()
         # A connect keeps its own time, per attempt; the server timeout starts after it.
         clock.pause_deadline()
+        connected = False
         try:
-            conn = await upstream.connect(server.address, request.connect_timeout)
+            header = _proxy_header(version, owner)
+            conn = await upstream.connect(server.address, request.connect_timeout, header, owner)
             ex.connect_time = trio.current_time() - started
+            connected = True
         except ConnectError as error:
             _connect_failed(runtime, server, error)
             failures += 1
@@ -101,10 +125,43 @@ async def connect_server(
             continue
         finally:
             clock.wait_for_server()
+            if not connected:
+                pool.release_slot(server)
         if failures:
             ex.retries += failures
         return choice, conn
     raise ExchangeFailed(Failure.CONNECT_FAILED if failures else Failure.NO_SERVER)
+
+
+def _proxy_header(version: ProxyVersion | None, client: ClientInfo | None) -> bytes:
+    if version is None or client is None:
+        return b""
+    return encode(version, (client.ip, client.port), (client.local_ip, client.local_port))
+
+
+async def wait_for_slot(
+    pool: PoolState, wait: Wait, exclude: frozenset[str], request: Request, clock: Timekeeper
+) -> Choice | None:
+    """Queue for a slot (HAProxy's pendconn): the choice holding it, None when the server it
+    waited for can no longer take it (choose again), ExchangeFailed(QUEUE_TIMEOUT) after the
+    queue timeout. The connection's own deadline pauses meanwhile."""
+    woken = trio.Event()
+    waiter = pool.enqueue(wait.server, woken.set, exclude)
+    timeout = request.connect_timeout if request.queue_timeout is None else request.queue_timeout
+    clock.pause_deadline()
+    try:
+        with trio.move_on_after(timeout):
+            await woken.wait()
+        server = waiter.server
+        if server is not None:
+            waiter.server = None  # the slot is the request's now
+            return granted(pool, wait, server, trio.current_time())
+        if waiter.queue is not None:
+            raise ExchangeFailed(Failure.QUEUE_TIMEOUT)
+        return None
+    finally:
+        pool.leave(waiter)
+        clock.wait_for_server()
 
 
 def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) -> None:

@@ -105,6 +105,7 @@ class Failure(enum.Enum):
     CLIENT_GONE = "the client closed or reset the connection"
     NO_POOL = "a reload removed the pool this request was routed to"
     NO_SERVER = "no server could take the request"
+    QUEUE_TIMEOUT = "the request waited for a free slot of a full server longer than allowed"
     CONNECT_FAILED = "every connect attempt failed"
     SERVER_CLOSED = "the server closed before any response byte"
     SERVER_DOWN = "the server was marked DOWN while the request waited for its response"
@@ -143,6 +144,7 @@ _ROWS: dict[Failure, tuple[int | None, str]] = {
     Failure.CLIENT_GONE: (None, "CD"),
     Failure.NO_POOL: (503, "SC"),
     Failure.NO_SERVER: (503, "SQ"),
+    Failure.QUEUE_TIMEOUT: (503, "sQ"),  # HAProxy `timeout queue`
     Failure.CONNECT_FAILED: (503, "SC"),
     Failure.SERVER_CLOSED: (502, "SH"),
     Failure.SERVER_DOWN: (502, "SH"),
@@ -208,7 +210,12 @@ def decide(failure: Failure, facts: Facts) -> Outcome:
     if failure in (Failure.BAD_REQUEST, Failure.BAD_BODY) and facts.status_hint is not None:
         status = status_for_protocol_error(facts.status_hint)
     # Errors about the route or the servers leave the client's connection usable.
-    keep = failure in (Failure.NO_POOL, Failure.NO_SERVER, Failure.CONNECT_FAILED)
+    keep = failure in (
+        Failure.NO_POOL,
+        Failure.NO_SERVER,
+        Failure.QUEUE_TIMEOUT,
+        Failure.CONNECT_FAILED,
+    )
     return Outcome(
         status, termination, close=not keep, server_fault=server_fault, client_fault=client_fault
     )

@@ -57,6 +57,7 @@ class ExchangeState:
     upgrade_requested: bool = False  # the request asked for a protocol lbproxy may tunnel
     upgraded: bool = False  # the server answered 101: the connection became a tunnel
     termination: str = "--"
+    queue_time: float = 0.0  # waiting for a slot of a full server (HAProxy %Tw)
     connect_time: float | None = None
     response_time: float | None = None
     client_cookie: str = "-"

@@ -59,8 +59,11 @@ RowValue = Callable[[Row], "float | None"]
 
 # (name suffix, kind, help, value); names as HAProxy's exporter spells them (its "alt names").
 _PROXY_METRICS: tuple[tuple[str, str, str, RowValue], ...] = (
+    ("current_queue", "gauge", "Number of current queued requests.", lambda r: r.qcur),
+    ("max_queue", "gauge", "Highest value of queued requests.", lambda r: r.qmax),
     ("current_sessions", "gauge", "Number of current sessions.", lambda r: r.scur),
     ("max_sessions", "gauge", "Highest value of current sessions.", lambda r: r.smax),
+    ("limit_sessions", "gauge", "Configured session limit.", lambda r: r.slim),
     ("sessions_total", "counter", "Total number of sessions.", lambda r: r.stot),
     ("bytes_in_total", "counter", "Total number of request bytes.", lambda r: r.bin),
     ("bytes_out_total", "counter", "Total number of response bytes.", lambda r: r.bout),

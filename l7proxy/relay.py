@@ -347,7 +347,7 @@ async def tunnel(
     server: ByteStream,
     server_rest: bytes,
     ex: ExchangeState,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - an idle limit re-armed on each read, not a deadline
 ) -> None:
     """After a 101: relay raw bytes both ways until one side closes or the tunnel has been idle
     for ``timeout`` (Pound WSTimeOut, HAProxy timeout tunnel)."""

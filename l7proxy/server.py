@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from config.model import Address
+from config.model import Address, VirtualService
 from tls.clientcert import client_headers
 
 from .connection import ClientConnection
+from .exchange import trusted_peer
+from .proxy_protocol import MAX_HEADER, ProxyHeader, ProxyHeaderError, parse
 from .runtime import ClientInfo, Runtime, ServedBind, SessionInfo
 from .stream import SockStream, TlsSockStream
 
@@ -26,14 +28,22 @@ log = logging.getLogger("lbproxy.server")
 
 LISTEN_BACKLOG = 1024  # HAProxy's default maxconn-derived backlog is of this order
 MAX_ACCEPTS_PER_WAKEUP = 64  # accept a burst, but let the connections run in between
+# Linux <linux/in.h>, <linux/in6.h>; Python's socket module does not name them.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
 
 
 class BindError(Exception):
     """A listening address could not be opened; the message names it."""
 
 
-def open_listening_socket(address: Address) -> socket.socket:
-    """Bind and listen on ``address`` (IPv4, IPv6, or a name resolved once at start)."""
+def open_listening_socket(address: Address, *, freebind: bool = False) -> socket.socket:
+    """Bind and listen on ``address`` (IPv4, IPv6, or a name resolved once at start).
+
+    ``freebind``: the address need not be on this machine yet (a floating address the standby
+    of a pair takes over later; HAProxy's ``bind ... freebind``). Off otherwise, so that a
+    mistyped address still fails at start.
+    """
     try:
         infos = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -49,6 +59,10 @@ def open_listening_socket(address: Address) -> socket.socket:
             sock.setsockopt(
                 socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address.host == "::" else 1
             )
+        if freebind and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif freebind:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.bind(sockaddr)
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -73,14 +87,64 @@ def client_ip(raw: str) -> str:
 Handler = Callable[[socket.socket, Any], Awaitable[None]]
 
 
-async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nursery) -> None:
-    """Accept connections forever; each runs as its own task in ``nursery``."""
+class ConnectionGate:
+    """A virtual server's ``limits.max_connections`` (HAProxy frontend ``maxconn``): while it is
+    full, the accept loops of its binds stop accepting, so new connections wait in the listen
+    backlog instead of being refused; each close lets the next one in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._freed = trio.Event()
+
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+    async def wait_free(self) -> None:
+        while self.full():
+            await self._freed.wait()
+
+    def closed(self) -> None:
+        self.open -= 1
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+def connection_gate(gates: dict[str, ConnectionGate], vs: VirtualService) -> ConnectionGate | None:
+    """The gate of ``vs`` (None without a limit); one per label, so a reload keeps counting the
+    connections already open and only changes the limit."""
+    if not vs.max_connections:
+        return None
+    gate = gates.setdefault(vs.label, ConnectionGate(vs.max_connections))
+    gate.limit = vs.max_connections
+    return gate
+
+
+async def _gated(handler: Handler, gate: ConnectionGate, conn: socket.socket, peer: Any) -> None:
+    try:
+        await handler(conn, peer)
+    finally:
+        gate.closed()
+
+
+async def accept_loop(
+    sock: socket.socket,
+    handler: Handler,
+    nursery: trio.Nursery,
+    gate: ConnectionGate | None = None,
+) -> None:
+    """Accept connections forever; each runs as its own task in ``nursery``. With a ``gate``,
+    only while it has room."""
     while True:
         try:
+            if gate is not None:
+                await gate.wait_free()
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
             return  # closed by a reload or the shutdown
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+            if gate is not None and gate.full():
+                break  # another bind of the virtual server took the last slot
             try:
                 conn, peer = sock.accept()
             except BlockingIOError:
@@ -90,7 +154,11 @@ async def accept_loop(sock: socket.socket, handler: Handler, nursery: trio.Nurse
                     log.error("accept failed: %s; pausing accepts for 100 ms", error.strerror)
                     await trio.sleep(0.1)
                 break
-            nursery.start_soon(handler, conn, peer)
+            if gate is None:
+                nursery.start_soon(handler, conn, peer)
+            else:
+                gate.open += 1
+                nursery.start_soon(_gated, handler, gate, conn, peer)
         await trio.lowlevel.checkpoint()
 
 
@@ -99,6 +167,41 @@ def _client_info(sock: socket.socket, peer: Any, tls: bool) -> ClientInfo:
     if isinstance(peer, tuple):
         return ClientInfo(client_ip(peer[0]), peer[1], client_ip(local[0]), local[1], tls)
     return ClientInfo("unix", 0, "unix", 0, tls)
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """The PROXY protocol header a trusted peer starts with. Only its own bytes are taken from
+    the socket (peek, then take), so what follows (a TLS ClientHello, a request) stays there
+    for the next reader. ProxyHeaderError when the bytes are not a header or the peer left."""
+    sock.setblocking(False)
+    taken = bytearray()
+    while True:
+        try:
+            data = sock.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as error:
+            raise ProxyHeaderError(f"connection lost: {error.strerror or error}") from error
+        if not data:
+            raise ProxyHeaderError("connection closed before a complete PROXY header")
+        header = parse(taken + data)
+        if header is not None:
+            sock.recv(header.length - len(taken))  # peeked, so all there: one call takes it
+            return header
+        taken += sock.recv(len(data))  # every byte seen so far is header: take it, wait for more
+        await trio.lowlevel.wait_readable(sock)
+
+
+async def _proxied_client(sock: socket.socket, client: ClientInfo, wait: float) -> ClientInfo:
+    """``client`` as the PROXY header says (LOCAL or UNKNOWN: the connection's own)."""
+    with trio.move_on_after(wait):
+        header = await read_proxy_header(sock)
+        if header.source is None or header.destination is None:
+            return client
+        (ip, port), (local_ip, local_port) = header.source, header.destination
+        return ClientInfo(client_ip(ip), port, client_ip(local_ip), local_port, client.tls)
+    raise ProxyHeaderError(f"no PROXY header within {wait:g}s")
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
@@ -112,14 +215,31 @@ async def close_stream(stream: trio.abc.Stream) -> None:
 def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | None) -> Handler:
     """The guarded handler for one listener: TLS handshake, then the request loop."""
     handshake_timeout = served.bind.tls.handshake_timeout if served.bind.tls else 0.0
+    accept_proxy = served.bind.accept_proxy  # peers that must start with a PROXY header
 
     async def handle(sock: socket.socket, peer: Any) -> None:
         accepted_at = trio.current_time()
         try:
             client = _client_info(sock, peer, tls_server is not None)
+            if accept_proxy and trusted_peer(client.ip, accept_proxy):
+                client = await _proxied_client(sock, client, served.vs.timeouts.header)
+        except ProxyHeaderError as error:
+            log.warning(
+                "PROXY protocol from %s:%s to %s port %s: %s; connection closed",
+                client.ip,
+                client.port,
+                served.vs.label,
+                served.port,
+                error,
+            )
+            sock.close()
+            return
         except OSError:
             sock.close()
             return
+        except BaseException:  # cancelled (a shutdown) while waiting for the header: not kept
+            sock.close()
+            raise
         stream: SockStream
         tls_headers: list[tuple[bytes, bytes]] = []
         if tls_server is None:
@@ -160,6 +280,7 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
             log.exception("connection from %s:%s failed", client.ip, client.port)
         finally:
             runtime.sessions.pop(id(stream), None)
+            runtime.upstream.forget(client)
             runtime.connections -= 1
             frontend.current -= 1
             await close_stream(stream)

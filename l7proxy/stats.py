@@ -197,7 +197,8 @@ class StatsSite:
             changes = statsactions.plan(form, self.runtime.pools)
         except statsactions.ActionError as error:
             return self._back("error:" + quote_plus(str(error)))
-        for line in statsactions.apply(changes, trio.current_time(), user):
+        sessions = [info.connection for info in self.runtime.sessions.values()]
+        for line in statsactions.apply(changes, trio.current_time(), user, sessions):
             log.warning("%s", line)
         return self._back("done" if changes else "none")
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from balancing.state import PoolState, ServerState
 from config.model import AdminState
+
+from .runtime import ClientSession
 
 MAX_FORM_BYTES = 64 * 1024  # a form names a pool, some servers, an action: a few hundred bytes
 MAX_WEIGHT = 256  # HAProxy's server weight range is 0..256
@@ -90,7 +92,7 @@ def parse_form(body: bytes) -> dict[str, list[str]]:
 @dataclass(frozen=True, slots=True)
 class Change:
     server: ServerState
-    action: str  # ready, drain, maint or weight
+    action: str  # ready, drain, maint, weight or kill
     weight: int | None = None
 
 
@@ -112,7 +114,7 @@ def plan(form: Mapping[str, list[str]], pools: Mapping[str, PoolState]) -> list[
     else:
         labels = form.get("s", [])
         action = form.get("action", [""])[0]
-    if action not in ("ready", "drain", "maint", "weight"):
+    if action not in ("ready", "drain", "maint", "weight", "kill"):
         raise ActionError(f"unknown action {action!r}")
     if not labels:
         raise ActionError("no server selected")
@@ -131,12 +133,22 @@ def plan(form: Mapping[str, list[str]], pools: Mapping[str, PoolState]) -> list[
     return changes
 
 
-def apply(changes: list[Change], now: float, user: str) -> list[str]:
-    """Make the changes; one log line each. ``now`` is the clock of the health transitions."""
+def apply(
+    changes: list[Change], now: float, user: str, sessions: Iterable[ClientSession] = ()
+) -> list[str]:
+    """Make the changes; one log line each. ``now`` is the clock of the health transitions;
+    ``sessions`` the client connections open now, for ``kill``."""
     lines = []
+    open_now = list(sessions)
     for change in changes:
         server = change.server
-        if change.weight is not None:
+        if change.action == "kill":
+            target = (server.pool_name, server.label)
+            killed = [s for s in open_now if s.served_by() == target]
+            for session in killed:
+                session.shut()
+            what = f"kill {len(killed)} session(s)"
+        elif change.weight is not None:
             server.set_weight(change.weight)
             what = f"weight {change.weight}"
         else:

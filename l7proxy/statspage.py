@@ -37,7 +37,9 @@ PID = 1  # HAProxy's "relative process number": one process serves the page
 
 _COLOURS = {"UP": "#c1ffc1", "DOWN": "#ffaaaa", "DRAIN": "#a0c0ff", "MAINT": "#cccccc"}
 _KIND_COLOURS = {FRONTEND: "#d0e0ff", BACKEND: "#d0e0ff"}
-ACTIONS = ("ready", "drain", "maint", "weight")
+# HAProxy's stats admin choices; "kill" is its "Kill Sessions": the connections being served by
+# the server are closed now.
+ACTIONS = ("ready", "drain", "maint", "weight", "kill")
 
 
 def csv_cell(row: Row, column: str) -> object:
@@ -128,7 +130,8 @@ HEADS = (
     "status",
     "since",
     "weight",
-    "sessions now/max/total",
+    "queue now/max",
+    "sessions now/max/limit/total",
     "rate now/max",
     "bytes in",
     "bytes out",
@@ -156,7 +159,8 @@ def _row_cells(row: Row) -> list[object]:
         row.status,
         None if row.lastchg is None else duration(row.lastchg),
         row.weight,
-        _pair(row.scur, row.smax, row.stot),
+        _pair(row.qcur, row.qmax),
+        _pair(row.scur, row.smax, row.slim, row.stot),
         _pair(row.rate, row.rate_max),
         row.bin,
         row.bout,

@@ -52,8 +52,10 @@ class Row:
     hrsp: dict[str, int]
     rate: int
     rate_max: int | None
-    qcur: int | None = None
+    qcur: int | None = None  # requests waiting for a slot now (servers with maxconn, pools)
     qmax: int | None = None
+    qlimit: int | None = None  # the longest a queue may grow (HAProxy maxqueue; none here)
+    slim: int | None = None  # the session limit: a server's maxconn, a virtual server's
     dreq: int | None = None
     dresp: int | None = None
     ereq: int | None = None
@@ -123,7 +125,7 @@ class Snapshot:
     started: float = 0.0  # epoch seconds
 
 
-def frontend_row(label: str, iid: int, fc: FrontendCounters, status: str) -> Row:
+def frontend_row(label: str, iid: int, fc: FrontendCounters, status: str, limit: int = 0) -> Row:
     return Row(
         kind=FRONTEND,
         pxname=label,
@@ -148,6 +150,7 @@ def frontend_row(label: str, iid: int, fc: FrontendCounters, status: str) -> Row
         conn_rate=fc.session_rate.rate(),
         conn_rate_max=fc.session_rate.peak(),
         conn_tot=fc.total,
+        slim=limit or None,
     )
 
 
@@ -172,8 +175,9 @@ def server_row(state: ServerState, iid: int, sid: int, clocks: Clocks) -> Row:
         hrsp=dict(c.responses),
         rate=c.session_rate.rate(),
         rate_max=c.session_rate.peak(),
-        qcur=0,
-        qmax=0,
+        qcur=len(state.queue),
+        qmax=state.queue.max,
+        slim=state.maxconn or None,
         dresp=0,
         econ=c.failures_connect,
         eresp=c.failures_response,
@@ -224,8 +228,9 @@ def backend_row(pool: PoolState, iid: int, servers: list[Row], clocks: Clocks) -
         hrsp={k: sum([r.hrsp.get(k, 0) for r in servers]) for k in RESPONSE_CLASSES},
         rate=sum([r.rate for r in servers]),
         rate_max=None,
-        qcur=0,
-        qmax=0,
+        # Requests waiting for any server (HAProxy: "queued without a server assigned").
+        qcur=len(pool.queue),
+        qmax=pool.queue.max,
         dreq=0,
         dresp=0,
         econ=sum([r.econ or 0 for r in servers]),
@@ -265,7 +270,7 @@ def build(runtime: Runtime, clocks: Clocks) -> tuple[Row, ...]:
     done: set[str] = set()
     for vs in config.virtual_servers:
         counters = runtime.frontends.get(vs.label) or FrontendCounters()
-        rows.append(frontend_row(vs.label, iid(vs.label), counters, status))
+        rows.append(frontend_row(vs.label, iid(vs.label), counters, status, vs.max_connections))
         pool = runtime.pools.get(vs.pool.name)
         if pool is not None and pool.pool.name not in done:
             done.add(pool.pool.name)

@@ -17,6 +17,7 @@ import trio
 
 from config.model import Address
 
+from .runtime import ClientInfo
 from .stream import connect
 
 # HAProxy keeps idle server connections for pool-purge-delay (5 s); Apache's KeepAliveTimeout is
@@ -67,39 +68,63 @@ class UpstreamConnection:
     reused: bool = False
     idle_since: float = 0.0
     response_bytes: int = 0  # of the current exchange: 0 means a resend is still safe
+    # The client a PROXY header on this connection named: reused for that client only.
+    owner: ClientInfo | None = None
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per real-server address. Owned by the trio thread."""
+    """Idle keep-alive connections per real-server address. Owned by the trio thread.
+
+    A connection that began with a PROXY header speaks for one client: it is kept aside for
+    that client connection alone (``_private``) and closed when the client leaves (``forget``),
+    as HAProxy reuses such a connection only for an identical header.
+    """
 
     def __init__(self, connector: Connector = connect_tcp) -> None:
         self._idle: dict[Address, deque[UpstreamConnection]] = {}
+        self._private: dict[ClientInfo, dict[Address, UpstreamConnection]] = {}
         self._connector = connector
 
-    def take_idle(self, address: Address) -> UpstreamConnection | None:
+    def take_idle(
+        self, address: Address, owner: ClientInfo | None = None
+    ) -> UpstreamConnection | None:
         """A kept-alive connection that still looks usable, if there is one (no I/O wait)."""
+        if owner is not None:
+            conn = self._private.get(owner, {}).pop(address, None)
+            return conn if conn is not None and _reusable(conn, trio.current_time()) else None
         idle = self._idle.get(address)
         if not idle:
             return None
         now = trio.current_time()
         while idle:
             conn = idle.pop()  # most recently used first: least likely to have timed out
-            if now - conn.idle_since < IDLE_TIMEOUT and conn.stream.is_idle_and_open():
-                conn.reused = True
+            if _reusable(conn, now):
                 return conn
-            conn.stream.close()
         return None
 
-    async def connect(self, address: Address, connect_timeout: float) -> UpstreamConnection:
-        """A new connection, within ``connect_timeout``."""
+    async def connect(
+        self,
+        address: Address,
+        connect_timeout: float,
+        proxy_header: bytes = b"",
+        owner: ClientInfo | None = None,
+    ) -> UpstreamConnection:
+        """A new connection, within ``connect_timeout``; ``proxy_header`` goes first, before
+        anything else (a TLS handshake included) is sent on it."""
         with trio.move_on_after(connect_timeout) as scope:
             try:
                 stream = await self._connector(address)
             except OSError as error:
                 raise ConnectError(address, error.strerror or str(error)) from error
+            if proxy_header:
+                try:
+                    await stream.send_all(proxy_header)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    stream.close()
+                    raise ConnectError(address, "connection lost") from error
         if scope.cancelled_caught:
             raise ConnectError(address, "connect timeout")
-        return UpstreamConnection(address, stream)
+        return UpstreamConnection(address, stream, owner=owner)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose exchange is complete; anything else is closed.
@@ -115,6 +140,13 @@ class UpstreamPool:
         ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
+            if conn.owner is not None:
+                conn.idle_since = trio.current_time()
+                old = self._private.setdefault(conn.owner, {}).pop(conn.address, None)
+                if old is not None:
+                    old.stream.close()
+                self._private[conn.owner][conn.address] = conn
+                return
             queue = self._idle.setdefault(conn.address, deque())
             now = trio.current_time()
             while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:
@@ -125,8 +157,25 @@ class UpstreamPool:
                 return
         conn.stream.close()
 
+    def forget(self, owner: ClientInfo) -> None:
+        """A client connection ended: the server connections kept for it close."""
+        if self._private:
+            for conn in self._private.pop(owner, {}).values():
+                conn.stream.close()
+
     def close_all(self) -> None:
         for queue in self._idle.values():
             for conn in queue:
                 conn.stream.close()
         self._idle.clear()
+        for owner in list(self._private):
+            self.forget(owner)
+
+
+def _reusable(conn: UpstreamConnection, now: float) -> bool:
+    """Idle not too long and not closed by the server meanwhile; else it is closed now."""
+    if now - conn.idle_since < IDLE_TIMEOUT and conn.stream.is_idle_and_open():
+        conn.reused = True
+        return True
+    conn.stream.close()
+    return False

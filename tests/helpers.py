@@ -56,9 +56,31 @@ def default_responder(label: str) -> Responder:
     return reply
 
 
+class Changes:
+    """Tells waiters that something changed, so a test awaits a condition instead of polling.
+
+    The owner calls ``notify`` after each change; ``wait_until`` re-checks its predicate then.
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self, *_: object) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._event.wait()
+
+
 @dataclass
 class Backend:
-    """An h11 real server on 127.0.0.1 that records what it received."""
+    """An h11 real server on 127.0.0.1 that records what it received.
+
+    ``changes`` is notified when a connection arrives and when a request is recorded; backends
+    may share one, so a test can wait for whichever of them is reached first.
+    """
 
     label: str
     responder: Responder | None = None
@@ -66,10 +88,15 @@ class Backend:
     connections: int = 0
     sock: trio.socket.SocketType | None = None
     port: int = 0
+    changes: Changes = field(default_factory=Changes)
 
     @property
     def address(self) -> Address:
         return Address("127.0.0.1", self.port)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate`` (about what this backend saw) holds."""
+        await self.changes.wait_until(predicate)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.sock = trio.socket.socket()
@@ -83,6 +110,7 @@ class Backend:
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         number = self.connections
+        self.changes.notify()
         conn = h11.Connection(h11.SERVER)
         responder = self.responder or default_responder(self.label)
         try:
@@ -112,6 +140,7 @@ class Backend:
                     request.method, request.target, list(request.headers), bytes(body), number
                 )
                 self.seen.append(seen)
+                self.changes.notify()
                 result = responder(seen)
                 if not isinstance(result, tuple):
                     result = await result
@@ -156,11 +185,22 @@ async def read_request_head(stream: trio.SocketStream) -> bytes:
     return data
 
 
+async def raw_server(nursery: trio.Nursery, label: str, handler: RawHandler) -> RealServer:
+    """Start a raw TCP server (``serve_raw``); the real server ``label`` at its address."""
+    port = await nursery.start(serve_raw, handler)
+    return RealServer(label=label, address=Address("127.0.0.1", port))
+
+
 def free_port() -> int:
     """A port nobody listens on (bound once, then released): connects to it are refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def dead_server(label: str) -> RealServer:
+    """A real server at a port nobody listens on: every connect to it is refused."""
+    return RealServer(label=label, address=Address("127.0.0.1", free_port()))
 
 
 def simple_config(
@@ -255,11 +295,22 @@ async def raw_exchange(port: int, data: bytes, *, until_close: bool = True) -> b
         return received
 
 
-async def proxy_one(
-    nursery: trio.Nursery, backend: Backend, label: str | None = None, **config_kwargs: Any
-) -> int:
-    """Start ``backend`` and a proxy whose only real server it is; the proxy's port."""
-    await nursery.start(backend.serve)
-    servers = [server(label or backend.label, backend)]
+async def start_farm(
+    nursery: trio.Nursery, *members: Backend | RealServer, **config_kwargs: Any
+) -> tuple[app.ProxyHandle, int]:
+    """Start each backend and a proxy whose pool "www" has the members as its real servers, in
+    order: a backend under its own label, a RealServer as given (a dead or raw server's
+    address). ``config_kwargs`` go to ``simple_config``. The proxy, and its port."""
+    servers = []
+    for member in members:
+        if isinstance(member, Backend):
+            await nursery.start(member.serve)
+            member = server(member.label, member)
+        servers.append(member)
     proxy = await start_proxy(nursery, simple_config(servers, **config_kwargs))
-    return proxy.address("www")[1]
+    return proxy, proxy.address("www")[1]
+
+
+async def proxy_one(nursery: trio.Nursery, backend: Backend, **config_kwargs: Any) -> int:
+    """Start ``backend`` and a proxy whose only real server it is; the proxy's port."""
+    return (await start_farm(nursery, backend, **config_kwargs))[1]

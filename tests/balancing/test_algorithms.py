@@ -57,7 +57,7 @@ def test_round_robin_candidate_leaving_and_returning() -> None:
 
 
 def test_round_robin_rejects_empty() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no candidates"):
         SmoothRoundRobin().pick([])
 
 
@@ -145,5 +145,5 @@ def test_ring_rebuilds_on_weight_change() -> None:
 
 
 def test_ring_rejects_empty() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no candidates"):
         HashRing().pick("k", [("a", 1)], frozenset())

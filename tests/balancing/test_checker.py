@@ -18,6 +18,7 @@ from balancing.checker import CHECK_BODY_LIMIT, check_once, run_checks
 from balancing.health import CheckResult
 from balancing.state import Health, PoolState, ServerState, new_states
 from config.model import Address, AdminState, HealthCheck, HttpCheck, Pool, RealServer
+from tests.helpers import Changes
 
 # Generous bound on every I/O test; it is a hang guard, not a speed assertion.
 TEST_DEADLINE = 10.0
@@ -128,7 +129,8 @@ async def test_tcp_check_ok() -> None:
     async with serving(just_close) as port:
         result = await probe(port, TCP)
     assert (result.ok, result.status, result.desc) == (True, "L4OK", "connected")
-    assert result.duration is not None and result.duration >= 0
+    assert result.duration is not None
+    assert result.duration >= 0
 
 
 async def test_tcp_check_refused() -> None:
@@ -149,7 +151,8 @@ async def test_tcp_check_timeout() -> None:
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
         try:
-            await trio.sleep(0.05)  # let the handshakes of the fillers land in the queue
+            # The first filler's handshake is done: it sits in (and fills) the accept queue.
+            await trio.lowlevel.wait_writable(fillers[0])
             result = await probe(port, replace(TCP, timeout=0.3))
         finally:
             for filler in fillers:
@@ -288,13 +291,6 @@ def make_logger() -> tuple[logging.Logger, Records]:
     return log, records
 
 
-async def wait_for(pred: Callable[[], bool], step: float = 0.01) -> float:
-    """Poll (in mock time) until ``pred`` holds; return the trio time it became true."""
-    while not pred():
-        await trio.sleep(step)
-    return trio.current_time()
-
-
 async def test_down_after_fall_and_up_after_rise(autojump_clock: trio.testing.MockClock) -> None:
     log, records = make_logger()
     check = HealthCheck(interval=2.0, rise=2, fall=3, timeout=1.0)
@@ -305,15 +301,19 @@ async def test_down_after_fall_and_up_after_rise(autojump_clock: trio.testing.Mo
               health_check=check)]
     )  # fmt: skip
     web1 = states["www"].servers[0]
+    transitions = Changes()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             async with serving(just_close, port):
-                await nursery.start(partial(run_checks, states, log=log))
+                await nursery.start(
+                    partial(run_checks, states, log=log, on_change=transitions.notify)
+                )
                 await trio.sleep(7.0)
                 assert web1.health is Health.UP
                 assert web1.counters.check_status == "L4OK"
             stopped = trio.current_time()
-            went_down = await wait_for(lambda: web1.health is Health.DOWN)
+            await transitions.wait_until(lambda: web1.health is Health.DOWN)
+            went_down = trio.current_time()
             # Down on the third failed check (the first at most one interval after the stop, the
             # others at the quicker transition pace): well within fall * interval = 6 s.
             assert web1.consecutive_fail == check.fall
@@ -321,7 +321,8 @@ async def test_down_after_fall_and_up_after_rise(autojump_clock: trio.testing.Mo
             assert web1.counters.check_desc == "connection refused"
             async with serving(just_close, port):
                 restarted = trio.current_time()
-                came_up = await wait_for(lambda: web1.health is Health.UP)
+                await transitions.wait_until(lambda: web1.health is Health.UP)
+                came_up = trio.current_time()
                 assert web1.consecutive_ok == check.rise
                 assert check.interval / 2 < came_up - restarted <= check.rise * check.interval
             nursery.cancel_scope.cancel()
@@ -329,7 +330,7 @@ async def test_down_after_fall_and_up_after_rise(autojump_clock: trio.testing.Mo
         (logging.WARNING, "server www/web1 is DOWN: connection refused (L4CON), 0 active left"),
         (logging.WARNING, "server www/web1 is UP: connected (L4OK), 1 active up"),
     ]
-    assert came_up - 0.01 <= web1.counters.last_change <= came_up  # polled every 0.01 s
+    assert web1.counters.last_change == came_up  # woken by the transition itself
 
 
 async def test_checks_are_spread_and_skip_maint(autojump_clock: trio.testing.MockClock) -> None:
@@ -436,5 +437,6 @@ async def test_fallback_check_can_be_disabled_alone(
         await check_for(states, log, 30)
     assert states["www"].servers[0].health is Health.DOWN
     fallback = states["www"].fallback
-    assert fallback is not None and fallback.health is Health.UP
+    assert fallback is not None
+    assert fallback.health is Health.UP
     assert fallback.counters.check_status == ""

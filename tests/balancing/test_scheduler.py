@@ -108,7 +108,8 @@ def test_fallback_without_cookie_persistence_clears_nothing() -> None:
     set_states(pool, {"a": "down"})
     choice = pick(pool)
     assert (choice.server.label, choice.reason) == ("fallback", Reason.FALLBACK)
-    assert not choice.insert_cookie and not choice.clear_cookie
+    assert not choice.insert_cookie
+    assert not choice.clear_cookie
 
 
 def test_recovered_servers_take_new_clients_back_from_fallback() -> None:
@@ -136,8 +137,10 @@ def test_leastconn_through_choose_uses_in_flight_counts() -> None:
     pool.begin(third)
     pool.end(second)
     assert pick(pool).server is second
-    assert first.counters.total == 1 and first.counters.active == 1
-    assert second.counters.active == 0 and second.counters.max_active == 1
+    assert first.counters.total == 1
+    assert first.counters.active == 1
+    assert second.counters.active == 0
+    assert second.counters.max_active == 1
 
 
 @pytest.mark.parametrize(
@@ -151,7 +154,8 @@ def test_leastconn_through_choose_uses_in_flight_counts() -> None:
 def test_source_persistence_masks(ip: str, same_as: str) -> None:
     pool = PoolState(make_pool(["a", "b", "c"], persistence=SOURCE))
     first = pick(pool, ip=same_as)
-    assert first.reason is Reason.BALANCE and not first.insert_cookie
+    assert first.reason is Reason.BALANCE
+    assert not first.insert_cookie
     for _ in range(3):
         again = pick(pool, ip=ip)
         assert (again.server, again.reason) == (first.server, Reason.SOURCE)
@@ -197,7 +201,8 @@ def test_source_persistence_idle_expiry() -> None:
     assert choose(pool, cookie_label=None, client_ip="192.0.2.1", now=18.0).reason is Reason.SOURCE
     late = choose(pool, cookie_label=None, client_ip="192.0.2.1", now=40.0)
     assert late.reason is Reason.BALANCE
-    assert first.server.label == "a" and late.server.label == "b"
+    assert first.server.label == "a"
+    assert late.server.label == "b"
 
 
 def test_source_persistence_not_recorded_for_fallback() -> None:
@@ -226,7 +231,8 @@ def test_new_states_and_statistics() -> None:
     states = new_states([make_pool(["a", "b"], fallback=True)])
     pool = states["www"]
     assert pool.server("a") is pool.servers[0]
-    assert pool.server("fallback") is None and pool.fallback is not None
+    assert pool.server("fallback") is None
+    assert pool.fallback is not None
     pool.servers[1].admin = AdminState.DRAIN
     pool.servers[0].counters.record_response(503)
     rows = pool.statistics()

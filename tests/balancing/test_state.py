@@ -41,7 +41,8 @@ def test_initial_state_follows_config() -> None:
     cfg = replace(pool, real_servers=(server("a", weight=3, state=AdminState.DRAIN),))
     state = PoolState(cfg).servers[0]
     assert (state.health, state.admin, state.weight) == (Health.UP, AdminState.DRAIN, 3)
-    assert state.label == "a" and state.address == Address("127.0.0.1", 8000)
+    assert state.label == "a"
+    assert state.address == Address("127.0.0.1", 8000)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,8 @@ def test_carry_over_same_config_keeps_everything() -> None:
         7,
     )
     assert a.counters is old["www"].servers[0].counters
-    assert new["www"].fallback is not None and new["www"].fallback.health is Health.DOWN
+    assert new["www"].fallback is not None
+    assert new["www"].fallback.health is Health.DOWN
 
 
 def test_carry_over_config_changes_win() -> None:
@@ -144,7 +146,8 @@ def test_carry_over_source_table_and_missing_pools() -> None:
     assert new_table.items() == [("192.0.2.0/24", "b", 1.0)]
     # Switching to cookie persistence leaves nothing to carry.
     cookie = new_states([replace(cfg, persistence=CookiePersistence())])
-    assert carry_over(old, cookie) == [] and cookie["www"].source_table is None
+    assert carry_over(old, cookie) == []
+    assert cookie["www"].source_table is None
 
 
 def test_new_states_keyed_by_name() -> None:

@@ -934,7 +934,8 @@ def test_named_pool_fallback_mapping() -> None:
 def test_health_check_expect_forms(written: str, expect: tuple[tuple[int, int], ...]) -> None:
     config = load_text(GOOD_VS + f"    health_check: {{http: {{expect: {written}}}}}\n", "lb.yaml")
     http = config.virtual_servers[0].pool.health_check.http
-    assert http is not None and http.expect == expect
+    assert http is not None
+    assert http.expect == expect
 
 
 def test_health_check_expect_defaults_to_2xx_and_3xx() -> None:

@@ -135,7 +135,8 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_drain_applies_at_once_and_survives_reload_and_restart(tmp_path: pathlib.Path) -> None:
     with running(tmp_path) as setup:
         mode = os.stat(setup.sock).st_mode
-        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == MODE
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == MODE
 
         assert ask(setup.sock, "set server www/web1 state drain") == "\n"
         # All right after the command: no check interval, no reload in between.
@@ -157,9 +158,11 @@ def test_drain_applies_at_once_and_survives_reload_and_restart(tmp_path: pathlib
         bad = ctl("-s", str(setup.sock), "set", "server", "www/nope", "state", "drain")
         assert (bad.returncode, bad.stdout) == (1, "No such server.\n\n")
         good = ctl("-c", str(setup.config), "show", "info")
-        assert good.returncode == 0 and f"Pid: {setup.proxy.proc.pid}\n" in good.stdout
+        assert good.returncode == 0
+        assert f"Pid: {setup.proxy.proc.pid}\n" in good.stdout
         health = ctl("-c", str(setup.config), "health")
-        assert health.returncode == 0 and health.stdout.startswith("ok: 1 bind(s) open")
+        assert health.returncode == 0
+        assert health.stdout.startswith("ok: 1 bind(s) open")
 
         setup.proxy.proc.send_signal(signal.SIGHUP)
         wait_for(
@@ -235,9 +238,11 @@ def test_socat_and_prompt_mode(tmp_path: pathlib.Path) -> None:
         ).stdout
 
     with running(tmp_path) as setup:
-        lines = talk(setup.sock, "set server www/web1 state drain; show servers state www\n")
-        lines = lines.splitlines()
-        assert lines[:3] == ["", "1", lines[2]] and lines[2].startswith("# be_id be_name srv_id")
+        lines = talk(
+            setup.sock, "set server www/web1 state drain; show servers state www\n"
+        ).splitlines()
+        assert lines[:3] == ["", "1", lines[2]]
+        assert lines[2].startswith("# be_id be_name srv_id")
         assert lines[3].split()[1:7] == ["www", "1", "web1", "127.0.0.1", "2", "8"]
         assert {get(setup.port, "127.0.0.1").server for _ in range(NEW_CLIENTS)} == {"web2"}
         interactive = talk(setup.sock, "prompt\nenable server www/web1\nshow health\nquit\n")

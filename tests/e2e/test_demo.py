@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -44,8 +45,11 @@ def get(port: int, path: str = "/", context: ssl.SSLContext | None = None) -> tu
         conn.close()
 
 
+Demo = tuple[dict[str, int], pathlib.Path]  # the demo's ports by name, and its folder
+
+
 @pytest.fixture
-def demo(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
+def demo(tmp_path: pathlib.Path) -> Iterator[Demo]:
     ports = {"http": free_port(), "https": free_port(), "stats": free_port()}
     proc = subprocess.Popen(
         [
@@ -71,7 +75,7 @@ def demo(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
     assert proc.returncode == 0
 
 
-def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[no-untyped-def]
+def test_demo_balances_persists_and_shows_stats(demo: Demo) -> None:
     ports, folder = demo
     labels = set()
     for _ in range(4):
@@ -85,11 +89,14 @@ def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[n
     cert = folder / "lbproxy-state" / "default-cert.pem"
     context = ssl.create_default_context(cafile=str(cert))
     status, cookie, body = get(ports["https"], context=context)
-    assert status == 200 and cookie.endswith("; Secure")
+    assert status == 200
+    assert cookie.endswith("; Secure")
     assert "<td>x-forwarded-proto</td><td>https</td>" in body
     assert oct((folder / "lbproxy-state" / "default-key.pem").stat().st_mode & 0o777) == "0o600"
     status, _, page = get(ports["stats"])
-    assert status == 200 and "web1" in page and "web2" in page
+    assert status == 200
+    assert "web1" in page
+    assert "web2" in page
     status, _, csv = get(ports["stats"], "/?csv")
     lines = csv.splitlines()
     header = lines[0].removeprefix("# ").split(",")
@@ -101,7 +108,7 @@ def test_demo_balances_persists_and_shows_stats(demo) -> None:  # type: ignore[n
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-def test_a_browser_sees_the_demo_and_the_stats_page(demo) -> None:  # type: ignore[no-untyped-def]
+def test_a_browser_sees_the_demo_and_the_stats_page(demo: Demo) -> None:
     ports, _ = demo
     assert CHROMIUM is not None
     with tempfile.TemporaryDirectory() as profile:

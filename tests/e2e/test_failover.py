@@ -376,6 +376,34 @@ def failures(clients: Sequence[Client]) -> list[str]:
     return [failure for client in clients for failure in client.failures]
 
 
+def one_each(a: Client, b: Client) -> tuple[str, str]:
+    """One request from each of two new clients: they are answered, by different servers;
+    the server of ``a``, then of ``b``."""
+    a.request()
+    b.request()
+    assert a.server is not None, failures([a, b])
+    assert b.server is not None, failures([a, b])
+    assert a.server != b.server
+    return a.server, b.server
+
+
+def stick(a: Client, b: Client, a_server: str, b_server: str) -> None:
+    """Three more requests each: every answer so far came from each client's own server."""
+    for _ in range(3):
+        a.request()
+        b.request()
+    assert a.servers_since(0) == {a_server}
+    assert b.servers_since(0) == {b_server}
+
+
+def assert_within_detection_limit(failover: Failover) -> None:
+    """Every client on the survivor, and the killed server DOWN, within DETECTION_LIMIT."""
+    assert failover.all_moved is not None
+    assert failover.all_moved <= DETECTION_LIMIT
+    assert failover.down is not None
+    assert failover.down <= DETECTION_LIMIT
+
+
 def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -391,22 +419,14 @@ def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread
         a = Client(setup.port, "127.0.0.2", keep_alive=True)
         b = Client(setup.port, "127.0.0.3")
         # Round robin over two equal servers: the first two new clients, in order, get one each.
-        a.request()
-        b.request()
-        assert a.server is not None and b.server is not None, failures([a, b])
-        assert a.server != b.server
-        killed, survivor = a.server, b.server
-        for _ in range(3):
-            a.request()
-            b.request()
-        assert a.servers_since(0) == {killed} and b.servers_since(0) == {survivor}
+        killed, survivor = one_each(a, b)
+        stick(a, b, killed, survivor)
 
         failover = fail_over(setup, [a, b], killed, survivor)
         # A refused connect moves the request to the next server before anything was sent, so
         # not even the request in flight at the first failed check may fail.
         assert failures([a, b]) == []
-        assert failover.all_moved is not None and failover.all_moved <= DETECTION_LIMIT
-        assert failover.down is not None and failover.down <= DETECTION_LIMIT
+        assert_within_detection_limit(failover)
         assert b.servers_since(0) == {survivor}  # the survivor's client never moved
         late = Client(setup.port, "127.0.0.5")  # a new client while the server is down
         late.request()
@@ -420,11 +440,13 @@ def test_source_persistence_both_clients_on_the_survivor_then_new_clients_spread
         recovery = recover(setup, [a, b], killed, cookies=False)
         report("source persistence", failover, recovery)
         assert failures([a, b, *recovery.newcomers]) == []
-        assert recovery.spread is not None and recovery.spread <= DETECTION_LIMIT
+        assert recovery.spread is not None
+        assert recovery.spread <= DETECTION_LIMIT
         assert setup.status(killed) == "UP"
         assert a.servers_since(recovery.listening_at) == {survivor}
         assert b.servers_since(recovery.listening_at) == {survivor}
-        assert not a.set_cookies and not b.set_cookies  # source persistence sets no cookie
+        assert not a.set_cookies
+        assert not b.set_cookies
         assert f"server www/{killed} is UP" in setup.proxy.stderr()
         a.close()
 
@@ -440,36 +462,31 @@ def test_cookie_persistence_redispatch_to_the_survivor_with_a_new_cookie(
     ) as setup:
         a = Client(setup.port, "127.0.0.2", cookies=True, keep_alive=True)
         b = Client(setup.port, "127.0.0.3", cookies=True)
-        a.request()
-        b.request()
-        assert a.server is not None and b.server is not None, failures([a, b])
-        assert a.server != b.server
-        killed, survivor = a.server, b.server
+        killed, survivor = one_each(a, b)
         for client in (a, b):
             assert client.last is not None
             assert client.last.set_cookies == (f"{COOKIE}={client.server}; path=/",)
             assert client.last.cache_control == "private"  # HAProxy's nocache
             assert client.cookie == client.server
         sticky_from = time.monotonic()
-        for _ in range(3):
-            a.request()
-            b.request()
-        assert a.servers_since(0) == {killed} and b.servers_since(0) == {survivor}
-        assert a.cookies_since(sticky_from) == [] and b.cookies_since(sticky_from) == []
+        stick(a, b, killed, survivor)
+        assert a.cookies_since(sticky_from) == []
+        assert b.cookies_since(sticky_from) == []
 
         failover = fail_over(setup, [a, b], killed, survivor)
         assert failures([a, b]) == []
-        assert failover.all_moved is not None and failover.all_moved <= DETECTION_LIMIT
-        assert failover.down is not None and failover.down <= DETECTION_LIMIT
+        assert_within_detection_limit(failover)
         # Redispatched once with a new cookie, which then holds: no cookie on later answers.
         assert a.cookies_since(failover.killed_at) == [f"{COOKIE}={survivor}; path=/"]
         assert a.cookie == survivor
-        assert b.cookies_since(failover.killed_at) == [] and b.servers_since(0) == {survivor}
+        assert b.cookies_since(failover.killed_at) == []
+        assert b.servers_since(0) == {survivor}
 
         recovery = recover(setup, [a, b], killed, cookies=True)
         report("cookie persistence", failover, recovery)
         assert failures([a, b, *recovery.newcomers]) == []
-        assert recovery.spread is not None and recovery.spread <= DETECTION_LIMIT
+        assert recovery.spread is not None
+        assert recovery.spread <= DETECTION_LIMIT
         # The redispatched client keeps its cookie, so it stays; a new client gets the other.
         assert a.servers_since(recovery.listening_at) == {survivor}
         assert a.cookies_since(recovery.listening_at) == []
@@ -520,13 +537,16 @@ def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.
             f"both DOWN {seconds(all_down)}"
         )
         assert failures([a, b]) == []
-        assert on_fallback is not None and on_fallback <= DETECTION_LIMIT
-        assert all_down is not None and all_down <= DETECTION_LIMIT
+        assert on_fallback is not None
+        assert on_fallback <= DETECTION_LIMIT
+        assert all_down is not None
+        assert all_down <= DETECTION_LIMIT
         for client in (a, b):
             assert client.servers_since(killed_at) == {"sorry"}
             # Every answer from the fallback expires the cookie, HAProxy's bytes exactly.
             cleared = client.cookies_since(killed_at)
-            assert cleared and set(cleared) == {CLEARED}
+            assert cleared
+            assert set(cleared) == {CLEARED}
             assert client.cookie is None
         assert "0 active left" in setup.proxy.stderr()
 
@@ -544,11 +564,14 @@ def test_fallback_takes_over_clears_the_cookie_and_hands_back(tmp_path: pathlib.
             pace(tick)
         print(f"[fallback] after restarting web1: requests back on it {seconds(back)}")
         assert failures([a]) == []
-        assert back is not None and back <= DETECTION_LIMIT
-        assert a.last is not None and a.last.set_cookies == (f"{COOKIE}=web1; path=/",)
+        assert back is not None
+        assert back <= DETECTION_LIMIT
+        assert a.last is not None
+        assert a.last.set_cookies == (f"{COOKIE}=web1; path=/",)
         assert a.cookie == "web1"
         rows = stats(setup.stats_port)
-        assert rows["www/web1"]["status"] == "UP" and rows["www/web2"]["status"] == "DOWN"
+        assert rows["www/web1"]["status"] == "UP"
+        assert rows["www/web2"]["status"] == "DOWN"
         a.close()
 
 
@@ -587,7 +610,8 @@ def test_drain_weight_zero_and_maint_from_the_config(tmp_path: pathlib.Path) -> 
         assert failures([*newcomers, *holders, maint]) == []
         rows = stats(setup.stats_port)
         assert rows["www/web4"]["total"] == 0
-        assert rows["www/web2"]["total"] == 3 and rows["www/web3"]["total"] == 3
+        assert rows["www/web2"]["total"] == 3
+        assert rows["www/web3"]["total"] == 3
         # Draining servers are still checked; one in maintenance is not even probed (HAProxy
         # stops checks in MAINT too). Checks start spread over one interval.
         started = time.monotonic()
@@ -679,7 +703,8 @@ def test_http_checks_log_every_state_change_with_its_cause(tmp_path: pathlib.Pat
                 f"UP {seconds(up)} after the restart; stuck DOWN "
                 f"{seconds(down_after['www/stuck'] + killed_at - started)} after start-up"
             )
-            assert up is not None and up <= DETECTION_LIMIT
+            assert up is not None
+            assert up <= DETECTION_LIMIT
             # Exactly one line per transition, each naming its cause.
             assert sorted(state_changes(proxy.stderr())) == sorted(
                 [
@@ -714,11 +739,7 @@ def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Pat
     ) as setup:
         a = Client(setup.port, "127.0.0.2")
         b = Client(setup.port, "127.0.0.3")
-        a.request()
-        b.request()
-        assert a.server is not None and b.server is not None, failures([a, b])
-        assert a.server != b.server
-        frozen, survivor = a.server, b.server
+        frozen, survivor = one_each(a, b)
         frozen_at = time.monotonic()
         os.kill(setup.procs[frozen].pid, signal.SIGSTOP)
         try:
@@ -741,8 +762,10 @@ def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Pat
             f"\n[hung server] DOWN {seconds(down)} after SIGSTOP; {len(a.failures)} request(s) of "
             f"its client failed, sent at [{sent}] s after it"
         )
-        assert down is not None and down <= DETECTION_LIMIT
-        assert b.failures == [] and b.servers_since(0) == {survivor}
+        assert down is not None
+        assert down <= DETECTION_LIMIT
+        assert b.failures == []
+        assert b.servers_since(0) == {survivor}
         assert a.server == survivor
         # Only requests sent before the server was marked DOWN may fail, and only with 504.
         assert all(" 504 " in failure for failure in a.failures), a.failures
@@ -757,7 +780,8 @@ def test_hung_server_leaves_the_rotation_by_its_http_check(tmp_path: pathlib.Pat
                 up = time.monotonic() - thawed_at
             time.sleep(PACE)
         print(f"[hung server] UP {seconds(up)} after SIGCONT")
-        assert up is not None and up <= DETECTION_LIMIT
+        assert up is not None
+        assert up <= DETECTION_LIMIT
 
 
 # Longest request head the closing server reads before giving up on a client (the proxy's own
@@ -994,7 +1018,8 @@ def test_pulled_cable_the_tcp_check_takes_the_server_out(tmp_path: pathlib.Path)
         for _ in range(3):
             a.request()
             b.request()
-        assert a.servers_since(0) == {"web1"} and b.servers_since(0) == {"web2"}, failures([a, b])
+        assert a.servers_since(0) == {"web1"}, failures([a, b])
+        assert b.servers_since(0) == {"web2"}, failures([a, b])
 
         pulled_at = time.monotonic()
         web1.pull()
@@ -1025,13 +1050,18 @@ def test_pulled_cable_the_tcp_check_takes_the_server_out(tmp_path: pathlib.Path)
             f"(from {after[0][1] if after else None}) came {seconds(answered)} after the pull, "
             f"slowest {seconds(max(took for _, _, took in after) if after else None)}"
         )
-        assert down is not None and down <= DETECTION_LIMIT
+        assert down is not None
+        assert down <= DETECTION_LIMIT
         assert first_failed_check is not None
-        assert b.failures == [] and b.servers_since(0) == {"web2"}
+        assert b.failures == []
+        assert b.servers_since(0) == {"web2"}
         # Only the request on the wire when the cable went may fail, and only as the proxy's 504.
-        assert len(a.failures) <= 1 and all(" 504 " in f for f in a.failures), a.failures
+        assert len(a.failures) <= 1, a.failures
+        assert all(" 504 " in f for f in a.failures), a.failures
         assert all(when - pulled_at < first_failed_check for when in a.failed_at)
         # Every later request is answered by the survivor, the first one within the 6 s.
-        assert after and {server for _, server, _ in after} == {"web2"}
-        assert answered is not None and answered <= DETECTION_LIMIT
+        assert after
+        assert {server for _, server, _ in after} == {"web2"}
+        assert answered is not None
+        assert answered <= DETECTION_LIMIT
         assert "server www/web1 is DOWN: timeout (L4TOUT)" in proxy.stderr()

@@ -74,7 +74,8 @@ def test_first_requests_arriving_together_stick_to_one_server(tmp_path: pathlib.
         first_servers: list[str] = []
         for n in range(5):
             served, errors = together(setup.port, f"127.0.0.{20 + n}")
-            assert errors == [] and len(served) == TOGETHER
+            assert errors == []
+            assert len(served) == TOGETHER
             assert len(set(served)) == 1, served
             first_servers.append(served[0])
         # Different clients are still balanced: round robin gave them different servers.
@@ -136,11 +137,13 @@ def test_balance_source_two_instances_agree_and_a_dead_server_moves_only_its_cli
             f"\n[balance source] killing 1 of 3 servers moved {len(moved)} of "
             f"{len(HASH_CLIENTS)} clients, exactly those it served"
         )
-        assert wait_status(stats1, "web2", "DOWN") and wait_status(stats2, "web2", "DOWN")
+        assert wait_status(stats1, "web2", "DOWN")
+        assert wait_status(stats2, "web2", "DOWN")
         assert mapping(port1) == during == mapping(port2)
 
         procs["web2"] = stack.enter_context(backend("web2", ports["web2"]))
-        assert wait_status(stats1, "web2", "UP") and wait_status(stats2, "web2", "UP")
+        assert wait_status(stats1, "web2", "UP")
+        assert wait_status(stats2, "web2", "UP")
         # No table: once the server is back, its clients hash to it again.
         assert mapping(port1) == before == mapping(port2)
 
@@ -234,7 +237,8 @@ def test_the_cookie_never_reaches_the_server_and_carries_its_attributes(
             assert [value.split(";")[0] for value in set_cookies] == [f"{COOKIE}={other}"]
             # A forged value (quotes) is no cookie either, and never reaches the server.
             forged = exchange(port, f'{COOKIE}="{server}"')
-            assert forged[1] == "-" and len(forged[2]) == 1
+            assert forged[1] == "-"
+            assert len(forged[2]) == 1
 
 
 # The crowd test: clients, and the pause between one client's requests. Twelve clients at

@@ -9,10 +9,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.process import backend, free_port, lbproxy, lbproxy_command
+from tests.e2e.process import Lbproxy, backend, free_port, lbproxy, lbproxy_command
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def fresh_get(port: int, cookie: str | None = None) -> tuple[str, str]:
         conn.close()
 
 
-def stats_rows(port: int) -> dict[str, dict[str, object]]:
+def stats_rows(port: int) -> dict[str, dict[str, str | int]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/?json")
     rows = json.loads(conn.getresponse().read())
@@ -59,7 +60,7 @@ def stats_rows(port: int) -> dict[str, dict[str, object]]:
     return {f"{r['pool']}/{r['label']}": r for r in rows}
 
 
-def wait_for(predicate, what: str, proxy) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], what: str, proxy: Lbproxy) -> None:
     deadline = time.monotonic() + 10
     while not predicate():
         assert time.monotonic() < deadline, f"{what}\n{proxy.stderr()}"

@@ -37,7 +37,8 @@ def test_version_and_help_on_every_subcommand() -> None:
     out = subprocess.run(
         [*lbproxy_command(), "--version"], capture_output=True, text=True, timeout=30
     )
-    assert out.returncode == 0 and out.stdout.startswith("lbproxy ")
+    assert out.returncode == 0
+    assert out.stdout.startswith("lbproxy ")
     commands = ["run", "check", "demo", "csr", "convert-pfx", "convert-cer", "install-cert"]
     for command in [*commands, "selfsigned", "show-cert"]:
         result = subprocess.run(
@@ -144,6 +145,6 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: pathlib.Path) -> None:
         assert status == 0
         assert results == [(200, b"web1 POST /slow 6\n")]
         # New connections are refused once it stopped accepting.
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/")
     assert "shutting down" in proxy.stderr()

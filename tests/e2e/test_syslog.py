@@ -82,7 +82,8 @@ def test_syslog_gets_access_and_diagnostics_and_a_dead_one_costs_no_request(
             assert match["app"] == "lbproxy"
             assert int(match["pid"]) == proc.pid
         assert access["msg"].startswith("127.0.0.1:")
-        assert " www www/a " in access["msg"] and " 200 " in access["msg"]
+        assert " www www/a " in access["msg"]
+        assert " 200 " in access["msg"]
         receiver.close()  # the syslog server goes away
         assert [get(port, f"/after/{i}") for i in range(REQUESTS)] == [200] * REQUESTS
         proc.send_signal(signal.SIGTERM)
@@ -117,7 +118,8 @@ def test_the_log_file_is_reopened_on_sigusr1_after_rotation(tmp_path: pathlib.Pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     assert "/after" not in rotated.read_text()
-    assert "/before" not in log.read_text() and "/between" not in log.read_text()
+    assert "/before" not in log.read_text()
+    assert "/between" not in log.read_text()
     # Diagnostics share the file: the start is in the old one, the stop in the new one.
     assert "listening: www on" in rotated.read_text()
     assert "SIGTERM: shutting down" in log.read_text()

@@ -29,8 +29,11 @@ def write_bundle(ca: trustme.CA, path: pathlib.Path, *names: str) -> pathlib.Pat
     return path
 
 
-def tls_config(path: pathlib.Path, port: int, backend_port: int, certs: list[str]) -> None:
-    listed = ", ".join(certs)
+def tls_config(folder: pathlib.Path, certs: list[pathlib.Path]) -> tuple[pathlib.Path, int, int]:
+    """Write ``lb.yaml`` in ``folder``: one TLS bind with ``certs``, one real server web1, on
+    free ports; the file, the bind's port and the real server's port."""
+    path, port, backend_port = folder / "lb.yaml", free_port(), free_port()
+    listed = ", ".join(str(cert) for cert in certs)
     path.write_text(
         "virtual_servers:\n"
         "  - label: www\n"
@@ -38,6 +41,7 @@ def tls_config(path: pathlib.Path, port: int, backend_port: int, certs: list[str
         "    persistence: {cookie: SERVERID}\n"
         f"    real_servers: [{{label: web1, address: 127.0.0.1:{backend_port}}}]\n"
     )
+    return path, port, backend_port
 
 
 def served_names(port: int, ca: trustme.CA, server_name: str) -> list[str]:
@@ -50,7 +54,10 @@ def served_names(port: int, ca: trustme.CA, server_name: str) -> list[str]:
         context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         cert = tls.getpeercert()
-    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    assert cert is not None
+    names = cert.get("subjectAltName", ())
+    assert isinstance(names, tuple)
+    return [value for kind, value in names if kind == "DNS" and isinstance(value, str)]
 
 
 @needs_curl
@@ -63,9 +70,7 @@ def test_curl_sni_picks_exact_then_wildcard_then_default(
     default = write_bundle(ca, tmp_path / "a-default.pem", "default.example")
     wildcard = write_bundle(ca, tmp_path / "b-wild.pem", "*.example.com")
     exact = write_bundle(ca, tmp_path / "c-exact.pem", "www.example.com")
-    port, bport = free_port(), free_port()
-    config = tmp_path / "lb.yaml"
-    tls_config(config, port, bport, [str(default), str(wildcard), str(exact)])
+    config, port, bport = tls_config(tmp_path, [default, wildcard, exact])
     with backend("web1", bport), lbproxy(config, ("127.0.0.1", port)):
         for name, status in [("www.example.com", 0), ("shop.example.com", 0)]:
             result = subprocess.run(
@@ -97,9 +102,7 @@ def test_openssl_s_client_negotiates_http11_and_refuses_tls11(
     ca: trustme.CA, tmp_path: pathlib.Path
 ) -> None:
     bundle = write_bundle(ca, tmp_path / "www.pem", "localhost")
-    port, bport = free_port(), free_port()
-    config = tmp_path / "lb.yaml"
-    tls_config(config, port, bport, [str(bundle)])
+    config, port, bport = tls_config(tmp_path, [bundle])
     with backend("web1", bport), lbproxy(config, ("127.0.0.1", port)):
         ok = subprocess.run(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-alpn", "h2,http/1.1"],
@@ -124,9 +127,7 @@ def test_sighup_swaps_certificates_for_new_handshakes(
     ca: trustme.CA, tmp_path: pathlib.Path
 ) -> None:
     bundle = write_bundle(ca, tmp_path / "www.pem", "old.example.com")
-    port, bport = free_port(), free_port()
-    config = tmp_path / "lb.yaml"
-    tls_config(config, port, bport, [str(bundle)])
+    config, port, bport = tls_config(tmp_path, [bundle])
     context = ssl.create_default_context()
     ca.configure_trust(context)
     context.check_hostname = False
@@ -144,7 +145,8 @@ def test_sighup_swaps_certificates_for_new_handshakes(
         reply = b""
         while chunk := open_conn.recv(65536):
             reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200") and b"web1 GET /still" in reply
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert b"web1 GET /still" in reply
         open_conn.close()
         assert "SIGHUP: configuration reloaded" in proxy.stderr()
 
@@ -152,9 +154,7 @@ def test_sighup_swaps_certificates_for_new_handshakes(
 def test_bad_certificate_is_named_by_check_and_run(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "broken.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    port = free_port()
-    config = tmp_path / "lb.yaml"
-    tls_config(config, port, free_port(), [str(bad)])
+    config, _, _ = tls_config(tmp_path, [bad])
     for command in ("check", "run"):
         result = subprocess.run(
             [*lbproxy_command(), command, "-c", str(config)],
@@ -208,7 +208,8 @@ def test_expired_certificate_is_served_with_a_warning(
             reply = b""
             while chunk := plain.recv(65536):
                 reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200") and b"web1 GET /plain" in reply
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert b"web1 GET /plain" in reply
         shown = subprocess.run(
             [
                 "openssl",

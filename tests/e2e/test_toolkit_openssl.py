@@ -394,7 +394,8 @@ def test_lbproxy_process_reads_password_from_stdin(tmp_path: Path, pki: dict[str
         check=False,
     )
     assert wrong.returncode == 1
-    assert wrong.stderr.count(b"\n") == 1 and b"wrong password, or" in wrong.stderr
+    assert wrong.stderr.count(b"\n") == 1
+    assert b"wrong password, or" in wrong.stderr
     assert b"Traceback" not in wrong.stderr
 
 

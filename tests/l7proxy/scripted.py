@@ -20,12 +20,13 @@ from l7proxy.runtime import ClientInfo, Runtime, ServedBind
 from l7proxy.upstream import ServerStream, UpstreamPool
 
 Script = Callable[["ServerEnd"], Awaitable[None]]
+Pipe = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
 
 
 class MemoryEnd:
     """One end of a memory stream pair with the sync close and abort the proxy expects."""
 
-    def __init__(self, stream: trio.StapledStream[trio.abc.SendStream, trio.abc.ReceiveStream]):
+    def __init__(self, stream: Pipe):
         self.stream = stream
         self.closed = False
         self.aborted = False
@@ -42,8 +43,8 @@ class MemoryEnd:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.stream.send_stream.close()  # type: ignore[attr-defined]
-            self.stream.receive_stream.close()  # type: ignore[attr-defined]
+            self.stream.send_stream.close()
+            self.stream.receive_stream.close()
 
     async def send_eof(self) -> None:
         await self.stream.send_stream.aclose()
@@ -56,7 +57,7 @@ class MemoryEnd:
 class ServerEnd(MemoryEnd):
     """A scripted server's side of one connection: read what the proxy sent, answer."""
 
-    def __init__(self, stream: trio.StapledStream[trio.abc.SendStream, trio.abc.ReceiveStream]):
+    def __init__(self, stream: Pipe):
         super().__init__(stream)
         self.received = b""
 
@@ -107,13 +108,14 @@ async def open_client(
     served = ServedBind(vs, vs.binds[0], 80)
     client_side, proxy_side = trio.testing.memory_stream_pair()
     info = ClientInfo("192.0.2.7", 40000, "127.0.0.1", 80)
-    conn = ClientConnection(runtime, served, MemoryEnd(proxy_side), info)
+    proxy_end = MemoryEnd(proxy_side)
+    conn = ClientConnection(runtime, served, proxy_end, info)
 
     async def serve() -> None:
         try:
             await conn.run(trio.current_time())
         finally:
-            conn.stream.close()  # type: ignore[attr-defined]
+            proxy_end.close()
 
     nursery.start_soon(serve)
     return ServerEnd(client_side), runtime

@@ -9,30 +9,30 @@ from l7proxy.runtime import ClientInfo
 
 
 def entry(**changes: object) -> Entry:
-    values: dict[str, object] = dict(
-        client=ClientInfo("10.0.1.2", 33317, "10.0.0.1", 80),
-        when=0.655,
-        frontend="http-in",
-        backend="static",
-        server="srv1",
-        head=0.010,
-        connect=0.030,
-        response=0.069,
-        total=0.109,
-        status=200,
-        bytes_out=2750,
-        termination="--",
-        client_cookie="-",
-        server_cookie="-",
-        connections=1,
-        frontend_connections=1,
-        backend_active=1,
-        server_active=1,
-        retries=0,
-        redispatched=False,
-        request=request_line(b"GET", b"/index.html", b"1.1"),
-        reason="balance",
-    )
+    values: dict[str, object] = {
+        "client": ClientInfo("10.0.1.2", 33317, "10.0.0.1", 80),
+        "when": 0.655,
+        "frontend": "http-in",
+        "backend": "static",
+        "server": "srv1",
+        "head": 0.010,
+        "connect": 0.030,
+        "response": 0.069,
+        "total": 0.109,
+        "status": 200,
+        "bytes_out": 2750,
+        "termination": "--",
+        "client_cookie": "-",
+        "server_cookie": "-",
+        "connections": 1,
+        "frontend_connections": 1,
+        "backend_active": 1,
+        "server_active": 1,
+        "retries": 0,
+        "redispatched": False,
+        "request": request_line(b"GET", b"/index.html", b"1.1"),
+        "reason": "balance",
+    }
     values.update(changes)
     return Entry(**values)  # type: ignore[arg-type]
 
@@ -77,7 +77,8 @@ def test_date_matches_strftime_whatever_the_order(when: float) -> None:
 def test_request_text_is_cut_at_1024_bytes_and_marked() -> None:
     line = request_line(b"GET", b"/" + b"a" * 20_000, b"1.1")
     assert len(line) == 1024
-    assert line.startswith("GET /aaaa") and line.endswith("aaa... HTTP/1.1")
+    assert line.startswith("GET /aaaa")
+    assert line.endswith("aaa... HTTP/1.1")
     assert request_line(b"GET", b"/short", b"1.1") == "GET /short HTTP/1.1"
     exact = b"/" + b"b" * (1024 - len("GET  HTTP/1.1") - 1)
     assert request_line(b"GET", exact, b"1.1").endswith(" HTTP/1.1")  # 1024: not cut

@@ -105,7 +105,8 @@ def test_split_line(line: str, commands: list[list[str]]) -> None:
 def test_error_texts(line: str, answer: str) -> None:
     out = run(line)
     assert out.text == answer
-    assert out.errors == 1 and out.close
+    assert out.errors == 1
+    assert out.close
     assert not out.changed
 
 
@@ -135,7 +136,8 @@ def test_partial_match_lists_the_better_matches() -> None:
         == "Unknown command: 'show', but maybe one of the following ones is a better match:"
     )
     listed = [line for line in lines[1:-3] if line]
-    assert listed and all(line.startswith("  show ") for line in listed)
+    assert listed
+    assert all(line.startswith("  show ") for line in listed)
     assert admin.is_error(out.text)
 
 
@@ -197,8 +199,10 @@ def test_changes_apply_at_once_and_are_logged(
     assert web1 is not None
     assert (web1.admin, web1.weight) == (admin_value, weight)
     assert out.text == "\n" * len(admin.split_line(line))
-    assert out.changed and out.errors == 0
-    assert out.log and all(entry.startswith("admin socket: server www/web1 ") for entry in out.log)
+    assert out.changed
+    assert out.errors == 0
+    assert out.log
+    assert all(entry.startswith("admin socket: server www/web1 ") for entry in out.log)
     # A drained or weight-0 server takes no new client; a drained one keeps its cookie holders.
     assert web1.accepts_new() is (admin_value is AdminState.READY and weight > 0)
     assert web1.accepts_sticky() is (admin_value is not AdminState.MAINT)
@@ -208,9 +212,10 @@ def test_forced_health() -> None:
     runtime = make_runtime()
     out = run("set server www/web2 health down", runtime)
     web2 = runtime.pools["www"].server("web2")
-    assert web2 is not None and web2.health is Health.DOWN
+    assert web2 is not None
+    # Compared as a pair, not narrowed: the next command changes the same attribute.
+    assert (web2.health, web2.status_text()) == (Health.DOWN, "DOWN")
     assert out.log == ["admin socket: server www/web2 health forced up -> down"]
-    assert web2.status_text() == "DOWN"
     run("set server www/web2 health up", runtime)
     assert web2.health is Health.UP
 
@@ -296,7 +301,8 @@ def test_show_and_clear_table() -> None:
     assert lines[2].endswith(": key=203.0.113.0/24 use=0 exp=99000 server_id=2 server_key=a2")
     assert lines[1].startswith("0x")
     out = run("clear table api key 192.0.2.0/24", runtime)
-    assert out.text == "\n" and out.log == ["admin socket: table api: cleared entry 192.0.2.0/24"]
+    assert out.text == "\n"
+    assert out.log == ["admin socket: table api: cleared entry 192.0.2.0/24"]
     assert [key for key, _, _ in table.items()] == ["198.51.100.0/24", "203.0.113.0/24"]
     run("clear table api", runtime)
     assert len(table) == 0
@@ -361,9 +367,12 @@ def test_show_sess_and_shutdown_sessions() -> None:
         "0x102: proto=tcpv4 src=192.0.2.2:40002 fe=www be=<NONE> srv=<none> age=5s",
     ]
     out = run("shutdown sessions server www/web1", runtime)
-    assert out.text == "\n" and out.log == ["admin socket: server www/web1: shut 1 session(s)"]
-    assert on_web1.stopping and on_web1.scope.cancelled
-    assert not on_web2.scope.cancelled and not idle.scope.cancelled
+    assert out.text == "\n"
+    assert out.log == ["admin socket: server www/web1: shut 1 session(s)"]
+    assert on_web1.stopping
+    assert on_web1.scope.cancelled
+    assert not on_web2.scope.cancelled
+    assert not idle.scope.cancelled
 
 
 def test_prompt_mode() -> None:
@@ -411,7 +420,8 @@ def test_timed_drain_waits_for_persistent_clients_then_the_deadline() -> None:
     pool.source_table.record("192.0.2.0/24", "a1", NOW)
     out = run("set server api/a1 state drain 10m", runtime)
     a1 = pool.server("a1")
-    assert a1 is not None and a1.admin is AdminState.DRAIN and a1.drain_deadline == NOW + 600
+    assert a1 is not None
+    assert (a1.admin, a1.drain_deadline) == (AdminState.DRAIN, NOW + 600)
     assert out.log == [
         "admin socket: server api/a1 state ready -> drain "
         "until its last client leaves, at most 600s"
@@ -421,7 +431,7 @@ def test_timed_drain_waits_for_persistent_clients_then_the_deadline() -> None:
     assert admin.finish_drains(runtime, NOW + 101) == [
         "admin socket: server api/a1 drained (its last persistent client left): now maint"
     ]
-    assert a1.admin is AdminState.MAINT and a1.drain_deadline is None
+    assert (a1.admin, a1.drain_deadline) == (AdminState.MAINT, None)
     run("set server api/a2 state drain 1s", runtime)
     a2 = pool.server("a2")
     assert a2 is not None

@@ -21,7 +21,17 @@ from config.model import (
     Rule,
     VirtualService,
 )
-from tests.helpers import Backend, Seen, free_port, request, server, simple_config, start_proxy
+from tests.helpers import (
+    Backend,
+    Changes,
+    Seen,
+    dead_server,
+    request,
+    server,
+    simple_config,
+    start_farm,
+    start_proxy,
+)
 
 
 async def served_by(port: int, count: int, path: str = "/") -> Counter[str]:
@@ -61,15 +71,10 @@ async def test_leastconn_avoids_the_busy_server() -> None:
 
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            busy = Backend("busy", slow)
-            free = Backend("free")
-            await nursery.start(busy.serve)
-            await nursery.start(free.serve)
-            config = simple_config(
-                [server("busy", busy), server("free", free)], balance=Balance.LEASTCONN
-            )
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            either = Changes()  # shared: a request reaching either backend wakes the test
+            busy = Backend("busy", slow, changes=either)
+            free = Backend("free", changes=either)
+            _, port = await start_farm(nursery, busy, free, balance=Balance.LEASTCONN)
             results: list[bytes] = []
 
             async def one() -> None:
@@ -77,12 +82,10 @@ async def test_leastconn_avoids_the_busy_server() -> None:
 
             async with trio.open_nursery() as clients:
                 clients.start_soon(one)
-                while not busy.seen and not free.seen:
-                    await trio.sleep(0.01)
+                await either.wait_until(lambda: bool(busy.seen or free.seen))
                 if free.seen:  # the first request went to "free": make "busy" hold one
                     clients.start_soon(one)
-                    while not busy.seen:
-                        await trio.sleep(0.01)
+                    await busy.wait_until(lambda: bool(busy.seen))
                 # "busy" now holds one request: the next ones all go to "free".
                 for _ in range(4):
                     assert (await request(port, "GET", "/")).body.startswith(b"free")
@@ -95,20 +98,15 @@ async def test_fallback_only_when_no_real_server_can() -> None:
         async with trio.open_nursery() as nursery:
             web = Backend("web")
             sorry = Backend("sorry")
-            await nursery.start(web.serve)
             await nursery.start(sorry.serve)
             fallback = RealServer("fallback", sorry.address, backup=True)
-            dead = Address("127.0.0.1", free_port())
             cookie = CookiePersistence("SERVERID")
             # Live real server: the fallback never answers.
-            config = simple_config([server("web", web)], fallback=fallback, persistence=cookie)
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web, fallback=fallback, persistence=cookie)
             assert await served_by(port, 4) == Counter({"web": 4})
             # Every real server down: the fallback answers and clears the cookie.
-            config = simple_config([server("dead", dead)], fallback=fallback, persistence=cookie)
-            proxy2 = await start_proxy(nursery, config)
-            _, port2 = proxy2.address("www")
+            dead = dead_server("dead")
+            _, port2 = await start_farm(nursery, dead, fallback=fallback, persistence=cookie)
             resp = await request(port2, "GET", "/", headers={"Cookie": "SERVERID=dead"})
             assert resp.body.startswith(b"sorry")
             assert resp.header("set-cookie") == (

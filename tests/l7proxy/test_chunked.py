@@ -49,12 +49,16 @@ def test_bytes_after_the_end_are_not_read() -> None:
     assert reader.done
 
 
+def feed_bytewise(reader: ChunkedBody, body: bytes) -> None:
+    for byte in range(len(body)):  # byte by byte: no split hides a problem
+        reader.feed(body[byte : byte + 1])
+
+
 @pytest.mark.parametrize("body", BAD.values(), ids=BAD.keys())
 def test_invalid_framing_is_refused(body: bytes) -> None:
     reader = ChunkedBody()
     with pytest.raises(ChunkError):
-        for byte in range(len(body)):  # byte by byte: no split hides a problem
-            reader.feed(body[byte : byte + 1])
+        feed_bytewise(reader, body)
 
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -79,8 +83,7 @@ async def test_bad_chunk_after_the_head_was_forwarded_closes_the_server_side() -
             port = await proxy_one(nursery, web)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(HEAD + b"5\r\nhello\r\n")
-            while web.connections == 0:
-                await trio.sleep(0.01)
+            await web.wait_until(lambda: web.connections > 0)
             await stream.send_all(b"3;x=\x00\r\nabc\r\n0\r\n\r\n")
             reply = b""
             while chunk := await stream.receive_some(65536):

@@ -9,17 +9,15 @@ from collections.abc import Awaitable
 
 import trio
 
-from config.model import Address, Timeouts
+from config.model import Timeouts
 from tests.helpers import (
     Backend,
     Responder,
     Seen,
     proxy_one,
+    raw_server,
     read_request_head,
-    serve_raw,
-    server,
-    simple_config,
-    start_proxy,
+    start_farm,
 )
 
 GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -72,18 +70,28 @@ def slow_on(path: bytes) -> Responder:
     return respond
 
 
+async def after_one_exchange(
+    nursery: trio.Nursery, slow_path: bytes, timeouts: Timeouts
+) -> tuple[Backend, trio.SocketStream, bytearray]:
+    """A proxy before a server that never answers ``slow_path``, and a client connection that
+    has had one answered request (/a) and is kept alive: the server, the stream, what is left
+    in its buffer."""
+    web = Backend("w", responder=slow_on(slow_path))
+    port = await proxy_one(nursery, web, timeouts=timeouts)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    buffer = bytearray()
+    await stream.send_all(GET % b"a")
+    assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+    return web, stream, buffer
+
+
 async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
     """A pause between requests longer than the server timeout but shorter than client_idle
     keeps the connection; a pause longer than client_idle closes it without a byte."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
             timeouts = Timeouts(server=0.2, client_idle=1.0, header=0.2)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            _, stream, buffer = await after_one_exchange(nursery, b"/never", timeouts)
             await trio.sleep(0.5)
             await stream.send_all(GET % b"b")
             assert (await read_response(stream, buffer)).endswith(b"ok:/b")
@@ -96,13 +104,8 @@ async def test_idle_wait_uses_client_idle_not_the_server_timeout() -> None:
 async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/slow"))
             timeouts = Timeouts(server=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            _, stream, buffer = await after_one_exchange(nursery, b"/slow", timeouts)
             await stream.send_all(GET % b"slow")
             rest = bytes(buffer) + await read_to_close(stream)
             assert rest.startswith(b"HTTP/1.1 504 ")
@@ -112,13 +115,8 @@ async def test_server_timeout_after_a_kept_alive_exchange_is_504() -> None:
 async def test_partial_head_after_a_kept_alive_exchange_is_408() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
             timeouts = Timeouts(header=0.3, client_idle=5.0)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            buffer = bytearray()
-            await stream.send_all(GET % b"a")
-            assert (await read_response(stream, buffer)).endswith(b"ok:/a")
+            web, stream, buffer = await after_one_exchange(nursery, b"/never", timeouts)
             await stream.send_all(b"GET /b HTTP/1.1\r\nHost: x\r\n")  # never finished
             assert (bytes(buffer) + await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
             assert [seen.target for seen in web.seen] == [b"/a"]
@@ -133,12 +131,8 @@ async def test_server_stalling_mid_body_truncates_the_response() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, stalls)
-            config = simple_config(
-                [server("s", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.3)
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "s", stalls)
+            _, pport = await start_farm(nursery, upstream, timeouts=Timeouts(server=0.3))
             stream = await trio.open_tcp_stream("127.0.0.1", pport)
             await stream.send_all(GET % b"a")
             received = await read_to_close(stream)
@@ -150,9 +144,9 @@ async def test_server_stalling_mid_body_truncates_the_response() -> None:
 async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
+            web = Backend("w")
             timeouts = Timeouts(server=5.0, client_idle=0.3)
-            port = await proxy_one(nursery, web, label="w", timeouts=timeouts)
+            port = await proxy_one(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
@@ -163,19 +157,16 @@ async def test_request_body_stall_is_408_and_reaches_no_further() -> None:
 async def test_stop_closes_an_idle_connection_and_finishes_a_busy_one() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1", responder=slow_on(b"/never"))
-            await nursery.start(web.serve)
+            web = Backend("w", responder=slow_on(b"/never"))
             timeouts = Timeouts(server=0.5, client_idle=30.0)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)], timeouts=timeouts))
-            _, port = proxy.address("www")
+            proxy, port = await start_farm(nursery, web, timeouts=timeouts)
             idle = await trio.open_tcp_stream("127.0.0.1", port)
             buffer = bytearray()
             await idle.send_all(GET % b"a")
             assert (await read_response(idle, buffer)).endswith(b"ok:/a")
             busy = await trio.open_tcp_stream("127.0.0.1", port)
             await busy.send_all(GET % b"never")
-            while len(web.seen) < 2:
-                await trio.sleep(0.01)
+            await web.wait_until(lambda: len(web.seen) >= 2)
             proxy.stop()
             assert await read_to_close(idle) == b""  # long before client_idle
             assert (await read_to_close(busy)).startswith(b"HTTP/1.1 504 ")
@@ -187,17 +178,15 @@ async def test_client_stalling_mid_upload_is_408_and_not_the_servers_fault() -> 
     server timeout is the shorter one: 408, and the server's counters stay clean."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web1")
-            await nursery.start(web.serve)
+            web = Backend("w")
             timeouts = Timeouts(server=0.2, client_idle=0.6)
-            config = simple_config([server("w", web)], timeouts=timeouts)
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            proxy, port = await start_farm(nursery, web, timeouts=timeouts)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 408 ")
             assert web.seen == []
-            counters = proxy.runtime.pools["www"].server("w").counters  # type: ignore[union-attr]
-            assert counters.failures_response == 0
+            real = proxy.runtime.pools["www"].server("w")
+            assert real is not None
+            assert real.counters.failures_response == 0
             assert proxy.runtime.frontend("www").request_errors == 1
             nursery.cancel_scope.cancel()

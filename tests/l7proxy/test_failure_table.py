@@ -29,6 +29,7 @@ STARTED = Facts(response_started=True, idempotent=True)
         # Routing and connecting: 503, and the connection stays usable.
         (Failure.NO_POOL, FRESH, Outcome(503, "SC", close=False)),
         (Failure.NO_SERVER, FRESH, Outcome(503, "SQ", close=False)),
+        (Failure.QUEUE_TIMEOUT, GET, Outcome(503, "sQ", close=False)),
         (Failure.CONNECT_FAILED, GET, Outcome(503, "SC", close=False)),
         # The server's side.
         (Failure.SERVER_CLOSED, FRESH, Outcome(502, "SH", server_fault=True)),
@@ -63,7 +64,8 @@ def test_resend_only_what_is_safe_to_send_twice(
     assert outcome.resend is resend
     assert outcome.server_fault  # a resend still counts against the server that failed
     if resend:
-        assert outcome.status is None and not outcome.close
+        assert outcome.status is None
+        assert not outcome.close
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,18 @@ import trio
 from config.model import Address, Timeouts
 from tests.helpers import (
     Backend,
+    Changes,
+    dead_server,
     free_port,
     proxy_one,
     raw_exchange,
+    raw_server,
     read_request_head,
     request,
     serve_raw,
     server,
     simple_config,
+    start_farm,
     start_proxy,
 )
 
@@ -26,11 +30,7 @@ async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web2")
-            await nursery.start(web.serve)
-            dead = Address("127.0.0.1", free_port())
-            config = simple_config([server("web1", dead), server("web2", web)])
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, dead_server("web1"), web)
             for _ in range(4):
                 resp = await request(port, "POST", "/form", body=b"a=1")
                 assert resp.status == 200
@@ -43,9 +43,7 @@ async def test_refused_connect_goes_to_next_server_even_for_post() -> None:
 async def test_no_server_at_all_is_503_with_html() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, dead_server("web1"))
             resp = await request(port, "GET", "/")
             assert resp.status == 503
             assert (
@@ -80,10 +78,8 @@ async def test_bad_or_missing_response_head_is_502(reply: bytes) -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, broken)
-            config = simple_config([server("bad", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "bad", broken)
+            _, pport = await start_farm(nursery, upstream)
             resp = await request(pport, "POST", "/", body=b"x")
             assert resp.status == 502
             nursery.cancel_scope.cancel()
@@ -96,12 +92,8 @@ async def test_silent_server_is_504_after_server_timeout() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, silent)
-            config = simple_config(
-                [server("slow", Address("127.0.0.1", port))], timeouts=Timeouts(server=0.5)
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "slow", silent)
+            _, pport = await start_farm(nursery, upstream, timeouts=Timeouts(server=0.5))
             resp = await request(pport, "GET", "/")
             assert resp.status == 504
             nursery.cancel_scope.cancel()
@@ -116,10 +108,8 @@ async def test_mid_body_death_truncates_the_client_response() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, dies)
-            config = simple_config([server("dies", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "dies", dies)
+            _, pport = await start_farm(nursery, upstream)
             raw = await raw_exchange(pport, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             head, _, body = raw.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
@@ -137,14 +127,8 @@ async def test_idempotent_request_is_resent_when_server_closes_before_responding
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("good")
-            await nursery.start(web.serve)
-            port = await nursery.start(serve_raw, flaky)
-            config = simple_config(
-                [server("flaky", Address("127.0.0.1", port)), server("good", web)]
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "flaky", flaky)
+            _, pport = await start_farm(nursery, upstream, Backend("good"))
             for _ in range(2):
                 assert (await request(pport, "GET", "/")).status == 200
             assert calls["n"] == 1  # the GET that hit "flaky" was resent to "good"
@@ -160,10 +144,7 @@ async def test_header_timeout_is_408_and_close() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            config = simple_config([server("web1", web)], timeouts=Timeouts(header=0.3))
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web, timeouts=Timeouts(header=0.3))
             raw = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
             assert raw.startswith(b"HTTP/1.1 408")
             assert web.seen == []
@@ -231,14 +212,8 @@ async def test_bytes_after_a_complete_response_are_never_the_next_response() -> 
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            web = Backend("web")
-            await nursery.start(web.serve)
-            port = await nursery.start(serve_raw, smuggler)
-            config = simple_config(
-                [server("smuggler", Address("127.0.0.1", port), weight=1), server("web", web)]
-            )
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "smuggler", smuggler)
+            _, pport = await start_farm(nursery, upstream, Backend("web"))
             bodies = [(await request(pport, "GET", "/")).body for _ in range(4)]
             assert b"EVIL!" not in bodies
             assert bodies.count(b"") == 2  # the 204s
@@ -251,9 +226,11 @@ async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
     from config.model import HealthCheck, RealServer
 
     arrived: list[bytes] = []
+    arrivals = Changes()
 
     async def hangs(stream: trio.SocketStream) -> None:
         arrived.append(await read_request_head(stream))
+        arrivals.notify()
         await trio.sleep_forever()  # an unplugged or frozen server: no answer, no close
 
     with trio.fail_after(15):
@@ -289,8 +266,7 @@ async def test_requests_waiting_on_a_server_marked_down_are_cut_short() -> None:
             async with trio.open_nursery() as clients:
                 clients.start_soon(one, "GET")
                 clients.start_soon(one, "POST")
-                while len(arrived) < 2:  # both wait on "hung" now
-                    await trio.sleep(0.01)
+                await arrivals.wait_until(lambda: len(arrived) >= 2)  # both wait on "hung" now
                 pulled = trio.current_time()
                 check_listener.close()  # the next check is refused: "hung" goes DOWN
             # Long before the 30 s server timeout, and without waiting for it:
@@ -329,9 +305,7 @@ async def test_single_server_refusing_for_a_moment_is_retried_not_503() -> None:
 async def test_retries_are_bounded_then_503() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, pport = proxy.address("www")
+            proxy, pport = await start_farm(nursery, dead_server("web1"))
             assert (await request(pport, "GET", "/")).status == 503
             counters = proxy.runtime.pools["www"].servers[0].counters
             assert counters.failures_connect == 4  # the first try and 3 retries
@@ -353,11 +327,8 @@ async def test_response_head_beyond_the_limit_is_502(size: int, status: int) -> 
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, big_head)
-            proxy = await start_proxy(
-                nursery, simple_config([server("s", Address("127.0.0.1", port))])
-            )
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "s", big_head)
+            _, pport = await start_farm(nursery, upstream)
             resp = await request(pport, "GET", "/")
             assert resp.status == status
             if status == 502:

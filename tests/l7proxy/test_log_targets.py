@@ -53,7 +53,7 @@ def logged_config(backend: Backend, *targets: LogTarget):  # type: ignore[no-unt
 
 
 async def receive(sock: trio.socket.SocketType, count: int) -> list[bytes]:
-    datagrams = []
+    datagrams: list[bytes] = []
     with trio.fail_after(10):
         while len(datagrams) < count:
             datagrams.append(await sock.recv(65536))
@@ -90,7 +90,8 @@ async def test_access_lines_reach_a_udp_syslog_listener(fmt: SyslogFormat) -> No
         else:
             datetime.datetime.strptime(match["ts"].decode(), "%b %d %H:%M:%S")
         message = match["msg"].decode()
-        assert " www www/a " in message and f'"GET /p{index} HTTP/1.1"' in message
+        assert " www www/a " in message
+        assert f'"GET /p{index} HTTP/1.1"' in message
         assert " 200 " in message
     receiver.close()
 
@@ -142,7 +143,8 @@ async def test_a_full_unix_syslog_socket_drops_lines_not_requests(tmp_path: path
             break
     receiver.close()
     # Nothing read while the proxy ran: the queue took what it could, the rest was dropped.
-    assert received and len(received) + handle.sink.dropped == REQUESTS
+    assert received
+    assert len(received) + handle.sink.dropped == REQUESTS
     assert handle.sink.dropped > 0
     # On the local socket RFC 3164 leaves the host out, as glibc's syslog() does.
     assert re.fullmatch(

@@ -29,8 +29,10 @@ def test_every_server_has_one_status_series_per_state_and_one_is_set() -> None:
         ("api", "api1"),
     }
     for states in by_server.values():
-        assert set(states) == set(metrics.SERVER_STATES) and sum(states.values()) == 1
-    assert by_server["www", "web1"]["DOWN"] == 1 and by_server["www", "web<2>"]["DRAIN"] == 1
+        assert set(states) == set(metrics.SERVER_STATES)
+        assert sum(states.values()) == 1
+    assert by_server["www", "web1"]["DOWN"] == 1
+    assert by_server["www", "web<2>"]["DRAIN"] == 1
 
 
 def test_haproxy_names_for_frontends_backends_and_servers() -> None:
@@ -50,10 +52,10 @@ def test_haproxy_names_for_frontends_backends_and_servers() -> None:
 
 
 def test_certificate_expiry_in_seconds_negative_when_expired_and_labels_escaped() -> None:
-    found = dict(
-        (labels["subject"], value)
+    found = {
+        labels["subject"]: value
         for labels, value in families()["lbproxy_certificate_expiry_seconds"]
-    )
+    }
     assert found == {"CN=www.example.com": 45.5 * 86400, 'CN=odd "quoted"\\name': -2 * 86400}
 
 

@@ -9,10 +9,9 @@ from tests.helpers import (
     Seen,
     proxy_one,
     raw_exchange,
+    raw_server,
     request,
-    server,
-    simple_config,
-    start_proxy,
+    start_farm,
 )
 
 
@@ -148,15 +147,10 @@ async def test_response_framings_chunked_and_until_close() -> None:
             )
         await stream.aclose()
 
-    from config.model import Address
-    from tests.helpers import serve_raw
-
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, chunked_server)
-            config = simple_config([server("raw", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "raw", chunked_server)
+            _, pport = await start_farm(nursery, upstream)
             assert (await request(pport, "GET", "/chunked")).body == b"abcde"
             assert (await request(pport, "GET", "/close")).body == b"until-close"
             nursery.cancel_scope.cancel()

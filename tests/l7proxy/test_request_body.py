@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.helpers import Backend, server, simple_config, start_proxy
+from tests.helpers import Backend, start_farm
 
 
 async def read_to_close(stream: trio.SocketStream) -> bytes:
@@ -34,13 +34,13 @@ async def test_body_reaches_the_server_whole(pieces: list[bytes]) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             for piece in pieces:
                 await stream.send_all(piece)
-                await trio.sleep(0.05)
+                # The proxy has read the head (it connected to the server) before the next
+                # piece leaves, so the pieces reach it in separate reads.
+                await web.wait_until(lambda: web.connections > 0)
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 200 ")
             assert [(seen.target, seen.body) for seen in web.seen] == [(b"/p", b"hello world")]
             nursery.cancel_scope.cancel()
@@ -50,9 +50,7 @@ async def test_bad_chunk_with_the_head_is_400_and_nothing_reaches_the_server() -
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            proxy = await start_proxy(nursery, simple_config([server("w", web)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(HEAD_TE + b"zz\r\nhello\r\n0\r\n\r\n")
             assert (await read_to_close(stream)).startswith(b"HTTP/1.1 400 ")

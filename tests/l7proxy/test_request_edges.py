@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 import trio
 
-from config.model import Address, HttpsRedirect, ProxyConfig
+from config.model import HttpsRedirect, ProxyConfig
 from tests.helpers import (
     Backend,
-    free_port,
+    dead_server,
     raw_exchange,
     request,
     server,
     simple_config,
+    start_farm,
     start_proxy,
 )
 
@@ -95,7 +96,8 @@ async def test_other_http_versions_get_505_and_reach_no_server(data: bytes) -> N
             reply = await raw_exchange(port, data)
             assert reply.startswith(b"HTTP/1.1 505 ")
             assert b"connection: close" in reply.lower()
-            assert web.seen == [] and web.connections == 0
+            assert web.seen == []
+            assert web.connections == 0
             nursery.cancel_scope.cancel()
 
 
@@ -172,9 +174,7 @@ async def test_head_request_gets_its_error_page_head_without_a_body() -> None:
     """lbproxy's own answers to HEAD carry the page's headers and no body (h11 refuses one)."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            dead = Address("127.0.0.1", free_port())
-            proxy = await start_proxy(nursery, simple_config([server("web1", dead)]))
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, dead_server("web1"))
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
             reply = b""

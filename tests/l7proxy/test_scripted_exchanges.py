@@ -139,7 +139,8 @@ def test_silent_server_is_504_after_the_server_timeout_exactly() -> None:
             assert (await read_response(client)).startswith(b"HTTP/1.1 504 ")
             assert 30.0 - 0.3 <= trio.current_time() - started <= 30.0 + 0.3
             web1 = runtime.pools["www"].server("web1")
-            assert web1 is not None and web1.counters.failures_response == 1
+            assert web1 is not None
+            assert web1.counters.failures_response == 1
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -8,7 +8,7 @@ import trio
 import trustme
 
 from config.model import Address, Bind, CertificateSpec, Timeouts, TlsSettings
-from tests.helpers import Backend, request, server, simple_config, start_proxy
+from tests.helpers import Backend, request, server, simple_config, start_farm, start_proxy
 
 HALF_OPEN_CLIENTS = 300  # "hundreds of half-open clients must not starve a normal request"
 
@@ -17,10 +17,7 @@ async def test_half_open_clients_do_not_starve_a_normal_request() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            config = simple_config([server("web1", web)], timeouts=Timeouts(header=10.0))
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            proxy, port = await start_farm(nursery, web, timeouts=Timeouts(header=10.0))
             slow = []
             for _ in range(HALF_OPEN_CLIENTS):
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -28,7 +25,8 @@ async def test_half_open_clients_do_not_starve_a_normal_request() -> None:
                 slow.append(stream)
             started = trio.current_time()
             resp = await request(port, "GET", "/normal")
-            assert resp.status == 200 and resp.body == b"web1 GET /normal 0"
+            assert resp.status == 200
+            assert resp.body == b"web1 GET /normal 0"
             assert trio.current_time() - started < 5  # served now, not after the slow ones
             assert proxy.runtime.connections >= HALF_OPEN_CLIENTS
             for stream in slow:
@@ -40,10 +38,7 @@ async def test_idle_keep_alive_connection_is_closed_silently() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             web = Backend("web1")
-            await nursery.start(web.serve)
-            config = simple_config([server("web1", web)], timeouts=Timeouts(client_idle=0.3))
-            proxy = await start_proxy(nursery, config)
-            _, port = proxy.address("www")
+            _, port = await start_farm(nursery, web, timeouts=Timeouts(client_idle=0.3))
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
                 await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -48,4 +48,5 @@ def test_bad_auth_names_file_line_and_key(auth: str, where: str, message: str) -
     with pytest.raises(ConfigError) as caught:
         load_text(text, "lb.yaml")
     problems = "\n".join(caught.value.problems)
-    assert f"lb.yaml:{where}" in problems and message in problems, problems
+    assert f"lb.yaml:{where}" in problems, problems
+    assert message in problems, problems

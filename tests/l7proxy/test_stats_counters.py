@@ -51,4 +51,5 @@ def test_failed_checks_while_up_are_counted_and_transitions_recorded() -> None:
     apply_check(state, good, check, 4.0)
     c = state.counters
     assert (c.check_failures, c.down_transitions, c.health_transitions) == (2, 1, 2)
-    assert c.downtime_at(10.0) == 2.0 and state.health is Health.UP
+    assert c.downtime_at(10.0) == 2.0
+    assert state.health is Health.UP

@@ -116,7 +116,8 @@ async def test_a_200_kb_post_shows_in_bytes_in_of_frontend_and_server(
         body = b"x" * 200 * 1024
         response = await request(port, "POST", "/upload", body=body)
         served_by = response.header("x-served-by")
-        assert response.status == 200 and served_by in ("web1", "web2")
+        assert response.status == 200
+        assert served_by in ("web1", "web2")
         got = await request(stats_port, "GET", "/stats;csv", headers=auth_header())
         table = csv_table(got.body)
         assert int(table["www", served_by]["bin"]) >= len(body)
@@ -145,7 +146,14 @@ async def test_status_lines_have_reason_phrases_and_auth_is_required(
         )
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         wrong = await request(stats_port, "GET", "/metrics", headers=auth_header(password="no"))
-        assert wrong.status == 401 and wrong.header("www-authenticate")
+        assert wrong.status == 401
+        assert wrong.header("www-authenticate")
+
+
+def admin_state(handle: app.ProxyHandle, label: str) -> AdminState:
+    real = handle.runtime.pools["www"].server(label)
+    assert real is not None
+    return real.admin
 
 
 def page_token(page: Response) -> str:
@@ -166,15 +174,17 @@ async def test_drain_from_the_page_needs_token_and_same_origin_then_moves_traffi
         foreign = await post(stats_port, drain, {**auth_header(), "Origin": "http://evil.example"})
         assert foreign.status == 403
         anonymous = await post(stats_port, drain, {})
-        assert anonymous.status == 401 and anonymous.header("www-authenticate")
-        web1 = handle.runtime.pools["www"].server("web1")
-        assert web1 is not None and web1.admin is AdminState.READY
+        assert anonymous.status == 401
+        assert anonymous.header("www-authenticate")
+        assert admin_state(handle, "web1") is AdminState.READY
         origin = f"http://127.0.0.1:{stats_port}"
         done = await post(stats_port, drain, {**auth_header(), "Origin": origin})
-        assert done.status == 303 and done.header("location") == "/stats?st=done"
-        assert web1.admin is AdminState.DRAIN
+        assert done.status == 303
+        assert done.header("location") == "/stats?st=done"
+        assert admin_state(handle, "web1") is AdminState.DRAIN
         page = await request(stats_port, "GET", "/stats?st=done", headers=auth_header())
-        assert b'data-row="www/web1"' in page.body and b"<td>DRAIN</td>" in page.body
+        assert b'data-row="www/web1"' in page.body
+        assert b"<td>DRAIN</td>" in page.body
         for _ in range(4):
             assert (await request(port)).header("x-served-by") == "web2"
 
@@ -197,15 +207,18 @@ async def test_metrics_have_every_server_status_and_the_tls_certificate_expiry(
             for s in samples
             if s.name == "haproxy_server_status"
         }
-        assert status["web1", "UP"] == 1 and status["web2", "UP"] == 1
+        assert status["web1", "UP"] == 1
+        assert status["web2", "UP"] == 1
         tls_port = handle.address("www", 1)[1]
         expiry = [s for s in samples if s.name == "lbproxy_certificate_expiry_seconds"]
-        assert len(expiry) == 1 and expiry[0].labels["proxy"] == "www"
+        assert len(expiry) == 1
+        assert expiry[0].labels["proxy"] == "www"
         assert expiry[0].labels["bind"] == f"127.0.0.1:{tls_port}"
         assert expiry[0].labels["subject"].startswith("OU=Testing cert")  # trustme's leaf
         assert expiry[0].value > 86400  # trustme's leaf is valid for years
         page = await request(stats_port, "GET", "/stats", headers=auth_header())
-        assert b"<h2>Certificates</h2>" in page.body and b" days<" in page.body
+        assert b"<h2>Certificates</h2>" in page.body
+        assert b" days<" in page.body
 
 
 async def test_without_auth_the_page_is_open_and_read_only(
@@ -213,7 +226,8 @@ async def test_without_auth_the_page_is_open_and_read_only(
 ) -> None:
     async with running(tmp_path, ca, auth=False) as (handle, _, stats_port):
         page = await request(stats_port, "GET", "/stats")
-        assert page.status == 200 and b"<form" not in page.body
+        assert page.status == 200
+        assert b"<form" not in page.body
         refused = await post(stats_port, b"b=www&one=web1%7Cmaint", {})
         assert refused.status == 403
         assert handle.runtime.pools["www"].servers[0].admin is AdminState.READY
@@ -224,7 +238,8 @@ async def test_an_unreadable_password_file_stops_the_start_with_its_name(
 ) -> None:
     config = make_config(Backend("web1"), Backend("web2"), tmp_path, ca)
     stats = config.global_.stats
-    assert stats is not None and stats.auth is not None
+    assert stats is not None
+    assert stats.auth is not None
     missing = str(tmp_path / "missing.pass")
     bad = replace(
         config,
@@ -247,9 +262,38 @@ async def test_a_refused_action_comes_back_with_its_reason_and_csv_answers_hapro
         refused = await post(stats_port, body, auth_header())
         assert refused.status == 303
         location = refused.header("location")
-        assert location is not None and location.startswith("/stats?st=error:")
+        assert location is not None
+        assert location.startswith("/stats?st=error:")
         page = await request(stats_port, "GET", location, headers=auth_header())
         assert b"Refused: no server &#x27;web9\\r\\n&#x27; in pool &#x27;www&#x27;" in page.body
         for url in ("/stats?csv", "/stats;csv", "/stats?stats;csv", "/stats;csv;norefresh"):
             got = await request(stats_port, "GET", url, headers=auth_header())
             assert got.body.startswith(b"# pxname,svname,qcur,"), url
+
+
+async def test_kill_sessions_from_the_page_closes_what_that_server_serves(
+    tmp_path: pathlib.Path, ca: trustme.CA
+) -> None:
+    """HAProxy's "Kill Sessions": a request being served by web1 is closed at once; the
+    server stays in its state and new requests are served."""
+    async with running(tmp_path, ca) as (handle, port, stats_port):
+        web1 = handle.runtime.pools["www"].server("web1")
+        assert web1 is not None
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        # A request that web1 holds: the Backend of the fixture answers at once, so hold it by
+        # sending a body that never completes.
+        await client.send_all(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nCookie: SERVERID=web1\r\nContent-Length: 100\r\n\r\n"
+        )
+        while not any(  # noqa: ASYNC110
+            s.served_by() == ("www", "web1") for s in handle.runtime.sessions.values()
+        ):
+            await trio.sleep(0.01)  # nothing announces that the request reached web1
+        page = await request(stats_port, "GET", "/stats", headers=auth_header())
+        kill = f"token={page_token(page)}&b=www&one=web1%7Ckill".encode()
+        done = await post(stats_port, kill, auth_header())
+        assert done.status == 303
+        assert await client.receive_some(65536) == b""  # closed, nothing answered
+        await client.aclose()
+        assert admin_state(handle, "web1") is AdminState.READY
+        assert (await request(port)).status == 200

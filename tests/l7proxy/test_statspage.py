@@ -116,7 +116,8 @@ def test_csv_has_haproxys_columns_in_order_and_a_line_per_row() -> None:
     )
     back = table["www", "BACKEND"]
     assert (back["type"], back["status"], back["bin"], back["act"]) == ("1", "UP", "204800", "0")
-    assert back["bck"] == "1" and back["algo"] == "roundrobin"
+    assert back["bck"] == "1"
+    assert back["algo"] == "roundrobin"
     assert table["api", "BACKEND"]["act"] == "1"
 
 
@@ -147,13 +148,17 @@ def cert(days: float, subject: str = "CN=www.example.com") -> statsrows.Certific
 
 def test_html_shows_state_escaped_with_uptime_and_certificates() -> None:
     page = statspage.render_html(snapshot((cert(45.5), cert(-2, "CN=old<")))).decode()
-    assert "web&lt;2&gt;" in page and "web<2>" not in page
+    assert "web&lt;2&gt;" in page
+    assert "web<2>" not in page
     assert "fallback (fallback)" in page
     assert "L7STS status 500, expected 200 (12 ms)" in page
     assert "1m40s" in page  # web1 DOWN for 100 s
     assert "lbproxy 1.2.3, pid 4242, up 1h2m" in page
-    assert ">45 days<" in page and ">EXPIRED<" in page and "CN=old&lt;" in page
-    assert "<form" not in page and "token" not in page  # read-only without a login
+    assert ">45 days<" in page
+    assert ">EXPIRED<" in page
+    assert "CN=old&lt;" in page
+    assert "<form" not in page
+    assert "token" not in page
 
 
 def test_html_with_a_login_has_the_action_forms_and_the_token() -> None:
@@ -163,4 +168,5 @@ def test_html_with_a_login_has_the_action_forms_and_the_token() -> None:
     assert 'name="token" value="tok&amp;en"' in page
     assert 'name="one" value="web1|drain"' in page
     assert 'name="s" value="web&lt;2&gt;"' in page
-    assert "logged in as admin" in page and "Done." in page
+    assert "logged in as admin" in page
+    assert "Done." in page

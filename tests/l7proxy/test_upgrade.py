@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import trio
 
-from config.model import Address
-from tests.helpers import read_request_head, serve_raw, server, simple_config, start_proxy
+from tests.helpers import (
+    raw_server,
+    read_request_head,
+    start_farm,
+)
 
 HANDSHAKE = (
     b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
@@ -28,11 +31,8 @@ async def test_websocket_upgrade_becomes_a_byte_tunnel() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, ws_server)
-            proxy = await start_proxy(
-                nursery, simple_config([server("ws", Address("127.0.0.1", port))])
-            )
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "ws", ws_server)
+            _, pport = await start_farm(nursery, upstream)
             client = await trio.open_tcp_stream("127.0.0.1", pport)
             async with client:
                 await client.send_all(HANDSHAKE)
@@ -41,7 +41,8 @@ async def test_websocket_upgrade_becomes_a_byte_tunnel() -> None:
                     received += await client.receive_some(1024)
                 assert received.startswith(b"HTTP/1.1 101 ")
                 head = received.split(b"\r\n\r\n")[0].lower()
-                assert b"upgrade: websocket" in head and b"connection: upgrade" in head
+                assert b"upgrade: websocket" in head
+                assert b"connection: upgrade" in head
                 await client.send_all(b"ping")
                 reply = b""
                 while reply != b"echo:ping":
@@ -63,11 +64,8 @@ async def test_h2c_upgrade_is_stripped_and_a_stray_101_is_a_502() -> None:
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, rogue)
-            proxy = await start_proxy(
-                nursery, simple_config([server("rogue", Address("127.0.0.1", port))])
-            )
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "rogue", rogue)
+            _, pport = await start_farm(nursery, upstream)
             client = await trio.open_tcp_stream("127.0.0.1", pport)
             async with client:
                 await client.send_all(
@@ -79,5 +77,6 @@ async def test_h2c_upgrade_is_stripped_and_a_stray_101_is_a_502() -> None:
                     reply += await client.receive_some(1024)
                 assert reply.startswith(b"HTTP/1.1 502")
             seen = heads[0].lower()
-            assert b"upgrade" not in seen and b"http2-settings" not in seen
+            assert b"upgrade" not in seen
+            assert b"http2-settings" not in seen
             nursery.cancel_scope.cancel()

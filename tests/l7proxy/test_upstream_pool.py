@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from config.model import Address
-from tests.helpers import read_request_head, request, serve_raw, server, simple_config, start_proxy
+from tests.helpers import raw_server, read_request_head, request, start_farm
 
 
 async def test_bytes_after_a_response_keep_the_connection_out_of_the_pool() -> None:
@@ -22,10 +21,8 @@ async def test_bytes_after_a_response_keep_the_connection_out_of_the_pool() -> N
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_raw, overshoots)
-            config = simple_config([server("s", Address("127.0.0.1", port))])
-            proxy = await start_proxy(nursery, config)
-            _, pport = proxy.address("www")
+            upstream = await raw_server(nursery, "s", overshoots)
+            _, pport = await start_farm(nursery, upstream)
             first = await request(pport, "GET", "/a")
             second = await request(pport, "GET", "/b")
             assert (first.status, second.status) == (200, 200)

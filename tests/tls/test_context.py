@@ -375,7 +375,8 @@ def test_other_interpreters_fall_back_with_a_warning(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with caplog.at_level("WARNING", logger="lbproxy.tls"):
         assert restrict_groups(ctx, GROUPS) is False
-    assert "P-256 only" in caplog.text and "not CPython" in caplog.text
+    assert "P-256 only" in caplog.text
+    assert "not CPython" in caplog.text
 
 
 @needs_known_layout
@@ -384,7 +385,8 @@ def test_ssl_ctx_proof_leaves_the_context_as_it_was() -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     options = ctx.options
     assert lib.ssl_ctx(ctx) == lib.ssl_ctx(ctx) != 0
-    assert ctx.sni_callback is None and ctx.options == options
+    assert ctx.sni_callback is None
+    assert ctx.options == options
 
     def callback(*_args: object) -> None:
         return None
@@ -425,7 +427,8 @@ async def openssl_session(port: int, *args: str, line: bytes, until: bytes) -> b
     proc = await trio.lowlevel.open_process(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout is not None
     out = bytearray()
 
     async def read_until(marker: bytes) -> None:

@@ -80,7 +80,8 @@ def cn_only_cert(cn: str) -> tuple[bytes, bytes]:
 )
 def test_parse_pem_bundle_any_order(parts: list[bytes]) -> None:
     key, certs = parse_pem_bundle(b"".join(parts), "bundle.pem")
-    assert key is not None and key_matches(key, cert(LEAF_PEM))
+    assert key is not None
+    assert key_matches(key, cert(LEAF_PEM))
     assert cert(LEAF_PEM) in certs
 
 
@@ -112,7 +113,8 @@ def _sec1_ec_key() -> bytes:
 def test_parse_pem_bundle_key_formats(pem: bytes, label: bytes) -> None:
     assert label in pem
     key, certs = parse_pem_bundle(pem, "k.pem")
-    assert key is not None and certs == []
+    assert key is not None
+    assert certs == []
 
 
 def _encrypted_pkcs8() -> bytes:
@@ -196,7 +198,8 @@ def test_parse_pem_bundle_errors(data: bytes, cause: str) -> None:
 def test_parse_pem_bundle_skips_dh_parameters() -> None:
     params = b"-----BEGIN DH PARAMETERS-----\nMAA=\n-----END DH PARAMETERS-----\n"
     key, certs = parse_pem_bundle(LEAF_PEM + params + KEY_PEM, "b.pem")
-    assert key is not None and len(certs) == 1
+    assert key is not None
+    assert len(certs) == 1
 
 
 # --- order_chain and key_matches --------------------------------------------------------------
@@ -264,7 +267,8 @@ def test_certificate_names_san_lowercased_and_cn_fallback() -> None:
 def test_load_bundle_orders_chain_and_normalises_key(tmp_path: Path) -> None:
     path = write(tmp_path, "site.pem", ROOT_PEM + KEY_PEM + INTER_PEM + LEAF_PEM)
     loaded = load_certificate_file(path, default=True)
-    assert loaded.source == path and loaded.default is True
+    assert loaded.source == path
+    assert loaded.default is True
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM + ROOT_PEM
     assert loaded.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     assert loaded.names == ("www.example.com", "example.org", "*.example.net")

@@ -100,7 +100,8 @@ def test_csr_writes_key_0600_and_prints_the_request(
     san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["www.example.com", "example.com"]
     private = parse_pem_bundle(key.read_bytes(), str(key))[0]
-    assert private is not None and private.public_key() == request.public_key()
+    assert private is not None
+    assert private.public_key() == request.public_key()
     assert "0600" in err
 
 
@@ -113,9 +114,11 @@ def test_csr_never_overwrites_without_force(
     argv += ["--key-out", str(key), "--csr-out", str(req)]
     assert main(argv) == 1
     assert "already exists (use --force" in one_error_line(capsys.readouterr().err, str(key))
-    assert key.read_bytes() == b"precious" and not req.exists()
+    assert key.read_bytes() == b"precious"
+    assert not req.exists()
     assert main([*argv, "--force"]) == 0
-    assert mode(key) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    assert mode(key) == 0o600
+    assert b"PRIVATE KEY" in key.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,8 @@ def test_csr_bad_subject_exits_1_and_writes_nothing(
     argv = ["csr", "--cn", "www.example.com", "--key-out", str(key), "--csr-out", str(req)]
     assert main(argv + extra) == 1
     assert one_error_line(capsys.readouterr().err, message)
-    assert not key.exists() and not req.exists()
+    assert not key.exists()
+    assert not req.exists()
 
 
 @pytest.mark.parametrize(
@@ -163,7 +167,8 @@ def test_usage_errors_exit_2(
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "Traceback" not in err
+    assert "error:" in err
+    assert "Traceback" not in err
     assert os.listdir(tmp_path) == []
 
 
@@ -180,7 +185,8 @@ def test_convert_pfx_bundle_loads_and_is_private(
     assert mode(out) == 0o600
     key, certs = parse_pem_bundle(out.read_bytes(), str(out))
     assert certs == [LEAF_CERT, INTER_CERT, ROOT_CERT]
-    assert key is not None and key_matches(key, LEAF_CERT)
+    assert key is not None
+    assert key_matches(key, LEAF_CERT)
     assert load_certificate_file(str(out)).names == ("www.example.com",)
     assert "3 certificate(s)" in capsys.readouterr().out
 
@@ -196,7 +202,8 @@ def test_convert_pfx_separate_files(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert x509.load_pem_x509_certificates(cert.read_bytes()) == [LEAF_CERT]
     assert x509.load_pem_x509_certificates(chain.read_bytes()) == [INTER_CERT, ROOT_CERT]
     private = parse_pem_bundle(key.read_bytes(), str(key))[0]
-    assert private is not None and key_matches(private, LEAF_CERT)
+    assert private is not None
+    assert key_matches(private, LEAF_CERT)
 
 
 def test_convert_pfx_password_file_first_line_and_no_chain(
@@ -279,7 +286,8 @@ def test_convert_pfx_empty_password_and_certificate_only(
     out = tmp_path / "c.pem"
     assert main(["convert-pfx", certs_only, "--out", str(out)]) == 0
     assert x509.load_pem_x509_certificates(out.read_bytes()) == [LEAF_CERT, INTER_CERT]
-    assert b"PRIVATE KEY" not in out.read_bytes() and mode(out) == 0o644
+    assert b"PRIVATE KEY" not in out.read_bytes()
+    assert mode(out) == 0o644
     assert "no private key in the file" in capsys.readouterr().err
     assert main(["convert-pfx", certs_only, "--key-out", str(tmp_path / "k.pem")]) == 1
     assert "holds no private key" in one_error_line(capsys.readouterr().err, certs_only)
@@ -311,7 +319,8 @@ def test_convert_pfx_password_failures(
         assert err.strip() == "error: --password-env: the variable UNSET_VARIABLE_X is not set"
     else:
         assert cause in one_error_line(err, pfx)
-    assert WRONG not in err and not out.exists()
+    assert WRONG not in err
+    assert not out.exists()
 
 
 def test_convert_pfx_bad_input_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -377,7 +386,8 @@ def test_install_cert_assembles_a_loadable_bundle(
     assert mode(out) == 0o600
     loaded = load_certificate_file(str(out))
     assert loaded.chain_pem == LEAF_PEM + INTER_PEM + ROOT.cert_pem.bytes()
-    assert "warning: " in captured.err and "root certificate" in captured.err
+    assert "warning: " in captured.err
+    assert "root certificate" in captured.err
     assert "www.example.com" in captured.out
 
 
@@ -450,8 +460,8 @@ def test_install_cert_decrypts_an_encrypted_key(
     monkeypatch.setattr(getpass, "getpass", typed)
     assert main([*base, str(tmp_path / "prompted.pem")]) == 0
     assert prompts == [f"Password for {key}: "]
-    out, err = capsys.readouterr()
-    assert SENTINEL not in out + err
+    printed, logged = capsys.readouterr()
+    assert SENTINEL not in printed + logged
 
 
 @pytest.mark.parametrize(
@@ -487,7 +497,8 @@ def test_install_cert_encrypted_key_failures(
         assert err == "error: --key-password-env: the variable UNSET_VARIABLE_X is not set\n"
     else:
         assert one_error_line(err, key) == f"error: {key}: {cause}"
-    assert WRONG not in err and SENTINEL not in err
+    assert WRONG not in err
+    assert SENTINEL not in err
     assert not out.exists()
 
 
@@ -528,7 +539,8 @@ def test_show_cert_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert out.startswith(f"{der}: 1 certificate(s), DER\n")
     for label in ("subject:", "names:", "issuer:", "valid:", "key:", "sha256:", "chain order:"):
         assert label in out
-    assert "day(s) left" in out and "EC P-256" in out
+    assert "day(s) left" in out
+    assert "EC P-256" in out
 
     pfx = write(tmp_path / "b.pfx", make_pfx(SENTINEL))
     password = write(tmp_path / "pw", SENTINEL.encode())
@@ -547,7 +559,8 @@ def test_show_cert_with_an_encrypted_key_shows_the_certificates(
     assert main(["show-cert", bundle]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{bundle}: 2 certificate(s), PEM\n")
-    assert "certificate 1 (leaf):" in out and "certificate 2 (chain):" in out
+    assert "certificate 1 (leaf):" in out
+    assert "certificate 2 (chain):" in out
     assert "DNS:www.example.com" in out
     assert out.endswith("private key: encrypted (not read; a TLS bind needs it unencrypted)\n")
 
@@ -631,7 +644,8 @@ def test_secrets_never_reach_output_or_logs(
     secret_lines = _key_body_lines(KEY_PEM) + [
         line for pem in generated for line in _key_body_lines(pem[pem.index(b"-----BEGIN P") :])
     ]
-    assert SENTINEL not in shown and WRONG not in shown
+    assert SENTINEL not in shown
+    assert WRONG not in shown
     assert all(line not in shown for line in secret_lines)
     assert "PRIVATE KEY-----" not in shown
     outputs = [path for path in d.iterdir() if path.name[0].isdigit()]
