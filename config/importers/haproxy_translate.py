@@ -394,7 +394,7 @@ class HaproxyTranslator:
                 self.note(line, "no lbproxy equivalent", traffic=False)
 
     def _global_log(self, line: Line) -> None:
-        args = [a for a in line.args]
+        args = list(line.args)
         target = args[0]
         if target == "global":
             return
@@ -1177,23 +1177,24 @@ class HaproxyTranslator:
                 continue
             server, backup, check, timing = parsed
             if backup:
-                fb: dict[str, Any] = {"address": server["address"]}
-                if check:
-                    fb["health_check"] = {k: v for k, v in timing.items()}
-                else:
-                    fb["health_check"] = {"enabled": False}
+                # The backup's name stays its name in stats and logs (HAProxy `server NAME`).
+                fb: dict[str, Any] = {"label": line.args[0], "address": server["address"]}
+                fb["health_check"] = dict(timing) if check else {"enabled": False}
+                if "maxconn" in server:
+                    fb["maxconn"] = server["maxconn"]
                 for key in ("tls", "send_proxy"):
                     if key in server:
                         self.note(line, f"{key} on a backup server is not carried", traffic=True)
                 fallbacks.append(fb)
                 continue
-            name = server["label"]
-            server["label"] = label(name, taken)
+            server["label"] = label(server["label"], taken)
             real.append(server)
             if check:
                 checked.append(timing)
             else:
                 unchecked += 1
+        for fb in fallbacks:
+            fb["label"] = label(fb["label"], taken)
         if not real:
             if fallbacks:
                 self.report.add(
@@ -1202,7 +1203,7 @@ class HaproxyTranslator:
                     "only backup servers: the first is used as the real server",
                 )
                 first = fallbacks.pop(0)
-                real.append({"label": "backup", "address": first["address"]})
+                real.append({"label": first["label"], "address": first["address"]})
             else:
                 return
         if "balance" in pool:

@@ -87,7 +87,11 @@ def test_old_syntax_listen_with_address_and_req_rsp() -> None:
         "fall": 5,
         "http": {"path": "/health"},
     }
-    assert vs["fallback"] == {"address": "10.0.0.9:80", "health_check": {"enabled": False}}
+    assert vs["fallback"] == {
+        "label": "sorry",
+        "address": "10.0.0.9:80",
+        "health_check": {"enabled": False},
+    }
     assert vs["forwardfor"] is False
     assert {"delete": "X-Debug"} in vs["request_headers"]
     # X-Forwarded-Proto is lbproxy's own: not a rule, reported as not needed.
