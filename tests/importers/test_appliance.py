@@ -129,7 +129,8 @@ def test_appliance_pair_serves_https_with_persistence_and_one_forwarded_for(
                 assert response.status == 200
                 set_cookie = response.getheader("Set-Cookie")
                 if cookie is None:
-                    assert set_cookie is not None and set_cookie.startswith("SERVERID=")
+                    assert set_cookie is not None
+                    assert set_cookie.startswith("SERVERID=")
                     cookie = set_cookie.split(";")[0]
                 answered.append(data["server"])
                 seen = dict(data["headers"])

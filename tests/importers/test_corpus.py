@@ -30,7 +30,8 @@ def test_imports_and_passes_check(
     result = import_configs(None if pound else str(path), str(path) if pound else None, env={})
     assert result.status in (EXIT_CARRIED, EXIT_DROPPED), result.error
     for line in result.report:
-        assert ": not carried: " in line and line.startswith(str(path)), line
+        assert ": not carried: " in line, line
+        assert line.startswith(str(path)), line
     if result.yaml_text is None:
         assert any("no HTTP proxy" in line for line in result.report)
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pytest
@@ -151,10 +151,10 @@ SITE_ASKS = [
 
 
 @pytest.fixture
-def haproxy() -> Iterator[str]:
+def haproxy() -> str:
     if not os.access(HAPROXY, os.X_OK):
         pytest.skip(f"HAProxy is not installed at {HAPROXY}")
-    yield HAPROXY
+    return HAPROXY
 
 
 def _haproxy_runner(tmp: pathlib.Path, text: str, port: int) -> AbstractContextManager[None]:

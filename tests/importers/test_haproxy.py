@@ -185,7 +185,8 @@ def test_everything_carried_exits_zero() -> None:
         "  default_backend web\nbackend web\n  server w 127.0.0.1:8080 check\n"
     )
     doc, report, status = translate(text)
-    assert report == [] and status == EXIT_CARRIED
+    assert report == []
+    assert status == EXIT_CARRIED
     assert doc["virtual_servers"][0]["forwardfor"] is True
 
 
