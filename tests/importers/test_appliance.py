@@ -18,7 +18,7 @@ from l7proxy.cli import main
 
 from .corpus import CORPUS
 from .differential import Ask, echo_servers, free_port, run_haproxy, run_lbproxy, run_pound, send
-from .test_differential import differences, haproxy, pound, warm_up
+from .test_differential import differences, haproxy, pound
 
 __all__ = ["haproxy", "pound"]  # fixtures shared with the differential tests
 
@@ -115,7 +115,6 @@ def test_appliance_pair_serves_https_with_persistence_and_one_forwarded_for(
         context = ssl.create_default_context()
         ca.configure_trust(context)
         with run_lbproxy(config, ports["https"]):
-            warm_up(ports["vip"])
             cookie = None
             answered = []
             for _ in range(REQUESTS):
@@ -173,7 +172,6 @@ def test_appliance_chain_and_its_import_agree_but_for_forwarded_for(
         ):
             theirs = send(chain["https"], asks, context)
         with run_lbproxy(config, ours["https"]):
-            warm_up(ours["vip"])
             mine = send(ours["https"], asks, context)
     found = differences(theirs, mine, asks)
     expected = [

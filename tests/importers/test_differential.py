@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -32,8 +31,6 @@ from .differential import (
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-WARMUP_TRIES = 100  # lbproxy's first health checks; bounded, ~5 s at most
-WARMUP_PAUSE = 0.05
 
 # Headers the real servers receive differently, on purpose (docs/migration.md, "Differences").
 KNOWN_DIFFERENCES = {
@@ -67,14 +64,6 @@ def differences(theirs: list[Reply], ours: list[Reply], asks: list[Ask]) -> list
     return found
 
 
-def warm_up(port: int) -> None:
-    """Wait until lbproxy's health checks let a request through (HAProxy starts servers up)."""
-    for _ in range(WARMUP_TRIES):
-        if send(port, [Ask(path="/warmup")])[0].status == 200:
-            return
-        time.sleep(WARMUP_PAUSE)
-
-
 def compare(
     tmp_path: pathlib.Path,
     labels: list[str],
@@ -93,7 +82,6 @@ def compare(
         with run_original(tmp_path, original, theirs_port):
             theirs = send(theirs_port, asks)
         with run_lbproxy(config, ours_port):
-            warm_up(ours_port)
             ours = send(ours_port, asks)
     return differences(theirs, ours, asks), report
 
@@ -169,6 +157,41 @@ def test_haproxy_site_agrees(tmp_path: pathlib.Path, haproxy: str) -> None:
         SITE_ASKS,
         _haproxy_runner,
         "haproxy",
+    )
+    assert found == [], "\n".join([*found, "report:", *report])
+
+
+HAPROXY_PERSISTENCE = """
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend www
+    bind 127.0.0.1:{fe}
+    option forwardfor
+    default_backend www
+backend www
+    balance roundrobin
+    cookie SRV insert indirect nocache httponly
+    option httpchk GET /health
+    server web1 127.0.0.1:{web1} cookie w1 check inter 1s
+    server web2 127.0.0.1:{web2} cookie w2 check inter 1s
+    server spare 127.0.0.1:{spare} backup
+"""
+
+
+def test_haproxy_cookie_persistence_agrees(tmp_path: pathlib.Path, haproxy: str) -> None:
+    asks = [
+        Ask(path="/"),
+        Ask(path="/next", keep_cookie=True),
+        Ask(method="POST", path="/form", keep_cookie=True),
+        Ask(path="/", headers=(("Cookie", "SRV=w2"),)),
+        Ask(path="/", headers=(("Cookie", "SRV=unknown"),)),
+        Ask(path="/", headers=(("X-Forwarded-For", "192.0.2.7"),), keep_cookie=True),
+    ]
+    found, report = compare(
+        tmp_path, ["web1", "web2", "spare"], HAPROXY_PERSISTENCE, asks, _haproxy_runner, "haproxy"
     )
     assert found == [], "\n".join([*found, "report:", *report])
 
