@@ -1,4 +1,5 @@
-"""Active health checks: one trio task per checked server, TCP connect or HTTP request. [io]
+"""Active health checks: one trio task per checked server, TCP connect or HTTP request; over TLS
+for servers reached over TLS (a TCP check is then the TLS handshake). [io]
 
 The only I/O in ``balancing``. Each task probes its server every ``interval`` seconds and feeds
 the result to the pure ``health.apply_check``; transitions are logged at WARNING with their cause.
@@ -18,12 +19,16 @@ from collections.abc import Callable
 import h11
 import trio
 
-from config.model import Address, AdminState, HealthCheck, HttpCheck
+from config.model import Address, AdminState, HealthCheck, HttpCheck, RealServer
+from tls.client_context import TlsTarget, describe_tls_error
 
 from .health import (
     L4CON,
     L4OK,
     L4TOUT,
+    L6OK,
+    L6RSP,
+    L6TOUT,
     L7OK,
     L7RSP,
     L7STS,
@@ -65,10 +70,16 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+# The TLS target of a server reached over TLS (``UpstreamPool.tls_target``), None for plain.
+TlsFor = Callable[[RealServer], TlsTarget | None]
+
+
 class _Progress:
-    """How far a probe got, so a timeout can be told apart: connect (L4) or response (L7)."""
+    """How far a probe got, so a timeout can be told apart: connect (L4), TLS handshake (L6) or
+    response (L7)."""
 
     connected = False
+    tls_pending = False
 
 
 async def _connect(address: Address) -> trio.SocketStream:
@@ -94,9 +105,7 @@ def _fail(status: str, desc: str) -> CheckResult:
     return CheckResult(ok=False, status=status, desc=desc[:MAX_DESC_CHARS], duration=None)
 
 
-async def _http_exchange(
-    stream: trio.SocketStream, address: Address, http: HttpCheck
-) -> CheckResult:
+async def _http_exchange(stream: trio.abc.Stream, address: Address, http: HttpCheck) -> CheckResult:
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=CHECK_HEAD_LIMIT)
     headers = [
         ("Host", http.host or str(address)),
@@ -123,7 +132,7 @@ async def _http_exchange(
         if event is h11.NEED_DATA:
             chunk = await stream.receive_some(RECV_SIZE)
             eof = not chunk
-            conn.receive_data(chunk)
+            conn.receive_data(bytes(chunk))
             continue
         if isinstance(event, h11.Response):
             got_response = True
@@ -149,14 +158,31 @@ async def _http_exchange(
         # InformationalResponse (1xx): keep reading for the final response.
 
 
-async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) -> CheckResult:
+async def _probe(
+    address: Address, http: HttpCheck | None, progress: _Progress, tls: TlsTarget | None = None
+) -> CheckResult:
     try:
-        stream = await _connect(address)
+        plain = await _connect(address)
     except OSError as exc:
         return _fail(L4CON, describe_os_error(exc))
     progress.connected = True
+    stream: trio.abc.Stream = plain
+    if tls is not None:
+        # The same handshake a request's connection makes: a server that would fail it is DOWN.
+        progress.tls_pending = True
+        stream = trio.SSLStream(
+            plain, tls.context, server_hostname=tls.server_name, https_compatible=True
+        )
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(plain)
+            return _fail(L6RSP, describe_tls_error(exc.__cause__))
+        progress.tls_pending = False
     async with stream:
         if http is None:
+            if tls is not None:
+                return CheckResult(True, L6OK, "TLS handshake done", None)
             return CheckResult(True, L4OK, "connected", None)
         try:
             return await _http_exchange(stream, address, http)
@@ -166,16 +192,21 @@ async def _probe(address: Address, http: HttpCheck | None, progress: _Progress) 
             return _fail(L7RSP, desc)
 
 
-async def check_once(server: ServerState, check: HealthCheck) -> CheckResult:
-    """Probe one server once under ``check.timeout``; never raises for network trouble."""
+async def check_once(
+    server: ServerState, check: HealthCheck, tls: TlsFor | None = None
+) -> CheckResult:
+    """Probe one server once under ``check.timeout``; never raises for network trouble. A
+    server reached over TLS is checked over TLS (``tls`` gives its target)."""
     address = server.server.check_address or server.server.address
+    target = tls(server.server) if tls is not None and server.server.tls is not None else None
     progress = _Progress()
     started = trio.current_time()
     result: CheckResult | None = None
     with trio.move_on_after(check.timeout):
-        result = await _probe(address, check.http, progress)
+        result = await _probe(address, check.http, progress, target)
     if result is None:
-        result = _fail(L7TOUT if progress.connected else L4TOUT, "timeout")
+        stage = L6TOUT if progress.tls_pending else L7TOUT if progress.connected else L4TOUT
+        result = _fail(stage, "timeout")
     return CheckResult(result.ok, result.status, result.desc, trio.current_time() - started)
 
 
@@ -188,13 +219,14 @@ async def _check_loop(
     offset: float,
     log: logging.Logger,
     on_change: OnChange | None,
+    tls: TlsFor | None = None,
 ) -> None:
     await trio.sleep(offset)
     while True:
         started = trio.current_time()
         if server.admin is not AdminState.MAINT:
             try:
-                result = await check_once(server, check)
+                result = await check_once(server, check, tls)
             except Exception:
                 # A bug in the probe must not stop the other checks or the proxy; health stays.
                 log.exception("health check of %s/%s crashed", server.pool_name, server.label)
@@ -213,13 +245,15 @@ async def run_checks(
     *,
     log: logging.Logger,
     on_change: OnChange | None = None,
+    tls: TlsFor | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check every server (and fallback) whose check is enabled, until cancelled.
 
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
     ``on_change`` is called after each health transition (the proxy cuts short the requests
-    still waiting on a server that went DOWN). Reports started once every check task is
+    still waiting on a server that went DOWN). ``tls`` gives the TLS target of servers reached
+    over TLS (``UpstreamPool.tls_target``). Reports started once every check task is
     scheduled.
     """
     # Each server's own check: the pool's for its real servers, the fallback's for the fallback.
@@ -232,6 +266,6 @@ async def run_checks(
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):
             offset = check.interval * index / len(targets)
-            nursery.start_soon(_check_loop, state, check, offset, log, on_change)
+            nursery.start_soon(_check_loop, state, check, offset, log, on_change, tls)
         task_status.started()
         await trio.sleep_forever()

@@ -18,6 +18,9 @@ from .state import Health, ServerState
 L4OK = "L4OK"  # TCP connection established
 L4TOUT = "L4TOUT"  # connect timed out
 L4CON = "L4CON"  # connect failed (refused, reset, unreachable)
+L6OK = "L6OK"  # TLS handshake completed (a TCP check of a server reached over TLS)
+L6TOUT = "L6TOUT"  # connected, the TLS handshake did not finish in time
+L6RSP = "L6RSP"  # the TLS handshake failed (certificate refused, or the server speaks no TLS)
 L7OK = "L7OK"  # HTTP check passed
 L7STS = "L7STS"  # HTTP status not the expected one
 L7RSP = "L7RSP"  # invalid or unexpected response (body expectation, protocol error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -18,7 +19,9 @@ from .model import (
     Persistence,
     Pool,
     RealServer,
+    ServerTls,
     SourcePersistence,
+    Verify,
 )
 from .nodes import STR_TAG, Entry, Mapping, join
 
@@ -38,10 +41,22 @@ FALLBACK_LABEL = "fallback"  # the label the fallback server gets in logs, stats
 SAMESITE_VALUES = ("Strict", "Lax", "None")
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_SNI_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
-POOL_KEYS = ("balance", "persistence", "health_check", "fallback", "retries", "real_servers")
-FALLBACK_KEYS = ("address", "health_check")
-SERVER_KEYS = ("label", "address", "weight", "state", "check_address")
+POOL_KEYS = (
+    "balance",
+    "persistence",
+    "health_check",
+    "fallback",
+    "retries",
+    "real_servers",
+    "tls",
+)
+FALLBACK_KEYS = ("address", "health_check", "tls")
+SERVER_KEYS = ("label", "address", "weight", "state", "check_address", "tls")
+TLS_KEYS = ("verify", "ca", "sni", "certificate")
+TLS_VERIFY = (Verify.REQUIRED.value, Verify.NONE.value)
+SNI_FROM_HOST = "host"  # ``sni: host``: the request's Host (HAProxy ``sni req.hdr(host)``)
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
 SOURCE_KEYS = ("timeout", "mask", "mask6", "size")
@@ -62,15 +77,18 @@ class PoolReader(FieldReader):
         health_entry = m.get("health_check")
         if health_entry is not None:
             health = self.health_check(health_entry)
+        # Read first: the real servers and the fallback inherit it.
+        tls_ok, tls = self.server_tls(m.get("tls"), None)
         fallback: RealServer | None = None
         fallback_check: HealthCheck | None = HealthCheck()
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
-            fallback, fallback_check = self.fallback(fallback_entry)
+            fallback, fallback_check = self.fallback(fallback_entry, tls)
         retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
-        servers = self.real_servers(m, what)
+        servers = self.real_servers(m, what, tls)
         if (
-            balance is None
+            not tls_ok
+            or balance is None
             or health is None
             or servers is None
             or fallback_check is None
@@ -88,11 +106,14 @@ class PoolReader(FieldReader):
             retries=retries,
         )
 
-    def fallback(self, entry: Entry) -> tuple[RealServer | None, HealthCheck | None]:
-        """``ADDRESS`` or ``{address: ADDRESS, health_check: {...}}``; the check defaults to a
-        TCP connect, whatever the pool's own check is."""
+    def fallback(
+        self, entry: Entry, pool_tls: ServerTls | None = None
+    ) -> tuple[RealServer | None, HealthCheck | None]:
+        """``ADDRESS`` or ``{address: ADDRESS, health_check: {...}, tls: ...}``; the check
+        defaults to a TCP connect, whatever the pool's own check is; ``tls`` to the pool's."""
         address_entry: Entry | None = entry
         check: HealthCheck | None = HealthCheck()
+        tls = pool_tls
         if isinstance(entry.value, MappingNode):
             m = self.mapping(entry.value, entry.path, FALLBACK_KEYS, required=("address",))
             if m is None:
@@ -101,14 +122,19 @@ class PoolReader(FieldReader):
             check_entry = m.get("health_check")
             if check_entry is not None:
                 check = self.health_check(check_entry)
+            tls_ok, tls = self.server_tls(m.get("tls"), pool_tls)
+            if not tls_ok:
+                return None, None
         if address_entry is None:
             return None, None
         address = self.address(address_entry.value, address_entry.path)
         if address is None:
             return None, None
-        return RealServer(label=FALLBACK_LABEL, address=address, backup=True), check
+        return RealServer(label=FALLBACK_LABEL, address=address, backup=True, tls=tls), check
 
-    def real_servers(self, m: Mapping, what: str) -> tuple[RealServer, ...] | None:
+    def real_servers(
+        self, m: Mapping, what: str, tls: ServerTls | None = None
+    ) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")
         if entry is None:
             self.problem(
@@ -131,14 +157,16 @@ class PoolReader(FieldReader):
         seen: dict[str, Node] = {}
         ok = True
         for index, item in enumerate(items):
-            server = self.real_server(item, f"{entry.path}[{index}]", seen)
+            server = self.real_server(item, f"{entry.path}[{index}]", seen, tls)
             if server is None:
                 ok = False
             else:
                 servers.append(server)
         return tuple(servers) if ok else None
 
-    def real_server(self, node: Node, path: str, seen: dict[str, Node]) -> RealServer | None:
+    def real_server(
+        self, node: Node, path: str, seen: dict[str, Node], pool_tls: ServerTls | None = None
+    ) -> RealServer | None:
         m = self.mapping(node, path, SERVER_KEYS, required=("label", "address"))
         if m is None:
             return None
@@ -164,11 +192,74 @@ class PoolReader(FieldReader):
             check_address = self.address(check_entry.value, check_entry.path, port)
             if check_address is None:
                 return None
-        if label is None or address is None or weight is None or state is None:
+        tls_ok, tls = self.server_tls(m.get("tls"), pool_tls)
+        if not tls_ok or label is None or address is None or weight is None or state is None:
             return None
         return RealServer(
-            label=label, address=address, weight=weight, state=state, check_address=check_address
+            label=label,
+            address=address,
+            weight=weight,
+            state=state,
+            check_address=check_address,
+            tls=tls,
         )
+
+    def server_tls(
+        self, entry: Entry | None, default: ServerTls | None
+    ) -> tuple[bool, ServerTls | None]:
+        """``tls: true`` (verify against the system CAs), ``tls: false`` (plain HTTP, e.g. a
+        server overriding its pool) or ``{verify, ca, sni, certificate}``. (ok, settings)."""
+        if entry is None:
+            return True, default
+        node = entry.value
+        if isinstance(node, ScalarNode) and node.tag.endswith(":bool"):
+            on = self.boolean(node, entry.path)
+            return on is not None, (ServerTls() if on else None)
+        m = self.mapping(node, entry.path, TLS_KEYS)
+        if m is None:
+            return False, None
+        verify = self.opt_choice(m.get("verify"), TLS_VERIFY, Verify.REQUIRED.value)
+        ca_entry = m.get("ca")
+        ca = self.path_value(ca_entry, None)
+        certificate = self.path_value(m.get("certificate"), None)
+        sni: str | None = None
+        sni_entry = m.get("sni")
+        if sni_entry is not None:
+            sni = self.sni_name(sni_entry)
+        if verify == Verify.NONE.value and ca_entry is not None:
+            self.problem(
+                ca_entry.key, ca_entry.path, "a CA file has no use with 'verify: none'; drop one"
+            )
+        if verify is None or self.failed_since(m):
+            return False, None
+        return True, ServerTls(
+            verify=Verify(verify),
+            ca=ca,
+            sni=None if sni == SNI_FROM_HOST else sni,
+            sni_from_host=sni == SNI_FROM_HOST,
+            certificate=certificate,
+        )
+
+    def sni_name(self, entry: Entry) -> str | None:
+        text = self.string(entry.value, entry.path)
+        if text is None or text == SNI_FROM_HOST:
+            return text
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            self.problem(
+                entry.value,
+                entry.path,
+                "SNI cannot carry an IP address (RFC 6066); leave 'sni' out and the "
+                "certificate is verified against the server's address",
+            )
+            return None
+        if not _SNI_RE.fullmatch(text):
+            self.problem(entry.value, entry.path, f"{text!r} is not a host name, nor 'host'")
+            return None
+        return text.rstrip(".").lower()
 
     def persistence(self, entry: Entry) -> Persistence | None:
         m = self.mapping(entry.value, entry.path, PERSISTENCE_KEYS)

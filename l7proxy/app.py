@@ -19,6 +19,7 @@ import trio
 
 from balancing.state import carry_over, new_states
 from config.model import Address, AdminSocketSettings, ProxyConfig
+from tls.client_context import ClientContexts, build_client_contexts
 
 from . import admin, admin_socket, changes, stats
 from .logsink import AccessLogSink
@@ -111,6 +112,7 @@ class ProxyHandle:
         they started with. Raises StartupError and changes nothing when the new configuration
         cannot be served (a bind or a certificate fails). Returns notes for the log.
         """
+        contexts = _client_contexts(config)
         keep = {b.key: b.sock for b in self.bound}
         bound = _bind_all(config, reuse=keep)
         before = self.runtime.config
@@ -120,6 +122,7 @@ class ProxyHandle:
         runtime = self.runtime
         runtime.config = config
         runtime.pools = pools
+        runtime.upstream.tls_contexts = contexts
         runtime.access_log = self.sink if config.global_.access_log else None
         reused = {id(b.sock) for b in bound}
         for old in self.bound:
@@ -224,9 +227,19 @@ class ProxyHandle:
                     runtime.pools,
                     log=logging.getLogger("lbproxy.health"),
                     on_change=runtime.server_changed,
+                    tls=runtime.upstream.tls_target,
                 )
 
         self._checks.start_soon(checking)
+
+
+def _client_contexts(config: ProxyConfig) -> ClientContexts:
+    """The client TLS contexts of the real servers that re-encrypt; StartupError names the
+    first file that fails."""
+    contexts, problems = build_client_contexts(config.all_pools())
+    if problems:
+        raise StartupError(problems[0])
+    return contexts
 
 
 def _served(bound: Sequence[ListeningSocket]) -> dict[str, list[CertificateStatus]]:
@@ -311,6 +324,7 @@ async def serve(
     sink = AccessLogSink()
     access_log = sink if config.global_.access_log else None
     upstream = UpstreamPool(connector)
+    upstream.tls_contexts = _client_contexts(config)
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
     try:

@@ -421,7 +421,7 @@ class ClientConnection:
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
         retries = pool.pool.retries
-        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, retries)
+        wanted = Request(cookie_label, self.client.ip, self.timeouts.connect, retries, host)
         while True:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)

@@ -48,6 +48,7 @@ class Request:
     client_ip: str
     connect_timeout: float
     retries: int
+    host: bytes = b""  # the Host header: the SNI name of servers with ``sni: host``
 
 
 async def connect_server(
@@ -62,6 +63,7 @@ async def connect_server(
     when there is none. ``exclude`` holds the servers this request must not go to again."""
     refused: set[str] = set()
     failures = rounds = 0
+    tls_failed = False
     for _ in range(MAX_CONNECT_ATTEMPTS):
         try:
             choice = choose(
@@ -83,7 +85,8 @@ async def connect_server(
             continue
         server = choice.server
         upstream = runtime.upstream
-        conn = upstream.take_idle(server.address)
+        tls = upstream.tls_target(server.server, request.host) if server.server.tls else None
+        conn = upstream.take_idle(server.address, tls)
         if conn is not None:
             ex.connect_time = 0.0
             return choice, conn
@@ -91,10 +94,11 @@ async def connect_server(
         # A connect keeps its own time, per attempt; the server timeout starts after it.
         clock.pause_deadline()
         try:
-            conn = await upstream.connect(server.address, request.connect_timeout)
+            conn = await upstream.connect(server.address, request.connect_timeout, tls)
             ex.connect_time = trio.current_time() - started
         except ConnectError as error:
             _connect_failed(runtime, server, error)
+            tls_failed |= error.tls
             failures += 1
             refused.add(server.label)
             continue
@@ -103,11 +107,15 @@ async def connect_server(
         if failures:
             ex.retries += failures
         return choice, conn
+    if tls_failed:  # a server that could not be reached securely: 502, as a bad gateway
+        raise ExchangeFailed(Failure.SERVER_TLS)
     raise ExchangeFailed(Failure.CONNECT_FAILED if failures else Failure.NO_SERVER)
 
 
 def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) -> None:
     server.counters.failures_connect += 1
+    if error.tls:
+        health_log.warning("%s/%s: %s", server.pool_name, server.label, error.cause)
     message = report_passive_failure(server, trio.current_time(), error.cause)
     if message:
         health_log.warning("%s", message)

@@ -106,6 +106,7 @@ class Failure(enum.Enum):
     NO_POOL = "a reload removed the pool this request was routed to"
     NO_SERVER = "no server could take the request"
     CONNECT_FAILED = "every connect attempt failed"
+    SERVER_TLS = "the real server's TLS handshake failed (certificate refused, or no TLS)"
     SERVER_CLOSED = "the server closed before any response byte"
     SERVER_DOWN = "the server was marked DOWN while the request waited for its response"
     BAD_RESPONSE = "the response head or its framing was invalid"
@@ -144,6 +145,7 @@ _ROWS: dict[Failure, tuple[int | None, str]] = {
     Failure.NO_POOL: (503, "SC"),
     Failure.NO_SERVER: (503, "SQ"),
     Failure.CONNECT_FAILED: (503, "SC"),
+    Failure.SERVER_TLS: (502, "SC"),
     Failure.SERVER_CLOSED: (502, "SH"),
     Failure.SERVER_DOWN: (502, "SH"),
     Failure.BAD_RESPONSE: (502, "PH"),
@@ -208,7 +210,12 @@ def decide(failure: Failure, facts: Facts) -> Outcome:
     if failure in (Failure.BAD_REQUEST, Failure.BAD_BODY) and facts.status_hint is not None:
         status = status_for_protocol_error(facts.status_hint)
     # Errors about the route or the servers leave the client's connection usable.
-    keep = failure in (Failure.NO_POOL, Failure.NO_SERVER, Failure.CONNECT_FAILED)
+    keep = failure in (
+        Failure.NO_POOL,
+        Failure.NO_SERVER,
+        Failure.CONNECT_FAILED,
+        Failure.SERVER_TLS,
+    )
     return Outcome(
         status, termination, close=not keep, server_fault=server_fault, client_fault=client_fault
     )

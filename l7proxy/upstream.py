@@ -15,9 +15,10 @@ from typing import Protocol
 import h11
 import trio
 
-from config.model import Address
+from config.model import Address, RealServer
+from tls.client_context import ClientContexts, TlsTarget, build_client_context, target_for
 
-from .stream import connect
+from .stream import ServerTlsError, connect, connect_tls
 
 # HAProxy keeps idle server connections for pool-purge-delay (5 s); Apache's KeepAliveTimeout is
 # 5 s, so reusing a connection idle for longer mostly meets one that the server has closed.
@@ -29,9 +30,10 @@ MAX_SERVER_HEAD = 65536  # response heads larger than this are a 502 (HAProxy tu
 class ConnectError(Exception):
     """The real server could not be reached; nothing was sent."""
 
-    def __init__(self, address: Address, cause: str) -> None:
+    def __init__(self, address: Address, cause: str, *, tls: bool = False) -> None:
         super().__init__(f"{address}: {cause}")
         self.cause = cause
+        self.tls = tls  # the TLS handshake failed: the server is not reachable securely
 
 
 class ServerStream(Protocol):
@@ -51,8 +53,17 @@ class ServerStream(Protocol):
 Connector = Callable[[Address], Awaitable[ServerStream]]
 
 
+# Opens a TLS connection to a real server: OSError when it cannot connect, ServerTlsError
+# when the handshake fails.
+TlsConnector = Callable[[Address, TlsTarget], Awaitable[ServerStream]]
+
+
 async def connect_tcp(address: Address) -> ServerStream:
     return await connect(address.host, address.port)
+
+
+async def connect_tls_target(address: Address, target: TlsTarget) -> ServerStream:
+    return await connect_tls(address.host, address.port, target.context, target.server_name)
 
 
 @dataclass(slots=True, eq=False)
@@ -67,18 +78,36 @@ class UpstreamConnection:
     reused: bool = False
     idle_since: float = 0.0
     response_bytes: int = 0  # of the current exchange: 0 means a resend is still safe
+    tls: TlsTarget | None = None  # re-encrypted: pooled apart, per target
 
 
 class UpstreamPool:
     """Idle keep-alive connections per real-server address. Owned by the trio thread."""
 
-    def __init__(self, connector: Connector = connect_tcp) -> None:
-        self._idle: dict[Address, deque[UpstreamConnection]] = {}
+    def __init__(
+        self, connector: Connector = connect_tcp, tls_connector: TlsConnector = connect_tls_target
+    ) -> None:
+        self._idle: dict[tuple[Address, TlsTarget | None], deque[UpstreamConnection]] = {}
         self._connector = connector
+        self._tls_connector = tls_connector
+        # Client contexts per ``tls`` setting, built at start and on reload (app.py).
+        self.tls_contexts: ClientContexts = {}
 
-    def take_idle(self, address: Address) -> UpstreamConnection | None:
+    def tls_target(self, server: RealServer, host: bytes = b"") -> TlsTarget | None:
+        """How to reach ``server`` over TLS for a request to ``host``; None for plain HTTP."""
+        settings = server.tls
+        if settings is None:
+            return None
+        context = self.tls_contexts.get(settings)
+        if context is None:  # a runtime built without app.py (tests): build on first use
+            context = self.tls_contexts[settings] = build_client_context(settings)
+        return target_for(settings, context, server.address, host)
+
+    def take_idle(
+        self, address: Address, tls: TlsTarget | None = None
+    ) -> UpstreamConnection | None:
         """A kept-alive connection that still looks usable, if there is one (no I/O wait)."""
-        idle = self._idle.get(address)
+        idle = self._idle.get((address, tls))
         if not idle:
             return None
         now = trio.current_time()
@@ -90,16 +119,23 @@ class UpstreamPool:
             conn.stream.close()
         return None
 
-    async def connect(self, address: Address, connect_timeout: float) -> UpstreamConnection:
-        """A new connection, within ``connect_timeout``."""
+    async def connect(
+        self, address: Address, connect_timeout: float, tls: TlsTarget | None = None
+    ) -> UpstreamConnection:
+        """A new connection, within ``connect_timeout`` (the TLS handshake included)."""
         with trio.move_on_after(connect_timeout) as scope:
             try:
-                stream = await self._connector(address)
+                if tls is None:
+                    stream = await self._connector(address)
+                else:
+                    stream = await self._tls_connector(address, tls)
+            except ServerTlsError as error:
+                raise ConnectError(address, str(error), tls=True) from error
             except OSError as error:
                 raise ConnectError(address, error.strerror or str(error)) from error
         if scope.cancelled_caught:
             raise ConnectError(address, "connect timeout")
-        return UpstreamConnection(address, stream)
+        return UpstreamConnection(address, stream, tls=tls)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose exchange is complete; anything else is closed.
@@ -115,7 +151,7 @@ class UpstreamPool:
         ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
-            queue = self._idle.setdefault(conn.address, deque())
+            queue = self._idle.setdefault((conn.address, conn.tls), deque())
             now = trio.current_time()
             while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:
                 queue.popleft().stream.close()
