@@ -14,13 +14,14 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 import h11
 import trio
 
 from config.model import Address, AdminState, HealthCheck, HttpCheck, RealServer
-from tls.client_context import TlsTarget, describe_tls_error
 
 from .health import (
     L4CON,
@@ -35,6 +36,7 @@ from .health import (
     L7TOUT,
     CheckResult,
     apply_check,
+    describe_tls_error,
     next_check_delay,
 )
 from .state import PoolState, ServerState
@@ -68,6 +70,17 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno is not None:
         return _CAUSES.get(exc.errno) or os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
+
+
+class TlsTarget(Protocol):
+    """How to reach a server over TLS (``tls.client_context.TlsTarget``; balancing does not
+    import tls)."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+    @property
+    def server_name(self) -> str: ...
 
 
 # The TLS target of a server reached over TLS (``UpstreamPool.tls_target``), None for plain.

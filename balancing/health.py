@@ -8,6 +8,7 @@ waiting for the checker (haproxy/haproxy#830).
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from config.model import HealthCheck
@@ -112,3 +113,13 @@ def report_passive_failure(state: ServerState, now: float, cause: str) -> str | 
         _transition(state, Health.DOWN, now)
         return _message(state, result)
     return None
+
+
+def describe_tls_error(error: BaseException | None) -> str:
+    """The cause of a failed client handshake, for logs: OpenSSL's verify message when the
+    server's certificate was refused."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {error.verify_message or error.reason}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
+    return f"TLS handshake failed: {error or 'connection closed'}"

@@ -17,7 +17,7 @@ import struct
 
 import trio
 
-from tls.client_context import describe_tls_error
+from balancing.health import describe_tls_error
 
 READ_SIZE = 65536  # 64 KiB reads: x2.6 on 64 KiB bodies, nothing lost on small ones
 _CLOSED_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}

@@ -130,13 +130,3 @@ def target_for(
     if name is None:
         name = settings.sni or address.host
     return TlsTarget(context, name)
-
-
-def describe_tls_error(error: BaseException | None) -> str:
-    """The cause of a failed client handshake, for logs: OpenSSL's verify message when the
-    server's certificate was refused."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS certificate verify failed: {error.verify_message or error.reason}"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed: {error.reason or error}"
-    return f"TLS handshake failed: {error or 'connection closed'}"
