@@ -84,7 +84,8 @@ class TlsTarget(Protocol):
 
 
 # The TLS target of a server reached over TLS (``UpstreamPool.tls_target``), None for plain.
-TlsFor = Callable[[RealServer], TlsTarget | None]
+# The name comes from the HTTP check's Host for servers with ``sni: host``.
+TlsFor = Callable[[RealServer, bytes], TlsTarget | None]
 
 
 class _Progress:
@@ -211,7 +212,10 @@ async def check_once(
     """Probe one server once under ``check.timeout``; never raises for network trouble. A
     server reached over TLS is checked over TLS (``tls`` gives its target)."""
     address = server.server.check_address or server.server.address
-    target = tls(server.server) if tls is not None and server.server.tls is not None else None
+    target = None
+    if tls is not None and server.server.tls is not None:
+        host = check.http.host if check.http is not None and check.http.host else ""
+        target = tls(server.server, host.encode())
     progress = _Progress()
     started = trio.current_time()
     result: CheckResult | None = None

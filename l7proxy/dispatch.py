@@ -116,6 +116,9 @@ def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) 
     server.counters.failures_connect += 1
     if error.tls:
         health_log.warning("%s/%s: %s", server.pool_name, server.label, error.cause)
+        settings = server.server.tls
+        if settings is not None and settings.sni_from_host:
+            return  # the client's Host chose the name checked: no reason to take the server down
     message = report_passive_failure(server, trio.current_time(), error.cause)
     if message:
         health_log.warning("%s", message)

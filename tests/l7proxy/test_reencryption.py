@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 import trio
 import trustme
 
-from balancing.checker import run_checks
+from balancing.checker import check_once, run_checks
 from balancing.state import Health, new_states
 from config.model import HealthCheck, HttpCheck, Pool, ServerTls, Verify
 from l7proxy import app
@@ -284,3 +284,47 @@ async def test_a_missing_ca_file_stops_start_up(tmp_path: pathlib.Path) -> None:
     assert errors == [
         f"pool www, server web1: tls ca: {missing}: cannot read: No such file or directory"
     ]
+
+
+async def test_sni_host_checks_send_the_http_check_host(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    backend = tls_backend("web1", ca, "shop.example")
+    tls = ServerTls(ca=ca_file(ca, tmp_path), sni_from_host=True)
+    check = HealthCheck(http=HttpCheck(path="/health", host="shop.example"))
+    with trio.fail_after(TEST_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.serve)
+            pool = Pool("www", (server("web1", backend, tls=tls),), health_check=check)
+            state = new_states([pool])["www"].server("web1")
+            assert state is not None
+            result = await check_once(state, check, UpstreamPool().tls_target)
+            nursery.cancel_scope.cancel()
+    assert (result.ok, result.status) == (True, "L7OK")
+    assert backend.server_names == ["shop.example"]
+
+
+async def test_a_client_host_that_fails_verification_does_not_take_the_server_down(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    """With ``sni: host`` the client chooses the name verified: its bad Host gets a 502, and
+    the server stays in rotation for everyone else."""
+    backend = tls_backend("web1", ca, "shop.example")
+    tls = ServerTls(ca=ca_file(ca, tmp_path), sni_from_host=True)
+    check = HealthCheck(interval=60.0, fall=1, http=HttpCheck(host="shop.example"))
+    with trio.fail_after(TEST_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.serve)
+            config = simple_config([server("web1", backend, tls=tls)], retries=0)
+            vs = config.virtual_servers[0]
+            pool = replace(vs.pool, health_check=check)
+            config = replace(config, virtual_servers=(replace(vs, pool=pool),))
+            proxy = await start_proxy(nursery, config)
+            port = proxy.address("www")[1]
+            evil = await request(port, headers={"Host": "evil.example"})
+            shop = await request(port, headers={"Host": "shop.example"})
+            nursery.cancel_scope.cancel()
+    assert (evil.status, shop.status) == (502, 200)
+    state = proxy.runtime.pools["www"].server("web1")
+    assert state is not None and state.health is Health.UP
+    assert state.counters.failures_connect == 1
