@@ -122,7 +122,7 @@ class ProxyHandle:
         runtime = self.runtime
         runtime.config = config
         runtime.pools = pools
-        runtime.upstream.tls_contexts = contexts
+        runtime.upstream.set_tls_contexts(contexts)
         runtime.access_log = self.sink if config.global_.access_log else None
         reused = {id(b.sock) for b in bound}
         for old in self.bound:
@@ -324,7 +324,7 @@ async def serve(
     sink = AccessLogSink()
     access_log = sink if config.global_.access_log else None
     upstream = UpstreamPool(connector)
-    upstream.tls_contexts = _client_contexts(config)
+    upstream.set_tls_contexts(_client_contexts(config))
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
     try:

@@ -92,6 +92,20 @@ class UpstreamPool:
         self._tls_connector = tls_connector
         # Client contexts per ``tls`` setting, built at start and on reload (app.py).
         self.tls_contexts: ClientContexts = {}
+        self._live_contexts: set[int] = set()
+
+    def set_tls_contexts(self, contexts: ClientContexts) -> None:
+        """New client contexts (a reload reads the CA and certificate files again). Connections
+        made with the old ones are closed when idle and not kept when released: their keys would
+        never be asked for again."""
+        self.tls_contexts = contexts
+        self._live_contexts = {id(context) for context in contexts.values()}
+        for key in [key for key in self._idle if self._stale(key[1])]:
+            for conn in self._idle.pop(key):
+                conn.stream.close()
+
+    def _stale(self, tls: TlsTarget | None) -> bool:
+        return tls is not None and id(tls.context) not in self._live_contexts
 
     def tls_target(self, server: RealServer, host: bytes = b"") -> TlsTarget | None:
         """How to reach ``server`` over TLS for a request to ``host``; None for plain HTTP."""
@@ -101,6 +115,7 @@ class UpstreamPool:
         context = self.tls_contexts.get(settings)
         if context is None:  # a runtime built without app.py (tests): build on first use
             context = self.tls_contexts[settings] = build_client_context(settings)
+            self._live_contexts.add(id(context))
         return target_for(settings, context, server.address, host)
 
     def take_idle(
@@ -148,6 +163,7 @@ class UpstreamPool:
             state.our_state is h11.DONE
             and state.their_state is h11.DONE
             and not any(state.trailing_data)
+            and (conn.tls is None or not self._stale(conn.tls))
         ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0

@@ -328,3 +328,27 @@ async def test_a_client_host_that_fails_verification_does_not_take_the_server_do
     state = proxy.runtime.pools["www"].server("web1")
     assert state is not None and state.health is Health.UP
     assert state.counters.failures_connect == 1
+
+
+async def test_a_reload_reads_the_files_again_and_a_bad_one_changes_nothing(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    backend = tls_backend("web1", ca, "127.0.0.1")
+    missing = str(tmp_path / "gone.pem")
+    with trio.fail_after(TEST_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.serve)
+            tls = ServerTls(ca=ca_file(ca, tmp_path))
+            config = simple_config([server("web1", backend, tls=tls)])
+            broken = simple_config([server("web1", backend, tls=ServerTls(ca=missing))])
+            proxy = await start_proxy(nursery, config)
+            port = proxy.address("www")[1]
+            first = await request(port)
+            proxy.reload(config)  # new contexts: the idle connection of the old one is closed
+            second = await request(port)
+            with pytest.raises(app.StartupError, match=r"gone\.pem: cannot read"):
+                proxy.reload(broken)
+            third = await request(port)  # the running configuration and its pooled connection
+            nursery.cancel_scope.cancel()
+    assert [r.status for r in (first, second, third)] == [200, 200, 200]
+    assert backend.handshakes == 2
