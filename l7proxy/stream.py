@@ -99,7 +99,8 @@ class SockStream(trio.abc.HalfCloseableStream):
         if self._closed:
             return False
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK)
+            # The raw socket's recv, also under TLS (SSLSocket.recv refuses flags).
+            data = socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
         except BlockingIOError:
             return True
         except OSError:
@@ -234,16 +235,7 @@ class TlsSockStream(SockStream):
     def is_idle_and_open(self) -> bool:
         """As for plain sockets, on the raw socket: a close_notify or any record the server sent
         while idle makes the connection unusable; so do decrypted bytes nobody read."""
-        if self._closed or self.sock.pending():
-            return False
-        try:
-            data = socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        del data
-        return False
+        return not self.sock.pending() and super().is_idle_and_open()
 
     def close(self) -> None:
         """Send close_notify when the socket takes it at once, then close."""

@@ -19,7 +19,7 @@ from balancing.state import Health, new_states
 from config.model import HealthCheck, HttpCheck, Pool, ServerTls, Verify
 from l7proxy import app
 from l7proxy.upstream import UpstreamPool
-from tests.helpers import Backend, request, server, simple_config, start_proxy
+from tests.helpers import Backend, Response, request, server, simple_config, start_proxy
 
 # A hang guard, not a speed assertion.
 TEST_DEADLINE = 15.0
@@ -73,21 +73,27 @@ def ca_file(ca: trustme.CA, tmp_path: pathlib.Path) -> str:
     return str(path)
 
 
-async def proxied(nursery: trio.Nursery, backend: Backend, tls: ServerTls, **config: Any) -> int:
-    await nursery.start(backend.serve)
-    proxy = await start_proxy(nursery, simple_config([server("web1", backend, tls=tls)], **config))
-    return proxy.address("www")[1]
+async def fetch(
+    backend: Backend, tls: ServerTls, *requests: dict[str, Any], **config: Any
+) -> list[Response]:
+    """Start ``backend`` behind a proxy that reaches it with ``tls``; send ``requests`` (one
+    plain GET by default) one after the other on new client connections."""
+    with trio.fail_after(TEST_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.serve)
+            servers = [server("web1", backend, tls=tls)]
+            proxy = await start_proxy(nursery, simple_config(servers, **config))
+            port = proxy.address("www")[1]
+            responses = [await request(port, **kwargs) for kwargs in requests or ({},)]
+            nursery.cancel_scope.cancel()
+    return responses
 
 
 async def test_a_tls_real_server_is_reached_with_verification(
     ca: trustme.CA, tmp_path: pathlib.Path
 ) -> None:
     backend = tls_backend("web1", ca, "127.0.0.1")
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, ServerTls(ca=ca_file(ca, tmp_path)))
-            response = await request(port, path="/secure")
-            nursery.cancel_scope.cancel()
+    [response] = await fetch(backend, ServerTls(ca=ca_file(ca, tmp_path)), {"path": "/secure"})
     assert response.status == 200
     assert response.body == b"web1 GET /secure 0"
     assert backend.handshakes == 1
@@ -98,11 +104,7 @@ async def test_a_tls_real_server_is_reached_with_verification(
 async def test_sni_is_sent_as_configured(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
     backend = tls_backend("web1", ca, "backend.example")
     tls = ServerTls(ca=ca_file(ca, tmp_path), sni="backend.example")
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, tls)
-            response = await request(port)
-            nursery.cancel_scope.cancel()
+    [response] = await fetch(backend, tls)
     assert response.status == 200
     assert backend.server_names == ["backend.example"]
 
@@ -110,12 +112,12 @@ async def test_sni_is_sent_as_configured(ca: trustme.CA, tmp_path: pathlib.Path)
 async def test_sni_from_the_request_host(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
     backend = tls_backend("web1", ca, "shop.example", "blog.example")
     tls = ServerTls(ca=ca_file(ca, tmp_path), sni_from_host=True)
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, tls)
-            shop = await request(port, headers={"Host": "shop.example:8080"})
-            blog = await request(port, headers={"Host": "BLOG.example"})
-            nursery.cancel_scope.cancel()
+    shop, blog = await fetch(
+        backend,
+        tls,
+        {"headers": {"Host": "shop.example:8080"}},
+        {"headers": {"Host": "BLOG.example"}},
+    )
     assert (shop.status, blog.status) == (200, 200)
     assert backend.server_names == ["shop.example", "blog.example"]
 
@@ -180,11 +182,7 @@ async def test_a_refused_certificate_moves_on_to_the_next_server(
 
 async def test_verify_none_accepts_any_certificate(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
     backend = tls_backend("web1", trustme.CA(), "other.example")
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, ServerTls(verify=Verify.NONE))
-            response = await request(port)
-            nursery.cancel_scope.cancel()
+    [response] = await fetch(backend, ServerTls(verify=Verify.NONE))
     assert response.status == 200
     assert backend.handshakes == 1
 
@@ -197,11 +195,7 @@ async def test_a_client_certificate_is_presented(ca: trustme.CA, tmp_path: pathl
         str(client)
     )
     tls = ServerTls(ca=ca_file(ca, tmp_path), certificate=str(client))
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, tls)
-            response = await request(port)
-            nursery.cancel_scope.cancel()
+    [response] = await fetch(backend, tls)
     assert response.status == 200
     peer = backend.client_certs[0]
     assert ("DNS", "lbproxy.example") in peer["subjectAltName"]
@@ -209,11 +203,9 @@ async def test_a_client_certificate_is_presented(ca: trustme.CA, tmp_path: pathl
 
 async def test_tls_connections_are_pooled(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
     backend = tls_backend("web1", ca, "127.0.0.1")
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, backend, ServerTls(ca=ca_file(ca, tmp_path)))
-            responses = [await request(port, path=f"/{i}") for i in range(5)]
-            nursery.cancel_scope.cancel()
+    responses = await fetch(
+        backend, ServerTls(ca=ca_file(ca, tmp_path)), *({"path": f"/{i}"} for i in range(5))
+    )
     assert [r.status for r in responses] == [200] * 5
     assert len(backend.seen) == 5
     assert backend.handshakes == 1  # one TLS connection carried all five requests
@@ -222,11 +214,7 @@ async def test_tls_connections_are_pooled(ca: trustme.CA, tmp_path: pathlib.Path
 
 async def test_a_plain_http_server_behind_tls_settings_is_a_502(ca: trustme.CA) -> None:
     plain = Backend("web1")
-    with trio.fail_after(TEST_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await proxied(nursery, plain, ServerTls(verify=Verify.NONE), retries=0)
-            response = await request(port)
-            nursery.cancel_scope.cancel()
+    [response] = await fetch(plain, ServerTls(verify=Verify.NONE), retries=0)
     assert response.status == 502
     assert plain.seen == []
 
