@@ -1,4 +1,5 @@
-"""Connections to real servers: connect under a timeout, and a bounded keep-alive pool.
+"""Connections to real servers: connect (plain, or TLS for servers that re-encrypt) under a
+timeout, and a bounded keep-alive pool.
 
 A connection goes back to the pool only when its last exchange ended cleanly on both sides
 (h11 says DONE/DONE and nothing unread is waiting); before reuse it is checked for a close by
@@ -24,6 +25,9 @@ from .stream import ServerTlsError, connect, connect_tls
 # 5 s, so reusing a connection idle for longer mostly meets one that the server has closed.
 IDLE_TIMEOUT = 4.0
 MAX_IDLE_PER_SERVER = 64  # more than the usual concurrency per server; bounds sockets held
+# Queues of idle connections, one per (server, TLS target). With ``sni: host`` clients choose the
+# names, so the number of queues is bounded too; beyond it a connection is simply not kept.
+MAX_IDLE_KEYS = 4096
 MAX_SERVER_HEAD = 65536  # response heads larger than this are a 502 (HAProxy tune.bufsize order)
 
 
@@ -82,7 +86,8 @@ class UpstreamConnection:
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per real-server address. Owned by the trio thread."""
+    """Idle keep-alive connections per real-server address and TLS target (None: plain), and the
+    client TLS contexts of the servers that re-encrypt. Owned by the trio thread."""
 
     def __init__(
         self, connector: Connector = connect_tcp, tls_connector: TlsConnector = connect_tls_target
@@ -93,6 +98,7 @@ class UpstreamPool:
         # Client contexts per ``tls`` setting, built at start and on reload (app.py).
         self.tls_contexts: ClientContexts = {}
         self._live_contexts: set[int] = set()
+        self._swept = -IDLE_TIMEOUT  # when _sweep last ran
 
     def set_tls_contexts(self, contexts: ClientContexts) -> None:
         """New client contexts (a reload reads the CA and certificate files again). Connections
@@ -167,8 +173,14 @@ class UpstreamPool:
         ):
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
-            queue = self._idle.setdefault((conn.address, conn.tls), deque())
             now = trio.current_time()
+            key = (conn.address, conn.tls)
+            queue = self._idle.get(key)
+            if queue is None:
+                if len(self._idle) >= MAX_IDLE_KEYS and not self._sweep(now):
+                    conn.stream.close()
+                    return
+                queue = self._idle[key] = deque()
             while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:
                 queue.popleft().stream.close()
             if len(queue) < MAX_IDLE_PER_SERVER:
@@ -176,6 +188,19 @@ class UpstreamPool:
                 queue.append(conn)
                 return
         conn.stream.close()
+
+    def _sweep(self, now: float) -> bool:
+        """Close the idle connections that timed out everywhere and forget empty queues, at most
+        every IDLE_TIMEOUT; True when there is room for another queue."""
+        if now - self._swept >= IDLE_TIMEOUT:
+            self._swept = now
+            for key in list(self._idle):
+                queue = self._idle[key]
+                while queue and now - queue[0].idle_since >= IDLE_TIMEOUT:
+                    queue.popleft().stream.close()
+                if not queue:
+                    del self._idle[key]
+        return len(self._idle) < MAX_IDLE_KEYS
 
     def close_all(self) -> None:
         for queue in self._idle.values():

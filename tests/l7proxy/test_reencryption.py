@@ -10,16 +10,19 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+import h11
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from balancing.checker import check_once, run_checks
 from balancing.state import Health, new_states
-from config.model import HealthCheck, HttpCheck, Pool, ServerTls, Verify
-from l7proxy import app
-from l7proxy.upstream import UpstreamPool
+from config.model import Address, HealthCheck, HttpCheck, Pool, ServerTls, Verify
+from l7proxy import app, upstream
+from l7proxy.upstream import UpstreamConnection, UpstreamPool
 from tests.helpers import Backend, Response, request, server, simple_config, start_proxy
+from tls.client_context import TlsTarget
 
 # A hang guard, not a speed assertion.
 TEST_DEADLINE = 15.0
@@ -340,3 +343,57 @@ async def test_a_reload_reads_the_files_again_and_a_bad_one_changes_nothing(
             nursery.cancel_scope.cancel()
     assert [r.status for r in (first, second, third)] == [200, 200, 200]
     assert backend.handshakes == 2
+
+
+class _Stream:
+    """An idle server connection's stream: only what the pool's bookkeeping asks of it."""
+
+    closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_idle_and_open(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def finished(address: Address, tls: TlsTarget) -> UpstreamConnection:
+    """A connection whose exchange ended cleanly on both sides, ready to be released."""
+    conn = UpstreamConnection(address, _Stream(), tls=tls)
+    conn.h11.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+    conn.h11.send(h11.EndOfMessage())
+    conn.h11.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    while not isinstance(conn.h11.next_event(), h11.EndOfMessage):
+        pass
+    return conn
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_names_chosen_by_clients_cannot_grow_the_pool_without_bound(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``sni: host`` every Host is its own pool key: past MAX_IDLE_KEYS a connection is not
+    kept, until the idle ones have timed out and are swept."""
+    monkeypatch.setattr(upstream, "MAX_IDLE_KEYS", 2)
+    pool = UpstreamPool()
+    context = ssl.create_default_context()
+    address = Address("127.0.0.1", 8443)
+    conns = [finished(address, TlsTarget(context, f"h{i}.example")) for i in range(4)]
+    pool.set_tls_contexts({ServerTls(): context})
+    for conn in conns[:3]:
+        pool.release(conn)
+    assert [c.stream.is_idle_and_open() for c in conns[:3]] == [True, True, False]
+    await trio.sleep(upstream.IDLE_TIMEOUT)
+    pool.release(conns[3])
+    assert [c.stream.is_idle_and_open() for c in conns] == [False, False, False, True]
+    assert pool.take_idle(address, TlsTarget(context, "h3.example")) is conns[3]
