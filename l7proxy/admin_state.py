@@ -71,7 +71,7 @@ def _line(
         "-",
         state.address.port,
         "-",
-        0,
+        1 if state.server.tls is not None else 0,  # srv_use_ssl
         0,
         "-",
         "-",

@@ -18,8 +18,8 @@ import trustme
 
 from balancing.checker import check_once, run_checks
 from balancing.state import Health, new_states
-from config.model import Address, HealthCheck, HttpCheck, Pool, ServerTls, Verify
-from l7proxy import app, upstream
+from config.model import Address, HealthCheck, HttpCheck, Pool, RealServer, ServerTls, Verify
+from l7proxy import admin_state, app, upstream
 from l7proxy.upstream import UpstreamConnection, UpstreamPool
 from tests.helpers import Backend, Response, request, server, simple_config, start_proxy
 from tls.client_context import TlsTarget
@@ -397,3 +397,17 @@ async def test_names_chosen_by_clients_cannot_grow_the_pool_without_bound(
     pool.release(conns[3])
     assert [c.stream.is_idle_and_open() for c in conns] == [False, False, False, True]
     assert pool.take_idle(address, TlsTarget(context, "h3.example")) is conns[3]
+
+
+def test_the_server_state_shows_which_servers_use_tls() -> None:
+    """HAProxy's ``show servers state`` column srv_use_ssl."""
+    pool = Pool(
+        "www",
+        (
+            RealServer("secure", Address("127.0.0.1", 8443), tls=ServerTls()),
+            RealServer("plain", Address("127.0.0.1", 8080)),
+        ),
+    )
+    lines = admin_state.render(new_states([pool]), now=0.0, uptime=0).splitlines()
+    column = admin_state.COLUMNS.split().index("srv_use_ssl")
+    assert [line.split()[column] for line in lines[2:]] == ["1", "0"]
