@@ -15,15 +15,9 @@ from dataclasses import dataclass
 
 from config.model import Address, Pool, RealServer, ServerTls, Verify
 
-from .context import ALPN_PROTOCOLS, private_files
-from .keys import key_pem
-from .store import (
-    CertificateError,
-    chain_pem,
-    load_key_and_chain,
-    parse_pem_bundle,
-    read_certificate_file,
-)
+# The file loading (tls.store, tls.context: cryptography, ctypes) is imported only when a server
+# re-encrypts: importing them at start leaves thousands more long-lived objects for every full
+# garbage collection to walk, a cost each request shares (docs/architecture.md, "Speed").
 
 ClientContexts = dict[ServerTls, ssl.SSLContext]
 
@@ -40,6 +34,8 @@ class TlsTarget:
 
 def build_client_context(settings: ServerTls) -> ssl.SSLContext:
     """A client context for ``settings``; CertificateError names a bad CA or certificate file."""
+    from .context import ALPN_PROTOCOLS
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and hostname checks on
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
@@ -57,6 +53,8 @@ def build_client_context(settings: ServerTls) -> ssl.SSLContext:
 
 
 def _load_ca(context: ssl.SSLContext, path: str) -> None:
+    from .store import CertificateError, chain_pem, parse_pem_bundle, read_certificate_file
+
     _, certs = parse_pem_bundle(read_certificate_file(path), path)
     if not certs:
         raise CertificateError(path, "no CA certificate in the file (PEM expected)")
@@ -68,6 +66,10 @@ def _load_ca(context: ssl.SSLContext, path: str) -> None:
 
 
 def _load_client_certificate(context: ssl.SSLContext, path: str) -> None:
+    from .context import private_files
+    from .keys import key_pem
+    from .store import CertificateError, chain_pem, load_key_and_chain
+
     key, chain = load_key_and_chain(path)
     with private_files({"chain.pem": chain_pem(chain), "key.pem": key_pem(key)}) as paths:
         try:
@@ -93,8 +95,13 @@ def build_client_contexts(pools: Iterable[Pool]) -> tuple[ClientContexts, list[s
     """One context per distinct setting, and the problems (``pool P, server S: FILE: cause``)."""
     contexts: ClientContexts = {}
     problems: list[str] = []
+    found = server_tls_settings(pools)
+    if not found:
+        return contexts, problems
+    from .store import CertificateError
+
     failed: set[ServerTls] = set()
-    for where, server in server_tls_settings(pools):
+    for where, server in found:
         settings = server.tls
         assert settings is not None
         if settings in contexts or settings in failed:
