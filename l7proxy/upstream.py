@@ -92,7 +92,9 @@ class UpstreamPool:
     def __init__(
         self, connector: Connector = connect_tcp, tls_connector: TlsConnector = connect_tls_target
     ) -> None:
-        self._idle: dict[tuple[Address, TlsTarget | None], deque[UpstreamConnection]] = {}
+        # Keyed by the address alone for plain connections (the hot path hashes one object), by
+        # (address, target) for TLS ones.
+        self._idle: dict[Address | tuple[Address, TlsTarget], deque[UpstreamConnection]] = {}
         self._connector = connector
         self._tls_connector = tls_connector
         # Client contexts per ``tls`` setting, built at start and on reload (app.py).
@@ -106,7 +108,7 @@ class UpstreamPool:
         never be asked for again."""
         self.tls_contexts = contexts
         self._live_contexts = {id(context) for context in contexts.values()}
-        for key in [key for key in self._idle if self._stale(key[1])]:
+        for key in [key for key in self._idle if isinstance(key, tuple) and self._stale(key[1])]:
             for conn in self._idle.pop(key):
                 conn.stream.close()
 
@@ -128,7 +130,7 @@ class UpstreamPool:
         self, address: Address, tls: TlsTarget | None = None
     ) -> UpstreamConnection | None:
         """A kept-alive connection that still looks usable, if there is one (no I/O wait)."""
-        idle = self._idle.get((address, tls))
+        idle = self._idle.get(address if tls is None else (address, tls))
         if not idle:
             return None
         now = trio.current_time()
@@ -174,7 +176,7 @@ class UpstreamPool:
             conn.h11.start_next_cycle()
             conn.response_bytes = 0
             now = trio.current_time()
-            key = (conn.address, conn.tls)
+            key = conn.address if conn.tls is None else (conn.address, conn.tls)
             queue = self._idle.get(key)
             if queue is None:
                 if len(self._idle) >= MAX_IDLE_KEYS and not self._sweep(now):
