@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from config.model import Address, Pool, RealServer, ServerTls, Verify
 
-# The file loading (tls.store, tls.context: cryptography, ctypes) is imported only when a server
-# re-encrypts: importing them at start leaves thousands more long-lived objects for every full
-# garbage collection to walk, a cost each request shares (docs/architecture.md, "Speed").
+# The file loading (tls.store, tls.context, tls.keys) is imported only when a server re-encrypts:
+# a configuration without it starts with the modules it started with before re-encryption existed
+# (fewer long-lived objects for every full garbage collection to walk).
 
 ClientContexts = dict[ServerTls, ssl.SSLContext]
 
