@@ -113,7 +113,7 @@ class ServerCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     responses: dict[str, int] = field(default_factory=_response_slots)
-    check_status: str = ""  # L4OK L4TOUT L4CON L7OK L7STS L7RSP L7TOUT
+    check_status: str = ""  # L4OK L4TOUT L4CON L6OK L6TOUT L6RSP L7OK L7STS L7RSP L7TOUT
     check_desc: str = ""  # "connection refused", "timeout", "status 500 (expected 200)"
     check_duration: float | None = None
     # The clock of ``now`` in set_admin and the health transitions (the trio clock); 0.0 means

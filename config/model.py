@@ -139,6 +139,18 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Re-encryption to a real server (HAProxy ``server ... ssl``, Pound ``HTTPS`` in a
+    ``BackEnd``). Verifies by default, as a browser would."""
+
+    verify: Verify = Verify.REQUIRED  # REQUIRED or NONE
+    ca: str | None = None  # PEM file or directory of trusted CAs; None: the system's
+    sni: str | None = None  # the name sent and verified; None: the address's host
+    sni_from_host: bool = False  # send (and verify) the request's Host instead (``sni: host``)
+    certificate: str | None = None  # client certificate: PEM bundle, or a sidecar .key
+
+
+@dataclass(frozen=True, slots=True)
 class RealServer:
     label: str  # the persistence cookie value and the name in logs and stats
     address: Address
@@ -150,6 +162,7 @@ class RealServer:
     # Requests at once on this server (HAProxy `server ... maxconn`); the rest wait in a queue.
     # 0: no limit.
     maxconn: int = 0
+    tls: ServerTls | None = None  # None: plain HTTP to the server
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import trio
 
 from balancing.state import carry_over, new_states
 from config.model import Address, AdminSocketSettings, ProxyConfig
+from tls.client_context import ClientContexts, build_client_contexts
 from tls.server_tls import log_expiry_warnings
 
 from . import admin, admin_socket, changes, stats
@@ -137,6 +138,7 @@ class ProxyHandle:
         they started with. Raises StartupError and changes nothing when the new configuration
         cannot be served (a bind or a certificate fails). Returns notes for the log.
         """
+        contexts = _client_contexts(config)
         keep = {b.key: b.sock for b in self.bound}
         bound = _bind_all(config, reuse=keep)
         before = self.runtime.config
@@ -146,6 +148,7 @@ class ProxyHandle:
         runtime = self.runtime
         runtime.config = config
         runtime.pools = pools
+        runtime.upstream.set_tls_contexts(contexts)
         runtime.access_log = self.sink if config.global_.access_log else None
         reused = {id(b.sock) for b in bound}
         for old in self.bound:
@@ -252,9 +255,19 @@ class ProxyHandle:
                     log=logging.getLogger("lbproxy.health"),
                     on_change=runtime.server_changed,
                     on_first_round=self.first_checks.set,
+                    tls=runtime.upstream.tls_target,
                 )
 
         self._checks.start_soon(checking)
+
+
+def _client_contexts(config: ProxyConfig) -> ClientContexts:
+    """The client TLS contexts of the real servers that re-encrypt; StartupError names the
+    first file that fails."""
+    contexts, problems = build_client_contexts(config.all_pools())
+    if problems:
+        raise StartupError(problems[0])
+    return contexts
 
 
 def _served(bound: Sequence[ListeningSocket]) -> dict[str, list[CertificateStatus]]:
@@ -351,6 +364,7 @@ async def serve(
     sink = AccessLogSink(outputs=outputs)
     access_log = sink if config.global_.access_log else None
     upstream = UpstreamPool(connector)
+    upstream.set_tls_contexts(_client_contexts(config))
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     try:
         handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
