@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import signal
 import socket
 import sys
@@ -89,6 +90,10 @@ class ProxyHandle:
     _checks_scope: trio.CancelScope | None = None
     _admin_scope: trio.CancelScope | None = None
     _admin_settings: AdminSocketSettings | None = None
+    # With worker processes (master.py): the master binds but leaves the traffic to its
+    # workers, and the workers leave the health checks to the master.
+    serves_traffic: bool = True
+    runs_checks: bool = True
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
@@ -171,6 +176,8 @@ class ProxyHandle:
 
     def _start_accepting(self, b: ListeningSocket) -> None:
         assert self._accepts is not None and self._connections is not None
+        if b.served is not None and not self.serves_traffic:
+            return
         runtime = self.runtime
         handler: Handler
         if b.served is None:
@@ -194,6 +201,8 @@ class ProxyHandle:
             kind = "stats" if b.served is None else b.served.vs.label
             host, port = b.address if b.sock.fileno() >= 0 else ("-", 0)
             accepting = b.scope is not None and not b.scope.cancel_called
+            if b.served is not None and not self.serves_traffic:
+                accepting = b.sock.fileno() >= 0  # the workers accept on it
             facts.append(admin.BindFact(f"{kind} {host}:{port}", accepting))
         return tuple(facts)
 
@@ -228,6 +237,9 @@ class ProxyHandle:
 
     def _start_checks(self) -> None:
         assert self._checks is not None
+        if not self.runs_checks:
+            self.first_checks.set()
+            return
         if self._checks_scope is not None:
             self._checks_scope.cancel()
         scope = self._checks_scope = trio.CancelScope()
@@ -322,6 +334,8 @@ async def serve(
     connector: Connector = connect_tcp,
     outputs: LogOutputs | None = None,
     before_serving: Callable[[ProxyHandle], None] | None = None,
+    inherited: dict[str, socket.socket] | None = None,
+    serves_traffic: bool = True,
 ) -> None:
     """Run the proxy until ``handle.stop()``; then drain within the grace period and return.
 
@@ -330,6 +344,10 @@ async def serve(
     at the end). ``before_serving`` runs once every socket is bound and every key read, before
     anything is accepted: where ``run`` drops privileges. Raises StartupError (nothing was
     started) when a bind, a certificate or a log target fails.
+
+    Worker processes (master.py): a worker passes the master's listening sockets as
+    ``inherited`` (by bind key) and runs no health checks of its own; the master passes
+    ``serves_traffic=False`` and accepts on the stats listener only.
     """
     owned = outputs is None
     if outputs is None:
@@ -342,7 +360,9 @@ async def serve(
     upstream = UpstreamPool(connector)
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     try:
-        handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
+        handle = ProxyHandle(runtime, _bind_all(config, reuse=inherited), sink=sink)
+        handle.serves_traffic = serves_traffic
+        handle.runs_checks = inherited is None
     except StartupError:
         if owned:
             outputs.close()
@@ -534,11 +554,7 @@ async def _main(
                 await outer.start(companion)
             async with trio.open_nursery() as inner:
                 handle: ProxyHandle = await inner.start(_serve_task, config, service)
-                for b in handle.bound:
-                    kind = "stats" if b.served is None else b.served.vs.label
-                    tls = " (TLS)" if b.tls_server is not None else ""
-                    host, port = b.address
-                    log.info("listening: %s on %s:%s%s", kind, host, port, tls)
+                log_listening(handle)
                 if on_started is not None:
                     on_started(handle)
                 async with trio.open_nursery() as duties:
@@ -547,6 +563,14 @@ async def _main(
                     await _handle_signals(signals, handle, config_path, service)
                     duties.cancel_scope.cancel()
             outer.cancel_scope.cancel()
+
+
+def log_listening(handle: ProxyHandle) -> None:
+    for b in handle.bound:
+        kind = "stats" if b.served is None else b.served.vs.label
+        tls = " (TLS)" if b.tls_server is not None else ""
+        host, port = b.address
+        log.info("listening: %s on %s:%s%s", kind, host, port, tls)
 
 
 async def _handle_signals(
@@ -586,6 +610,14 @@ async def _serve_task(
         outputs=service.outputs,
         before_serving=service.before_serving,
     )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, as HAProxy counts them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _leaves(group: BaseExceptionGroup[StartupError]) -> list[BaseException]:
@@ -633,8 +665,13 @@ def run(
     for warning in config.warnings:
         log.warning("%s", warning)
     status = EXIT_OK
+    main: Callable[..., Awaitable[None]] = _main
+    if settings.worker_count(available_cores()) > 1:
+        from .master import master_main
+
+        main = master_main
     try:
-        trio.run(_main, config, config_path, on_started, companions, service)
+        trio.run(main, config, config_path, on_started, companions, service)
     except* StartupError as group:
         for error in _leaves(group):
             print(f"lbproxy: {error}", file=sys.stderr)
