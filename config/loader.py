@@ -16,8 +16,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .listener_reader import ListenerReader
 from .model import (
-    DEFAULT_ADMIN_SOCKET_MODE,
     AUTO_WORKERS,
+    DEFAULT_ADMIN_SOCKET_MODE,
     MAX_WORKERS,
     REDIRECT_CODES,
     AdminSocketSettings,

@@ -286,7 +286,9 @@ async def master_main(
                 async with trio.open_nursery() as duties:
                     master = Master(handle, service, config_path, duties)
                     first = [await master.spawn() for _ in range(master.count)]
-                    log.info("started %d worker(s): %s", len(first), " ".join(str(w.pid) for w in first))
+                    log.info(
+                        "started %d worker(s): %s", len(first), " ".join(str(w.pid) for w in first)
+                    )
                     if on_started is not None:
                         on_started(handle)
                     duties.start_soon(master.announce_ready, first)

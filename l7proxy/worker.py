@@ -107,16 +107,16 @@ def main(argv: list[str]) -> int:
     inherited = {key: socket.socket(fileno=fd) for key, fd in hello["listeners"].items()}
     try:
         outputs = LogOutputs.open(config.global_.log)
-    except LogOutputError as problem:
-        print(f"lbproxy worker: {problem}", file=sys.stderr)
+    except LogOutputError as refused:
+        print(f"lbproxy worker: {refused}", file=sys.stderr)
         return app.EXIT_STARTUP_FAILED
     app.setup_logging(config.global_.log_level, outputs)
     status = app.EXIT_OK
     try:
         trio.run(_run, config, inherited, Link(link_sock), outputs)
     except* app.StartupError as group:
-        for error in group.exceptions:
-            print(f"lbproxy worker: {error}", file=sys.stderr)
+        for leaf in app._leaves(group):
+            print(f"lbproxy worker: {leaf}", file=sys.stderr)
         status = app.EXIT_STARTUP_FAILED
     finally:
         outputs.close()

@@ -110,9 +110,9 @@ def _find(pools: dict[str, PoolState], name: str, label: str, fallback: bool) ->
     return pool.fallback if fallback else pool.server(label)
 
 
-def apply_states(pools: dict[str, PoolState], states: Iterable[list[Any]], now: float) -> list[
-    ServerState
-]:
+def apply_states(
+    pools: dict[str, PoolState], states: Iterable[list[Any]], now: float
+) -> list[ServerState]:
     """Take the master's view into a worker's states; returns the servers that went DOWN here
     (their waiting requests are cut, as in one process). Unknown servers (a worker still on the
     previous configuration) are skipped."""
@@ -264,4 +264,3 @@ class CounterSums:
             if pool is not None:
                 _store(pool, values)
         runtime.connections = int(total.get("connections", {}).get("current", 0))
-

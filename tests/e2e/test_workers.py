@@ -296,7 +296,8 @@ def test_one_worker_is_the_single_process(tmp_path: pathlib.Path) -> None:
     config = tmp_path / "lb.yaml"
     config.write_text(
         "global: {workers: 1}\nvirtual_servers:\n  - label: web\n"
-        f"    bind: '127.0.0.1:{port}'\n    real_servers: [{{label: a, address: '127.0.0.1:{a}'}}]\n"
+        f"    bind: '127.0.0.1:{port}'\n"
+        f"    real_servers: [{{label: a, address: '127.0.0.1:{a}'}}]\n"
     )
     with backend("a", a), lbproxy(config, wait_for=("127.0.0.1", port)) as proxy:
         assert get(port)[0] == 200
