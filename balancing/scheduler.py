@@ -53,12 +53,14 @@ def _hash_key(client_ip: str) -> str:
     return str(addr)
 
 
-def _balance(pool: PoolState, candidates: list[ServerState], client_ip: str) -> ServerState:
-    if pool.balance is Balance.SOURCE:
+def _balance(
+    pool: PoolState, candidates: list[ServerState], client_ip: str, source: str | None = None
+) -> ServerState:
+    """``source``: the source-persistence key of a new source, when it is placed by hash."""
+    if pool.balance is Balance.SOURCE or source is not None:
         servers = [(s.label, s.weight) for s in pool.servers]
-        label = pool.ring.pick(
-            _hash_key(client_ip), servers, frozenset(s.label for s in candidates)
-        )
+        key = source if source is not None else _hash_key(client_ip)
+        label = pool.ring.pick(key, servers, frozenset(s.label for s in candidates))
     else:
         cands = [Candidate(s.label, s.weight, s.counters.active) for s in candidates]
         if pool.balance is Balance.LEASTCONN:
@@ -107,7 +109,7 @@ def choose(
 
     candidates = [s for s in pool.servers if s.label not in exclude and s.accepts_new()]
     if candidates:
-        chosen = _balance(pool, candidates, client_ip)
+        chosen = _balance(pool, candidates, client_ip, key if pool.hash_new_sources else None)
         if redispatched_from is not None:
             # Counted on the server the client was taken from, like HAProxy's wredis.
             redispatched_from.counters.redispatches += 1

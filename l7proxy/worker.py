@@ -87,6 +87,8 @@ async def _run(
                         config, task_status=task_status, outputs=outputs, inherited=inherited
                     )
                 )
+                for pool in handle.runtime.pools.values():
+                    pool.hash_new_sources = True
                 duties.start_soon(_apply_states, link, handle)
                 duties.start_soon(_push_counters, link, handle)
                 duties.start_soon(_signals, signals, handle, outputs)

@@ -304,3 +304,39 @@ def test_one_worker_is_the_single_process(tmp_path: pathlib.Path) -> None:
         assert workers_of(proxy) == []
         assert proxy.terminate() == 0
     assert "lbproxy.master" not in proxy.stderr()
+
+
+def _get_from(source: str, port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        return conn.getresponse().read().decode().split()[0]
+    finally:
+        conn.close()
+
+
+def test_source_persistence_gives_one_server_whichever_worker_accepts(
+    tmp_path: pathlib.Path,
+) -> None:
+    port, stats = free_port(), free_port()
+    ports = {label: free_port() for label in ("a", "b", "c")}
+    text = config_text(port, stats, tmp_path / "admin.sock", ports)
+    text = text.replace(
+        "    real_servers:\n", "    persistence: {source: {mask: 32}}\n    real_servers:\n"
+    )
+    config = tmp_path / "lb.yaml"
+    config.write_text(text)
+    with ExitStack() as stack:
+        for label, p in ports.items():
+            stack.enter_context(backend(label, p))
+        proxy = stack.enter_context(lbproxy(config, wait_for=("127.0.0.1", port)))
+        Setup(tmp_path, proxy, port, stats).ready()
+        # Background load keeps both workers accepting, so each client's connections spread.
+        stack.enter_context(Load(port, threads=4))
+        seen = {
+            f"127.0.0.{n}": {_get_from(f"127.0.0.{n}", port) for _ in range(6)}
+            for n in range(2, 42)
+        }
+    split = [source for source, labels in seen.items() if len(labels) > 1]
+    assert split == [], (len(split), seen)
+    assert len({label for labels in seen.values() for label in labels}) == 3  # all used
