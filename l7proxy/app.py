@@ -573,6 +573,15 @@ def log_listening(handle: ProxyHandle) -> None:
         log.info("listening: %s on %s:%s%s", kind, host, port, tls)
 
 
+def reopen_logs(service: Service) -> None:
+    """SIGUSR1: reopen the log files (after logrotate renamed them)."""
+    failed = service.outputs.reopen()
+    if failed:
+        log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
+    else:
+        log.info("SIGUSR1: log files reopened")
+
+
 async def _handle_signals(
     signals: AsyncIterator[int], handle: ProxyHandle, config_path: str | None, service: Service
 ) -> None:
@@ -586,11 +595,7 @@ async def _handle_signals(
                 service.notifier.ready(status_text(handle))
             continue
         if signum == signal.SIGUSR1:
-            failed = service.outputs.reopen()
-            if failed:
-                log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
-            else:
-                log.info("SIGUSR1: log files reopened")
+            reopen_logs(service)
             continue
         log.info("%s: shutting down", signal.Signals(signum).name)
         service.notifier.stopping()

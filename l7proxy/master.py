@@ -241,12 +241,8 @@ class Master:
                     service.notifier.ready(app.status_text(self.handle))
                 continue
             if signum == signal.SIGUSR1:
-                failed = service.outputs.reopen()
+                app.reopen_logs(service)
                 self.signal_all(signal.SIGUSR1)
-                if failed:
-                    log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
-                else:
-                    log.info("SIGUSR1: log files reopened")
                 continue
             log.info("%s: shutting down the workers", signal.Signals(signum).name)
             service.notifier.stopping()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from .process import Lbproxy, backend, free_port, lbproxy
+from .test_admin_socket import ask
 
 WAIT = 30.0  # upper bound for anything the test waits on (a loaded machine starts slowly)
 
@@ -53,17 +54,6 @@ def get(port: int, path: str = "/") -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         conn.close()
-
-
-def admin_command(path: pathlib.Path, line: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(line.encode() + b"\n")
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks).decode()
 
 
 def workers_of(proxy: Lbproxy) -> list[int]:
@@ -167,12 +157,12 @@ def test_workers_serve_and_the_master_sums_their_counters(tmp_path: pathlib.Path
 
 def test_an_admin_change_reaches_every_worker(tmp_path: pathlib.Path) -> None:
     with running(tmp_path) as s:
-        admin_command(s.admin, "set server web/a state maint")
+        ask(s.admin, "set server web/a state maint")
         time.sleep(0.3)  # the master pushes within 50 ms; a margin for a loaded machine
         labels = [get(s.port)[1].split()[0] for _ in range(40)]
         assert set(labels) == {"b"}
-        admin_command(s.admin, "set server web/a state ready")
-        admin_command(s.admin, "set server web/b weight 0")
+        ask(s.admin, "set server web/a state ready")
+        ask(s.admin, "set server web/b weight 0")
         time.sleep(0.3)
         labels = [get(s.port)[1].split()[0] for _ in range(40)]
         assert set(labels) == {"a"}

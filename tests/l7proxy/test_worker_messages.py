@@ -22,15 +22,8 @@ from l7proxy.worker_messages import (
     server_states,
     snapshot,
 )
+from tests.config.test_loader import GOOD_VS
 from tests.helpers import server, simple_config
-
-GOOD_VS = """\
-virtual_servers:
-  - label: www
-    bind: 127.0.0.1:8080
-    real_servers:
-      - {label: web1, address: 127.0.0.1:8081}
-"""
 
 
 def two_servers() -> ProxyConfig:
