@@ -323,6 +323,10 @@ class PoolState:
             if isinstance(persistence, SourcePersistence)
             else None
         )
+        # With worker processes each keeps its own source table: a new source is then placed
+        # by the hash ring on its masked address, so every worker places it on the same server
+        # (docs/operations.md, "Worker processes"). One process balances new sources normally.
+        self.hash_new_sources = False
 
     @property
     def balance(self) -> Balance:
