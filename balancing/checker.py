@@ -1,4 +1,5 @@
-"""Active health checks: one trio task per checked server, TCP connect or HTTP request. [io]
+"""Active health checks: one trio task per checked server, TCP connect or HTTP request; over TLS
+for servers reached over TLS (a TCP check is then the TLS handshake). [io]
 
 The only I/O in ``balancing``. Each task probes its server every ``interval`` seconds and feeds
 the result to the pure ``health.apply_check``; transitions are logged at WARNING with their cause.
@@ -13,23 +14,29 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 import h11
 import trio
 
-from config.model import Address, AdminState, HealthCheck, HttpCheck, ProxyVersion
+from config.model import Address, AdminState, HealthCheck, HttpCheck, ProxyVersion, RealServer
 
 from .health import (
     L4CON,
     L4OK,
     L4TOUT,
+    L6OK,
+    L6RSP,
+    L6TOUT,
     L7OK,
     L7RSP,
     L7STS,
     L7TOUT,
     CheckResult,
     apply_check,
+    describe_tls_error,
     next_check_delay,
 )
 from .state import PoolState, ServerState
@@ -71,10 +78,28 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+class TlsTarget(Protocol):
+    """How to reach a server over TLS (``tls.client_context.TlsTarget``; balancing does not
+    import tls)."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+    @property
+    def server_name(self) -> str: ...
+
+
+# The TLS target of a server reached over TLS (``UpstreamPool.tls_target``), None for plain.
+# The name comes from the HTTP check's Host for servers with ``sni: host``.
+TlsFor = Callable[[RealServer, bytes], TlsTarget | None]
+
+
 class _Progress:
-    """How far a probe got, so a timeout can be told apart: connect (L4) or response (L7)."""
+    """How far a probe got, so a timeout can be told apart: connect (L4), TLS handshake (L6) or
+    response (L7)."""
 
     connected = False
+    tls_pending = False
 
 
 async def _connect(address: Address) -> trio.SocketStream:
@@ -101,7 +126,7 @@ def _fail(status: str, desc: str) -> CheckResult:
 
 
 async def _http_exchange(
-    stream: trio.SocketStream, address: Address, http: HttpCheck, proxy: bytes = b""
+    stream: trio.abc.Stream, address: Address, http: HttpCheck, proxy: bytes = b""
 ) -> CheckResult:
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=CHECK_HEAD_LIMIT)
     headers = [
@@ -129,7 +154,7 @@ async def _http_exchange(
         if event is h11.NEED_DATA:
             chunk = await stream.receive_some(RECV_SIZE)
             eof = not chunk
-            conn.receive_data(chunk)
+            conn.receive_data(bytes(chunk))
             continue
         if isinstance(event, h11.Response):
             got_response = True
@@ -156,15 +181,43 @@ async def _http_exchange(
 
 
 async def _probe(
-    address: Address, http: HttpCheck | None, progress: _Progress, proxy: bytes = b""
+    address: Address,
+    http: HttpCheck | None,
+    progress: _Progress,
+    proxy: bytes = b"",
+    tls: TlsTarget | None = None,
 ) -> CheckResult:
     try:
-        stream = await _connect(address)
+        plain = await _connect(address)
     except OSError as exc:
         return _fail(L4CON, describe_os_error(exc))
     progress.connected = True
+    stream: trio.abc.Stream = plain
+    if tls is not None:
+        if proxy:  # the PROXY header goes before the handshake, in the clear
+            try:
+                await plain.send_all(proxy)
+            except trio.BrokenResourceError as exc:
+                await trio.aclose_forcefully(plain)
+                cause = exc.__cause__
+                desc = describe_os_error(cause) if isinstance(cause, OSError) else "connection lost"
+                return _fail(L4CON, desc)
+            proxy = b""
+        # The same handshake a request's connection makes: a server that would fail it is DOWN.
+        progress.tls_pending = True
+        stream = trio.SSLStream(
+            plain, tls.context, server_hostname=tls.server_name, https_compatible=True
+        )
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(plain)
+            return _fail(L6RSP, describe_tls_error(exc.__cause__))
+        progress.tls_pending = False
     async with stream:
         if http is None:
+            if tls is not None:
+                return CheckResult(True, L6OK, "TLS handshake done", None)
             return CheckResult(True, L4OK, "connected", None)
         try:
             return await _http_exchange(stream, address, http, proxy)
@@ -174,21 +227,29 @@ async def _probe(
             return _fail(L7RSP, desc)
 
 
-async def check_once(server: ServerState, check: HealthCheck) -> CheckResult:
-    """Probe one server once under ``check.timeout``; never raises for network trouble."""
+async def check_once(
+    server: ServerState, check: HealthCheck, tls: TlsFor | None = None
+) -> CheckResult:
+    """Probe one server once under ``check.timeout``; never raises for network trouble. A
+    server reached over TLS is checked over TLS (``tls`` gives its target)."""
     address = server.server.check_address or server.server.address
     # As HAProxy: no PROXY header when checks go to another address than the traffic.
     version = server.server.send_proxy
     proxy = b""
     if version is not None and server.server.check_address is None:
         proxy = CHECK_PROXY_HEADER[version]
+    target = None
+    if tls is not None and server.server.tls is not None:
+        host = check.http.host if check.http is not None and check.http.host else ""
+        target = tls(server.server, host.encode())
     progress = _Progress()
     started = trio.current_time()
     result: CheckResult | None = None
     with trio.move_on_after(check.timeout):
-        result = await _probe(address, check.http, progress, proxy)
+        result = await _probe(address, check.http, progress, proxy, target)
     if result is None:
-        result = _fail(L7TOUT if progress.connected else L4TOUT, "timeout")
+        stage = L6TOUT if progress.tls_pending else L7TOUT if progress.connected else L4TOUT
+        result = _fail(stage, "timeout")
     return CheckResult(result.ok, result.status, result.desc, trio.current_time() - started)
 
 
@@ -202,13 +263,14 @@ async def _check_loop(
     log: logging.Logger,
     on_change: OnChange | None,
     first_done: Callable[[], None] | None = None,
+    tls: TlsFor | None = None,
 ) -> None:
     await trio.sleep(offset)
     while True:
         started = trio.current_time()
         if server.admin is not AdminState.MAINT:
             try:
-                result = await check_once(server, check)
+                result = await check_once(server, check, tls)
             except Exception:
                 # A bug in the probe must not stop the other checks or the proxy; health stays.
                 log.exception("health check of %s/%s crashed", server.pool_name, server.label)
@@ -231,13 +293,15 @@ async def run_checks(
     log: logging.Logger,
     on_change: OnChange | None = None,
     on_first_round: Callable[[], None] | None = None,
+    tls: TlsFor | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check every server (and fallback) whose check is enabled, until cancelled.
 
     Owns no state of its own: results go into the ``ServerState`` objects the scheduler reads.
     ``on_change`` is called after each health transition (the proxy cuts short the requests
-    still waiting on a server that went DOWN). Reports started once every check task is
+    still waiting on a server that went DOWN). ``tls`` gives the TLS target of servers reached
+    over TLS (``UpstreamPool.tls_target``). Reports started once every check task is
     scheduled. ``on_first_round`` is called once, when every server has had its first check
     (servers in maintenance count as checked; with nothing to check, at once).
     """
@@ -261,6 +325,6 @@ async def run_checks(
     async with trio.open_nursery() as nursery:
         for index, (state, check) in enumerate(targets):
             offset = check.interval * index / len(targets)
-            nursery.start_soon(_check_loop, state, check, offset, log, on_change, one_done)
+            nursery.start_soon(_check_loop, state, check, offset, log, on_change, one_done, tls)
         task_status.started()
         await trio.sleep_forever()

@@ -8,6 +8,7 @@ waiting for the checker (haproxy/haproxy#830).
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from config.model import HealthCheck
@@ -18,6 +19,9 @@ from .state import Health, ServerState
 L4OK = "L4OK"  # TCP connection established
 L4TOUT = "L4TOUT"  # connect timed out
 L4CON = "L4CON"  # connect failed (refused, reset, unreachable)
+L6OK = "L6OK"  # TLS handshake completed (a TCP check of a server reached over TLS)
+L6TOUT = "L6TOUT"  # connected, the TLS handshake did not finish in time
+L6RSP = "L6RSP"  # the TLS handshake failed (certificate refused, or the server speaks no TLS)
 L7OK = "L7OK"  # HTTP check passed
 L7STS = "L7STS"  # HTTP status not the expected one
 L7RSP = "L7RSP"  # invalid or unexpected response (body expectation, protocol error)
@@ -109,3 +113,13 @@ def report_passive_failure(state: ServerState, now: float, cause: str) -> str | 
         _transition(state, Health.DOWN, now)
         return _message(state, result)
     return None
+
+
+def describe_tls_error(error: BaseException | None) -> str:
+    """The cause of a failed client handshake, for logs: OpenSSL's verify message when the
+    server's certificate was refused."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {error.verify_message or error.reason}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
+    return f"TLS handshake failed: {error or 'connection closed'}"

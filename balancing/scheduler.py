@@ -88,12 +88,14 @@ def _hash_key(client_ip: str) -> str:
     return str(addr)
 
 
-def _balance(pool: PoolState, candidates: list[ServerState], client_ip: str) -> ServerState:
-    if pool.balance is Balance.SOURCE:
+def _balance(
+    pool: PoolState, candidates: list[ServerState], client_ip: str, source: str | None = None
+) -> ServerState:
+    """``source``: the source-persistence key of a new source, when it is placed by hash."""
+    if pool.balance is Balance.SOURCE or source is not None:
         servers = [(s.label, s.weight) for s in pool.servers]
-        label = pool.ring.pick(
-            _hash_key(client_ip), servers, frozenset(s.label for s in candidates)
-        )
+        key = source if source is not None else _hash_key(client_ip)
+        label = pool.ring.pick(key, servers, frozenset(s.label for s in candidates))
     else:
         cands = [Candidate(s.label, s.weight, s.counters.active) for s in candidates]
         if pool.balance is Balance.LEASTCONN:
@@ -155,7 +157,7 @@ def choose(
             candidates = [s for s in candidates if s.has_slot()] if not pool.queue else []
             if not candidates:
                 raise MustWait(Wait(None, reason, cookie_mode, clear_cookie=False, source_key=key))
-        chosen = _balance(pool, candidates, client_ip)
+        chosen = _balance(pool, candidates, client_ip, key if pool.hash_new_sources else None)
         if key is not None and pool.source_table is not None:
             pool.source_table.record(key, chosen.label, now)
         return Choice(chosen, reason, insert_cookie=cookie_mode, clear_cookie=False)

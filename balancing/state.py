@@ -113,7 +113,7 @@ class ServerCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     responses: dict[str, int] = field(default_factory=_response_slots)
-    check_status: str = ""  # L4OK L4TOUT L4CON L7OK L7STS L7RSP L7TOUT
+    check_status: str = ""  # L4OK L4TOUT L4CON L6OK L6TOUT L6RSP L7OK L7STS L7RSP L7TOUT
     check_desc: str = ""  # "connection refused", "timeout", "status 500 (expected 200)"
     check_duration: float | None = None
     # The clock of ``now`` in set_admin and the health transitions (the trio clock); 0.0 means
@@ -323,6 +323,10 @@ class PoolState:
             if isinstance(persistence, SourcePersistence)
             else None
         )
+        # With worker processes each keeps its own source table: a new source is then placed
+        # by the hash ring on its masked address, so every worker places it on the same server
+        # (docs/operations.md, "Worker processes"). One process balances new sources normally.
+        self.hash_new_sources = False
 
     @property
     def balance(self) -> Balance:

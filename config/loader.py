@@ -17,7 +17,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from .ha_reader import HaReader
 from .listener_reader import ListenerReader
 from .model import (
+    AUTO_WORKERS,
     DEFAULT_ADMIN_SOCKET_MODE,
+    MAX_WORKERS,
     REDIRECT_CODES,
     AdminSocketSettings,
     GlobalSettings,
@@ -60,6 +62,7 @@ GLOBAL_KEYS = (
     "stats",
     "admin_socket",
     "state_file",
+    "workers",
     *SERVICE_GLOBAL_KEYS,
 )
 STATS_KEYS = ("bind", "path", "auth")
@@ -275,7 +278,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
         user, group = self.user_and_group(m)
         pidfile_entry = m.get("pidfile")
         pidfile = self.path_value(pidfile_entry, None) if pidfile_entry else None
-        if None in (state_dir, grace, log_level, access_log, log_targets):
+        workers = self.workers(m.get("workers"), defaults.workers)
+        if None in (state_dir, grace, log_level, access_log, log_targets, workers):
             return None
         if (admin_entry is not None and admin_socket is None) or (
             state_entry is not None and state_file is None
@@ -295,7 +299,20 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
             user=user,
             group=group,
             pidfile=pidfile,
+            workers=workers if workers is not None else defaults.workers,
         )
+
+    def workers(self, entry: Entry | None, default: int) -> int | None:
+        """``workers: auto`` (one per core, at most MAX_AUTO_WORKERS) or a count."""
+        if entry is None:
+            return default
+        node = entry.value
+        if isinstance(node, ScalarNode) and node.value == "auto":
+            return AUTO_WORKERS
+        if not (isinstance(node, ScalarNode) and node.tag.endswith(":int")):
+            self.problem(node, entry.path, "expected auto or a number of worker processes")
+            return None
+        return self.integer(node, entry.path, 1, MAX_WORKERS)
 
     def admin_socket(self, entry: Entry) -> AdminSocketSettings | None:
         """``admin_socket: PATH`` or ``{path: PATH, mode: 0600}``."""

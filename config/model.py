@@ -18,6 +18,15 @@ DEFAULT_CLIENT_IDLE_TIMEOUT = 60.0  # HAProxy `timeout http-keep-alive` falls ba
 DEFAULT_SERVER_TIMEOUT = 60.0  # HAProxy `timeout server` in the shipped examples
 DEFAULT_TUNNEL_TIMEOUT = 600.0  # Pound `WSTimeOut` 600 s
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # same budget as the request head
+# `workers: auto` is stored as 0: one worker process per core the proxy may run on.
+AUTO_WORKERS = 0
+# auto stops here: each worker costs ~30 MB and its own health view and counters pushed through
+# the master, and past 16 the master's fan-out and the kernel's accept spread (one shared socket)
+# matter more than another core; HAProxy likewise caps its automatic nbthread (at 64 threads).
+# Asking for more explicitly is allowed up to MAX_WORKERS.
+MAX_AUTO_WORKERS = 16
+MAX_WORKERS = 64
+DEFAULT_WORKERS = 1  # see docs/configuration.md, "workers": why not auto
 DEFAULT_GRACE = 30.0  # in-flight requests get this long after SIGTERM (HAProxy hard-stop-after)
 DEFAULT_CHECK_INTERVAL = 2.0  # HAProxy DEF_CHKINTR 2000 ms
 DEFAULT_CHECK_RISE = 2  # HAProxy DEF_RISETIME
@@ -139,6 +148,18 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Re-encryption to a real server (HAProxy ``server ... ssl``, Pound ``HTTPS`` in a
+    ``BackEnd``). Verifies by default, as a browser would."""
+
+    verify: Verify = Verify.REQUIRED  # REQUIRED or NONE
+    ca: str | None = None  # PEM file or directory of trusted CAs; None: the system's
+    sni: str | None = None  # the name sent and verified; None: the address's host
+    sni_from_host: bool = False  # send (and verify) the request's Host instead (``sni: host``)
+    certificate: str | None = None  # client certificate: PEM bundle, or a sidecar .key
+
+
+@dataclass(frozen=True, slots=True)
 class RealServer:
     label: str  # the persistence cookie value and the name in logs and stats
     address: Address
@@ -150,6 +171,7 @@ class RealServer:
     # Requests at once on this server (HAProxy `server ... maxconn`); the rest wait in a queue.
     # 0: no limit.
     maxconn: int = 0
+    tls: ServerTls | None = None  # None: plain HTTP to the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +419,13 @@ class GlobalSettings:
     user: str | None = None  # name or number; privileges are dropped to it after binding
     group: str | None = None  # default: the user's primary group
     pidfile: str | None = None
+    workers: int = DEFAULT_WORKERS  # AUTO_WORKERS, or a count; 1 is one process, no master
+
+    def worker_count(self, cpus: int) -> int:
+        """How many worker processes to run when ``cpus`` cores are available."""
+        if self.workers != AUTO_WORKERS:
+            return self.workers
+        return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 DEFAULT_HA_ADVERT = 1.0  # keepalived's advert_int default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -22,7 +23,9 @@ from .model import (
     Pool,
     ProxyVersion,
     RealServer,
+    ServerTls,
     SourcePersistence,
+    Verify,
 )
 from .nodes import STR_TAG, Entry, Mapping, join
 
@@ -44,6 +47,7 @@ FALLBACK_LABEL = "fallback"  # the first fallback's label in logs and stats; the
 SAMESITE_VALUES = ("Strict", "Lax", "None")
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})(?:\s*-\s*([0-9]{3}))?")
 _DOMAIN_RE = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_SNI_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 POOL_KEYS = (
     "balance",
@@ -55,9 +59,22 @@ POOL_KEYS = (
     "maxconn",
     "send_proxy",
     "real_servers",
+    "tls",
 )
-FALLBACK_KEYS = ("address", "label", "health_check", "maxconn")
-SERVER_KEYS = ("label", "address", "weight", "state", "check_address", "maxconn", "send_proxy")
+FALLBACK_KEYS = ("address", "label", "health_check", "maxconn", "tls")
+SERVER_KEYS = (
+    "label",
+    "address",
+    "weight",
+    "state",
+    "check_address",
+    "maxconn",
+    "send_proxy",
+    "tls",
+)
+TLS_KEYS = ("verify", "ca", "sni", "certificate")
+TLS_VERIFY = (Verify.REQUIRED.value, Verify.NONE.value)
+SNI_FROM_HOST = "host"  # ``sni: host``: the request's Host (HAProxy ``sni req.hdr(host)``)
 COOKIE_KEYS = ("cookie", "httponly", "secure", "samesite", "domain", "path")
 PERSISTENCE_KEYS = (*COOKIE_KEYS, "source")
 SOURCE_KEYS = ("timeout", "mask", "mask6", "size")
@@ -79,15 +96,16 @@ class PoolReader(FieldReader):
         if health_entry is not None:
             health = self.health_check(health_entry)
         retries = self.opt_int(m.get("retries"), DEFAULT_RETRIES, 0, MAX_RETRIES)
-        # The pool's maxconn is the default of its real servers and fallbacks.
+        # The pool's maxconn is the default of its real servers and fallbacks; its tls too.
         maxconn = self.opt_int(m.get("maxconn"), 0, 0, MAX_MAXCONN)
+        tls_ok, tls = self.server_tls(m.get("tls"), None)
         seen: dict[str, Node] = {}
         proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), None)
-        servers = self.real_servers(m, what, seen, maxconn or 0, send_proxy)
+        servers = self.real_servers(m, what, seen, maxconn or 0, send_proxy, tls)
         fallbacks: tuple[Fallback, ...] | None = ()
         fallback_entry = m.get("fallback")
         if fallback_entry is not None:
-            fallbacks = self.fallbacks(fallback_entry, seen, maxconn or 0)
+            fallbacks = self.fallbacks(fallback_entry, seen, maxconn or 0, tls)
         if fallbacks and send_proxy is not None:
             fallbacks = tuple(
                 dataclasses.replace(f, server=dataclasses.replace(f.server, send_proxy=send_proxy))
@@ -96,6 +114,7 @@ class PoolReader(FieldReader):
         mode = self.opt_enum(m.get("fallback_mode"), FallbackMode, FallbackMode.FIRST)
         if (
             not proxy_ok
+            or not tls_ok
             or balance is None
             or health is None
             or servers is None
@@ -120,12 +139,12 @@ class PoolReader(FieldReader):
         )
 
     def fallbacks(
-        self, entry: Entry, seen: dict[str, Node], maxconn: int
+        self, entry: Entry, seen: dict[str, Node], maxconn: int, pool_tls: ServerTls | None
     ) -> tuple[Fallback, ...] | None:
         """One fallback, or a list of them in the order they are used (HAProxy ``backup``
         servers, Pound ``Emergency``)."""
         if not isinstance(entry.value, SequenceNode):
-            one = self.fallback(entry.value, entry.path, FALLBACK_LABEL, seen, maxconn)
+            one = self.fallback(entry.value, entry.path, FALLBACK_LABEL, seen, maxconn, pool_tls)
             return None if one is None else (one,)
         items = self.sequence(entry.value, entry.path, allow_empty=False)
         if items is None:
@@ -134,20 +153,28 @@ class PoolReader(FieldReader):
         for index, item in enumerate(items):
             default_label = FALLBACK_LABEL if index == 0 else f"{FALLBACK_LABEL}{index + 1}"
             path = f"{entry.path}[{index}]"
-            one = self.fallback(item, path, default_label, seen, maxconn)
+            one = self.fallback(item, path, default_label, seen, maxconn, pool_tls)
             if one is not None:
                 found.append(one)
         return tuple(found) if len(found) == len(items) else None
 
     def fallback(
-        self, node: Node, path: str, default_label: str, seen: dict[str, Node], maxconn: int
+        self,
+        node: Node,
+        path: str,
+        default_label: str,
+        seen: dict[str, Node],
+        maxconn: int,
+        pool_tls: ServerTls | None = None,
     ) -> Fallback | None:
-        """``ADDRESS`` or ``{address: ADDRESS, label:, health_check: {...}, maxconn:}``; the
-        check defaults to a TCP connect, whatever the pool's own check is."""
+        """``ADDRESS`` or ``{address: ADDRESS, label:, health_check: {...}, maxconn:, tls:}``;
+        the check defaults to a TCP connect, whatever the pool's own check is; ``tls`` to the
+        pool's."""
         address_node, address_path = node, path
         check: HealthCheck | None = HealthCheck()
         label: str | None = default_label
         server_maxconn: int | None = maxconn
+        tls_ok, tls = True, pool_tls
         if isinstance(node, MappingNode):
             m = self.mapping(node, path, FALLBACK_KEYS, required=("address",))
             if m is None:
@@ -164,6 +191,7 @@ class PoolReader(FieldReader):
                 label = self.label(label_entry, "fallback label", seen)
                 default_label = ""
             server_maxconn = self.opt_int(m.get("maxconn"), maxconn, 0, MAX_MAXCONN)
+            tls_ok, tls = self.server_tls(m.get("tls"), pool_tls)
         if default_label:
             if default_label in seen:
                 line = seen[default_label].start_mark.line + 1
@@ -177,9 +205,17 @@ class PoolReader(FieldReader):
             else:
                 seen[default_label] = node
         address = self.address(address_node, address_path)
-        if address is None or check is None or label is None or server_maxconn is None:
+        if (
+            address is None
+            or check is None
+            or label is None
+            or server_maxconn is None
+            or not tls_ok
+        ):
             return None
-        server = RealServer(label=label, address=address, backup=True, maxconn=server_maxconn)
+        server = RealServer(
+            label=label, address=address, backup=True, maxconn=server_maxconn, tls=tls
+        )
         return Fallback(server, check)
 
     def send_proxy(
@@ -200,6 +236,7 @@ class PoolReader(FieldReader):
         seen: dict[str, Node],
         maxconn: int,
         send_proxy: ProxyVersion | None = None,
+        tls: ServerTls | None = None,
     ) -> tuple[RealServer, ...] | None:
         entry = m.get("real_servers")
         if entry is None:
@@ -222,7 +259,9 @@ class PoolReader(FieldReader):
         servers: list[RealServer] = []
         ok = True
         for index, item in enumerate(items):
-            server = self.real_server(item, f"{entry.path}[{index}]", seen, maxconn, send_proxy)
+            server = self.real_server(
+                item, f"{entry.path}[{index}]", seen, maxconn, send_proxy, tls
+            )
             if server is None:
                 ok = False
             else:
@@ -236,6 +275,7 @@ class PoolReader(FieldReader):
         seen: dict[str, Node],
         maxconn: int,
         send_proxy: ProxyVersion | None = None,
+        pool_tls: ServerTls | None = None,
     ) -> RealServer | None:
         m = self.mapping(node, path, SERVER_KEYS, required=("label", "address"))
         if m is None:
@@ -265,6 +305,7 @@ class PoolReader(FieldReader):
             if check_address is None:
                 return None
         proxy_ok, send_proxy = self.send_proxy(m.get("send_proxy"), send_proxy)
+        tls_ok, tls = self.server_tls(m.get("tls"), pool_tls)
         if (
             label is None
             or address is None
@@ -272,6 +313,7 @@ class PoolReader(FieldReader):
             or state is None
             or server_maxconn is None
             or not proxy_ok
+            or not tls_ok
         ):
             return None
         return RealServer(
@@ -282,7 +324,65 @@ class PoolReader(FieldReader):
             check_address=check_address,
             send_proxy=send_proxy,
             maxconn=server_maxconn,
+            tls=tls,
         )
+
+    def server_tls(
+        self, entry: Entry | None, default: ServerTls | None
+    ) -> tuple[bool, ServerTls | None]:
+        """``tls: true`` (verify against the system CAs), ``tls: false`` (plain HTTP, e.g. a
+        server overriding its pool) or ``{verify, ca, sni, certificate}``. (ok, settings)."""
+        if entry is None:
+            return True, default
+        node = entry.value
+        if isinstance(node, ScalarNode) and node.tag.endswith(":bool"):
+            on = self.boolean(node, entry.path)
+            return on is not None, (ServerTls() if on else None)
+        m = self.mapping(node, entry.path, TLS_KEYS)
+        if m is None:
+            return False, None
+        verify = self.opt_choice(m.get("verify"), TLS_VERIFY, Verify.REQUIRED.value)
+        ca_entry = m.get("ca")
+        ca = self.path_value(ca_entry, None)
+        certificate = self.path_value(m.get("certificate"), None)
+        sni: str | None = None
+        sni_entry = m.get("sni")
+        if sni_entry is not None:
+            sni = self.sni_name(sni_entry)
+        if verify == Verify.NONE.value and ca_entry is not None:
+            self.problem(
+                ca_entry.key, ca_entry.path, "a CA file has no use with 'verify: none'; drop one"
+            )
+        if verify is None or self.failed_since(m):
+            return False, None
+        return True, ServerTls(
+            verify=Verify(verify),
+            ca=ca,
+            sni=None if sni == SNI_FROM_HOST else sni,
+            sni_from_host=sni == SNI_FROM_HOST,
+            certificate=certificate,
+        )
+
+    def sni_name(self, entry: Entry) -> str | None:
+        text = self.string(entry.value, entry.path)
+        if text is None or text == SNI_FROM_HOST:
+            return text
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            self.problem(
+                entry.value,
+                entry.path,
+                "SNI cannot carry an IP address (RFC 6066); leave 'sni' out and the "
+                "certificate is verified against the server's address",
+            )
+            return None
+        if not _SNI_RE.fullmatch(text):
+            self.problem(entry.value, entry.path, f"{text!r} is not a host name, nor 'host'")
+            return None
+        return text.rstrip(".").lower()
 
     def persistence(self, entry: Entry) -> Persistence | None:
         m = self.mapping(entry.value, entry.path, PERSISTENCE_KEYS)

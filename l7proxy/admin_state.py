@@ -28,7 +28,7 @@ OP_STOPPED, OP_RUNNING = 0, 2
 ADMIN_FORCED_MAINT, ADMIN_FORCED_DRAIN = 0x01, 0x08
 # HAProxy enum healthcheck_status for the check results lbproxy records.
 CHECK_STATUS = {"": 1, "L4OK": 6, "L4TOUT": 7, "L4CON": 8, "L7TOUT": 12, "L7RSP": 13}
-CHECK_STATUS |= {"L7OK": 15, "L7STS": 17}
+CHECK_STATUS |= {"L6OK": 9, "L6TOUT": 10, "L6RSP": 11, "L7OK": 15, "L7STS": 17}
 MAX_WEIGHT = 256  # HAProxy SRV_UWGHT_MAX
 
 
@@ -71,7 +71,7 @@ def _line(
         "-",
         state.address.port,
         "-",
-        0,
+        1 if state.server.tls is not None else 0,  # srv_use_ssl
         0,
         "-",
         "-",

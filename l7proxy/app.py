@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import signal
 import socket
 import sys
@@ -20,6 +21,7 @@ import trio
 
 from balancing.state import carry_over, new_states
 from config.model import Address, AdminSocketSettings, ProxyConfig
+from tls.client_context import ClientContexts, build_client_contexts
 from tls.server_tls import log_expiry_warnings
 
 from . import admin, admin_socket, changes, stats
@@ -98,6 +100,10 @@ class ProxyHandle:
     _admin_scope: trio.CancelScope | None = None
     _admin_settings: AdminSocketSettings | None = None
     gates: dict[str, ConnectionGate] = field(default_factory=dict)  # max_connections per vs
+    # With worker processes (master.py): the master binds but leaves the traffic to its
+    # workers, and the workers leave the health checks to the master.
+    serves_traffic: bool = True
+    runs_checks: bool = True
 
     def address(self, vs_label: str, index: int = 0) -> tuple[str, int]:
         """The real (host, port) of a virtual server's ``index``-th bind."""
@@ -137,6 +143,7 @@ class ProxyHandle:
         they started with. Raises StartupError and changes nothing when the new configuration
         cannot be served (a bind or a certificate fails). Returns notes for the log.
         """
+        contexts = _client_contexts(config)
         keep = {b.key: b.sock for b in self.bound}
         bound = _bind_all(config, reuse=keep)
         before = self.runtime.config
@@ -146,6 +153,7 @@ class ProxyHandle:
         runtime = self.runtime
         runtime.config = config
         runtime.pools = pools
+        runtime.upstream.set_tls_contexts(contexts)
         runtime.access_log = self.sink if config.global_.access_log else None
         reused = {id(b.sock) for b in bound}
         for old in self.bound:
@@ -179,6 +187,8 @@ class ProxyHandle:
 
     def _start_accepting(self, b: ListeningSocket) -> None:
         assert self._accepts is not None and self._connections is not None
+        if b.served is not None and not self.serves_traffic:
+            return
         runtime = self.runtime
         handler: Handler
         gate = None
@@ -204,6 +214,8 @@ class ProxyHandle:
             kind = "stats" if b.served is None else b.served.vs.label
             host, port = b.address if b.sock.fileno() >= 0 else ("-", 0)
             accepting = b.scope is not None and not b.scope.cancel_called
+            if b.served is not None and not self.serves_traffic:
+                accepting = b.sock.fileno() >= 0  # the workers accept on it
             facts.append(admin.BindFact(f"{kind} {host}:{port}", accepting))
         return tuple(facts)
 
@@ -238,6 +250,9 @@ class ProxyHandle:
 
     def _start_checks(self) -> None:
         assert self._checks is not None
+        if not self.runs_checks:
+            self.first_checks.set()
+            return
         if self._checks_scope is not None:
             self._checks_scope.cancel()
         scope = self._checks_scope = trio.CancelScope()
@@ -252,9 +267,19 @@ class ProxyHandle:
                     log=logging.getLogger("lbproxy.health"),
                     on_change=runtime.server_changed,
                     on_first_round=self.first_checks.set,
+                    tls=runtime.upstream.tls_target,
                 )
 
         self._checks.start_soon(checking)
+
+
+def _client_contexts(config: ProxyConfig) -> ClientContexts:
+    """The client TLS contexts of the real servers that re-encrypt; StartupError names the
+    first file that fails."""
+    contexts, problems = build_client_contexts(config.all_pools())
+    if problems:
+        raise StartupError(problems[0])
+    return contexts
 
 
 def _served(bound: Sequence[ListeningSocket]) -> dict[str, list[CertificateStatus]]:
@@ -333,6 +358,8 @@ async def serve(
     connector: Connector = connect_tcp,
     outputs: LogOutputs | None = None,
     before_serving: Callable[[ProxyHandle], None] | None = None,
+    inherited: dict[str, socket.socket] | None = None,
+    serves_traffic: bool = True,
 ) -> None:
     """Run the proxy until ``handle.stop()``; then drain within the grace period and return.
 
@@ -341,6 +368,10 @@ async def serve(
     at the end). ``before_serving`` runs once every socket is bound and every key read, before
     anything is accepted: where ``run`` drops privileges. Raises StartupError (nothing was
     started) when a bind, a certificate or a log target fails.
+
+    Worker processes (master.py): a worker passes the master's listening sockets as
+    ``inherited`` (by bind key) and runs no health checks of its own; the master passes
+    ``serves_traffic=False`` and accepts on the stats listener only.
     """
     owned = outputs is None
     if outputs is None:
@@ -351,9 +382,12 @@ async def serve(
     sink = AccessLogSink(outputs=outputs)
     access_log = sink if config.global_.access_log else None
     upstream = UpstreamPool(connector)
+    upstream.set_tls_contexts(_client_contexts(config))
     runtime = Runtime(config, new_states(config.all_pools()), upstream, access_log)
     try:
-        handle = ProxyHandle(runtime, _bind_all(config), sink=sink)
+        handle = ProxyHandle(runtime, _bind_all(config, reuse=inherited), sink=sink)
+        handle.serves_traffic = serves_traffic
+        handle.runs_checks = inherited is None
     except StartupError:
         if owned:
             outputs.close()
@@ -548,11 +582,7 @@ async def _main(
                 await outer.start(companion)
             async with trio.open_nursery() as inner:
                 handle: ProxyHandle = await inner.start(_serve_task, config, service)
-                for b in handle.bound:
-                    kind = "stats" if b.served is None else b.served.vs.label
-                    tls = " (TLS)" if b.tls_server is not None else ""
-                    host, port = b.address
-                    log.info("listening: %s on %s:%s%s", kind, host, port, tls)
+                log_listening(handle)
                 if on_started is not None:
                     on_started(handle)
                 async with trio.open_nursery() as duties:
@@ -561,6 +591,23 @@ async def _main(
                     await _handle_signals(signals, handle, config_path, service)
                     duties.cancel_scope.cancel()
             outer.cancel_scope.cancel()
+
+
+def log_listening(handle: ProxyHandle) -> None:
+    for b in handle.bound:
+        kind = "stats" if b.served is None else b.served.vs.label
+        tls = " (TLS)" if b.tls_server is not None else ""
+        host, port = b.address
+        log.info("listening: %s on %s:%s%s", kind, host, port, tls)
+
+
+def reopen_logs(service: Service) -> None:
+    """SIGUSR1: reopen the log files (after logrotate renamed them)."""
+    failed = service.outputs.reopen()
+    if failed:
+        log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
+    else:
+        log.info("SIGUSR1: log files reopened")
 
 
 async def _handle_signals(
@@ -576,11 +623,7 @@ async def _handle_signals(
                 service.notifier.ready(status_text(handle))
             continue
         if signum == signal.SIGUSR1:
-            failed = service.outputs.reopen()
-            if failed:
-                log.warning("SIGUSR1: %d log file(s) could not be reopened", failed)
-            else:
-                log.info("SIGUSR1: log files reopened")
+            reopen_logs(service)
             continue
         log.info("%s: shutting down", signal.Signals(signum).name)
         service.notifier.stopping()
@@ -600,6 +643,14 @@ async def _serve_task(
         outputs=service.outputs,
         before_serving=service.before_serving,
     )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, as HAProxy counts them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _leaves(group: BaseExceptionGroup[StartupError]) -> list[BaseException]:
@@ -647,8 +698,13 @@ def run(
     for warning in config.warnings:
         log.warning("%s", warning)
     status = EXIT_OK
+    main: Callable[..., Awaitable[None]] = _main
+    if settings.worker_count(available_cores()) > 1:
+        from .master import master_main
+
+        main = master_main
     try:
-        trio.run(_main, config, config_path, on_started, companions, service)
+        trio.run(main, config, config_path, on_started, companions, service)
     except* StartupError as group:
         for error in _leaves(group):
             print(f"lbproxy: {error}", file=sys.stderr)

@@ -66,13 +66,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_certificates(config: ProxyConfig) -> tuple[list[str], list[str]]:
-    """Load every TLS bind's certificate files as ``run`` would (like ``haproxy -c``).
+    """Load every TLS bind's certificate files, and the CA and client certificate files of the
+    real servers reached over TLS, as ``run`` would (like ``haproxy -c``).
 
     Problems stop ``run``; warnings (expired, not yet valid, expiring soon) do not: those
     certificates are served, as HAProxy, Pound and nginx serve them.
     """
     import datetime
 
+    from tls.client_context import build_client_contexts
     from tls.status import certificate_status, expiry_warnings
     from tls.store import CertificateError, load_certificates
 
@@ -91,6 +93,8 @@ def _check_certificates(config: ProxyConfig) -> tuple[list[str], list[str]]:
                 continue
             statuses = [certificate_status(cert) for cert in loaded]
             warnings += [f"{where}: {line}" for line in expiry_warnings(statuses, now)]
+    # Re-encryption: the CA and client certificate files of the real servers.
+    problems += build_client_contexts(config.all_pools())[1]
     return problems, warnings
 
 

@@ -457,6 +457,7 @@ class ClientConnection:
             retries,
             self.client,
             self.timeouts.queue,
+            host,
         )
         while True:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)

@@ -54,6 +54,7 @@ class Request(NamedTuple):
     retries: int
     client: ClientInfo | None = None  # for a server that wants a PROXY header
     queue_timeout: float | None = None  # None: the connect timeout
+    host: bytes = b""  # the Host header: the SNI name of servers with ``sni: host``
 
 
 async def connect_server(
@@ -68,6 +69,7 @@ async def connect_server(
     when there is none. ``exclude`` holds the servers this request must not go to again."""
     refused: set[str] = set()
     failures = rounds = 0
+    tls_failed = False
     for _ in range(MAX_CONNECT_ATTEMPTS):
         excluded = frozenset(exclude | refused) if refused or exclude else NOBODY
         try:
@@ -105,7 +107,8 @@ async def connect_server(
         # A PROXY header ties a server connection to its client (UpstreamPool, "_private").
         version = server.server.send_proxy
         owner = request.client if version is not None else None
-        conn = upstream.take_idle(server.address, owner)
+        tls = upstream.tls_target(server.server, request.host) if server.server.tls else None
+        conn = upstream.take_idle(server.address, tls, owner)
         if conn is not None:
             ex.connect_time = 0.0
             return choice, conn
@@ -115,11 +118,14 @@ async def connect_server(
         connected = False
         try:
             header = _proxy_header(version, owner)
-            conn = await upstream.connect(server.address, request.connect_timeout, header, owner)
+            conn = await upstream.connect(
+                server.address, request.connect_timeout, tls, header, owner
+            )
             ex.connect_time = trio.current_time() - started
             connected = True
         except ConnectError as error:
             _connect_failed(runtime, server, error)
+            tls_failed |= error.tls
             failures += 1
             refused.add(server.label)
             continue
@@ -130,6 +136,8 @@ async def connect_server(
         if failures:
             ex.retries += failures
         return choice, conn
+    if tls_failed:  # a server that could not be reached securely: 502, as a bad gateway
+        raise ExchangeFailed(Failure.SERVER_TLS)
     raise ExchangeFailed(Failure.CONNECT_FAILED if failures else Failure.NO_SERVER)
 
 
@@ -166,6 +174,11 @@ async def wait_for_slot(
 
 def _connect_failed(runtime: Runtime, server: ServerState, error: ConnectError) -> None:
     server.counters.failures_connect += 1
+    if error.tls:
+        health_log.warning("%s/%s: %s", server.pool_name, server.label, error.cause)
+        settings = server.server.tls
+        if settings is not None and settings.sni_from_host:
+            return  # the client's Host chose the name checked: no reason to take the server down
     message = report_passive_failure(server, trio.current_time(), error.cause)
     if message:
         health_log.warning("%s", message)

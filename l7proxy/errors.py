@@ -107,6 +107,7 @@ class Failure(enum.Enum):
     NO_SERVER = "no server could take the request"
     QUEUE_TIMEOUT = "the request waited for a free slot of a full server longer than allowed"
     CONNECT_FAILED = "every connect attempt failed"
+    SERVER_TLS = "the real server's TLS handshake failed (certificate refused, or no TLS)"
     SERVER_CLOSED = "the server closed before any response byte"
     SERVER_DOWN = "the server was marked DOWN while the request waited for its response"
     BAD_RESPONSE = "the response head or its framing was invalid"
@@ -146,6 +147,7 @@ _ROWS: dict[Failure, tuple[int | None, str]] = {
     Failure.NO_SERVER: (503, "SQ"),
     Failure.QUEUE_TIMEOUT: (503, "sQ"),  # HAProxy `timeout queue`
     Failure.CONNECT_FAILED: (503, "SC"),
+    Failure.SERVER_TLS: (502, "SC"),
     Failure.SERVER_CLOSED: (502, "SH"),
     Failure.SERVER_DOWN: (502, "SH"),
     Failure.BAD_RESPONSE: (502, "PH"),
@@ -215,6 +217,7 @@ def decide(failure: Failure, facts: Facts) -> Outcome:
         Failure.NO_SERVER,
         Failure.QUEUE_TIMEOUT,
         Failure.CONNECT_FAILED,
+        Failure.SERVER_TLS,
     )
     return Outcome(
         status, termination, close=not keep, server_fault=server_fault, client_fault=client_fault

@@ -17,6 +17,8 @@ import struct
 
 import trio
 
+from balancing.health import describe_tls_error
+
 READ_SIZE = 65536  # 64 KiB reads: x2.6 on 64 KiB bodies, nothing lost on small ones
 _CLOSED_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
 
@@ -97,7 +99,8 @@ class SockStream(trio.abc.HalfCloseableStream):
         if self._closed:
             return False
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK)
+            # The raw socket's recv, also under TLS (SSLSocket.recv refuses flags).
+            data = socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
         except BlockingIOError:
             return True
         except OSError:
@@ -154,6 +157,46 @@ async def connect(host: str, port: int) -> SockStream:
     raise last or OSError(f"no address for {host}")
 
 
+class ServerTlsError(OSError):
+    """The TLS handshake with a real server failed (certificate refused, protocol error); the
+    text is the cause. Nothing of the request was sent."""
+
+
+async def connect_tls(
+    host: str, port: int, context: ssl.SSLContext, server_name: str, *, first: bytes = b""
+) -> TlsSockStream:
+    """Connect and complete a client TLS handshake sending ``server_name`` (not as SNI when it is
+    an IP address, RFC 6066) and verifying the certificate against it as ``context`` says.
+
+    ``first`` (a PROXY header) is sent in the clear before the handshake. Raises OSError when the
+    connect fails, ServerTlsError when the handshake does; the caller bounds the time.
+    """
+    plain = await connect(host, port)
+    if first:  # a PROXY header: plain bytes before the handshake
+        try:
+            await plain.send_all(first)
+        except BaseException:
+            plain.close()
+            raise
+    try:
+        tls_sock = context.wrap_socket(
+            plain.sock, server_hostname=server_name, do_handshake_on_connect=False
+        )
+    except (ssl.SSLError, ValueError) as error:
+        plain.close()
+        raise ServerTlsError(describe_tls_error(error)) from error
+    stream = TlsSockStream(tls_sock)
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as error:
+        stream.abort()
+        raise ServerTlsError(describe_tls_error(error.__cause__)) from error
+    except BaseException:
+        stream.abort()
+        raise
+    return stream
+
+
 class TlsSockStream(SockStream):
     """TLS on the socket itself: OpenSSL reads and writes the descriptor directly.
 
@@ -194,6 +237,11 @@ class TlsSockStream(SockStream):
 
     async def send_eof(self) -> None:
         raise trio.BrokenResourceError("TLS has no half-close")
+
+    def is_idle_and_open(self) -> bool:
+        """As for plain sockets, on the raw socket: a close_notify or any record the server sent
+        while idle makes the connection unusable; so do decrypted bytes nobody read."""
+        return not self.sock.pending() and super().is_idle_and_open()
 
     def close(self) -> None:
         """Send close_notify when the socket takes it at once, then close."""

@@ -107,7 +107,7 @@ class Backend:
         task_status.started()
         await trio.serve_listeners(self._handle, [listener])
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         number = self.connections
         self.changes.notify()
@@ -120,7 +120,7 @@ class Backend:
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
                         continue
                     if isinstance(event, h11.Request):
                         request = event

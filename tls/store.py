@@ -244,7 +244,8 @@ def describe_subject(cert: x509.Certificate) -> str:
     return names[0] if names else cert.subject.rfc4514_string() or "(empty subject)"
 
 
-def _read(path: str) -> bytes:
+def read_certificate_file(path: str) -> bytes:
+    """The bytes of a PEM file, size-capped; CertificateError when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CERTIFICATE_FILE_BYTES + 1)
@@ -272,7 +273,7 @@ def _find_sidecar_key(path: str) -> PrivateKey:
     for candidate in sidecar_key_paths(path):
         if not os.path.exists(candidate):
             continue
-        key, _ = parse_pem_bundle(_read(candidate), candidate)
+        key, _ = parse_pem_bundle(read_certificate_file(candidate), candidate)
         if key is None:
             raise CertificateError(candidate, "holds no private key")
         return key
@@ -301,14 +302,10 @@ def chain_pem(chain: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
 
 
-def load_certificate_file(path: str, *, default: bool = False) -> LoadedCertificate:
-    """One servable certificate from ``path``: PEM bundle, or leaf(+chain) with a sidecar key.
-
-    The key must match the leaf; the chain is reordered leaf → root and certificates that are
-    not part of it are dropped. Raises CertificateError. An expired or not yet valid leaf is
-    loaded all the same; ``tls.status.expiry_warnings`` is what tells the operator.
-    """
-    key, certs = parse_pem_bundle(_read(path), path)
+def load_key_and_chain(path: str) -> tuple[PrivateKey, list[x509.Certificate]]:
+    """The key and the chain (leaf first) of a PEM bundle or a leaf with a sidecar key; the key
+    must match the leaf. Raises CertificateError."""
+    key, certs = parse_pem_bundle(read_certificate_file(path), path)
     if not certs:
         raise CertificateError(path, "no certificate in the file")
     if key is None:
@@ -318,6 +315,17 @@ def load_certificate_file(path: str, *, default: bool = False) -> LoadedCertific
         raise CertificateError(
             path, f"the private key does not match the certificate {describe_subject(chain[0])}"
         )
+    return key, chain
+
+
+def load_certificate_file(path: str, *, default: bool = False) -> LoadedCertificate:
+    """One servable certificate from ``path``: PEM bundle, or leaf(+chain) with a sidecar key.
+
+    The key must match the leaf; the chain is reordered leaf → root and certificates that are
+    not part of it are dropped. Raises CertificateError. An expired or not yet valid leaf is
+    loaded all the same; ``tls.status.expiry_warnings`` is what tells the operator.
+    """
+    key, chain = load_key_and_chain(path)
     names = certificate_names(chain[0])
     if not names:
         raise CertificateError(path, "the certificate names no host (no SAN DNS name and no CN)")
