@@ -1182,9 +1182,10 @@ class HaproxyTranslator:
                 fb["health_check"] = dict(timing) if check else {"enabled": False}
                 if "maxconn" in server:
                     fb["maxconn"] = server["maxconn"]
-                for key in ("tls", "send_proxy"):
-                    if key in server:
-                        self.note(line, f"{key} on a backup server is not carried", traffic=True)
+                if "tls" in server:
+                    fb["tls"] = server["tls"]
+                if "send_proxy" in server:
+                    self.note(line, "send-proxy on a backup server: set send_proxy on the pool")
                 fallbacks.append(fb)
                 continue
             server["label"] = label(server["label"], taken)
@@ -1356,8 +1357,15 @@ class HaproxyTranslator:
                     )
             i += 2 if takes else 1
         if tls:
-            if tls.get("verify") == "required" and "ca" not in tls:
-                if not tls.pop("_no_ca", False) and "verify" not in params:
+            missing_ca = tls.pop("_no_ca", False)
+            if (
+                tls.get("verify") == "required"
+                and "ca" not in tls
+                and (missing_ca or "verify" not in params)
+            ):
+                # `ssl` alone needs a ca-file (or ssl-server-verify none) in HAProxy; a ca-file
+                # that is not here cannot be used: encrypt without verifying, as reported.
+                if not missing_ca:
                     self.note(
                         line,
                         "HAProxy verifies the server's certificate against ca-file; without one "
@@ -1366,7 +1374,8 @@ class HaproxyTranslator:
                         directive=f"server {name} ssl",
                     )
                 tls["verify"] = "none"
-            tls.pop("_no_ca", None)
+            if tls.get("verify") == "none":
+                tls.pop("ca", None)  # lbproxy refuses a CA it would not use
             server["tls"] = tls
         if check_addr or check_port:
             host = check_addr or address.rsplit(":", 1)[0]
