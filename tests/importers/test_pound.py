@@ -176,3 +176,36 @@ def test_garbage_never_raises(tmp_path: pathlib.Path, text: str) -> None:
     (tmp_path / "pound.cfg").write_text(text, errors="replace")
     result = import_configs(None, str(tmp_path / "pound.cfg"), env={}, exists=lambda _: False)
     assert result.status in (EXIT_CARRIED, EXIT_DROPPED)
+
+
+def test_pound4_named_backends_match_blocks_and_error_service(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "pound.cfg").write_text(
+        """Backend "app"
+    Address 10.0.0.1
+    Port 8080
+End
+ListenHTTP
+    Address 127.0.0.1
+    Port 8080
+    Service
+        Match OR
+            Host -beg "www."
+            Path -beg "/app/"
+        End
+        UseBackend "app"
+    End
+    Service
+        Error 404
+    End
+End
+"""
+    )
+    doc, _, _ = translate(tmp_path / "pound.cfg")
+    [vs] = doc["virtual_servers"]
+    [rule] = vs["rules"]
+    assert rule["if"] == {"or": [{"host_prefix": "www."}, {"path_prefix": "/app/"}]}
+    assert doc["pools"][rule["pool"]]["real_servers"][0]["address"] == "10.0.0.1:8080"
+    assert vs["deny"] == [
+        {"if": {"not": {"or": [{"host_prefix": "www."}, {"path_prefix": "/app/"}]}}, "status": 404}
+    ]
+    assert vs["xhttp"] == 0
