@@ -7,9 +7,11 @@ Runtime state (health, counters, admin changes at run time) lives elsewhere
 from __future__ import annotations
 
 import enum
-import ipaddress
-import re
 from dataclasses import dataclass, field
+
+from .actions import RequestPolicy
+from .conditions import Condition
+from .conditions import Network as Network  # re-exported: the model's users import it here
 
 # Defaults, with their precedent.
 DEFAULT_CONNECT_TIMEOUT = 5.0  # HAProxy examples use `timeout connect 5s`
@@ -49,9 +51,6 @@ class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
     REQUIRED = "required"
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,20 +192,12 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderMatch:
-    name: str  # lower-case
-    value: str | None = None  # None: the header is present; else exact value
-
-
-@dataclass(frozen=True, slots=True)
 class Rule:
-    """URL switching: every condition given must match; the first matching rule wins."""
+    """URL switching (HAProxy ``use_backend ... if``): the first rule whose condition matches
+    names the pool."""
 
     pool: str
-    host: str | None = None  # lower-case, no port; "*.example.com" matches one label or more
-    path_prefix: str | None = None
-    path_regex: re.Pattern[str] | None = None
-    header: HeaderMatch | None = None
+    condition: Condition
 
 
 # Redirect statuses that keep the method and body (307, 308) or turn it into GET (301, 302, 303).
@@ -247,6 +238,8 @@ class VirtualService:
     redirect_to_https: HttpsRedirect | None = None
     hsts: float | None = None  # max-age in seconds, sent on TLS responses only
     rewrite_location: bool = True  # Pound RewriteLocation 1 (its default)
+    # Header rules, redirects, deny rules, the method filter, the body limit, error pages.
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
 
     def https_port(self) -> int:
         """The port ``redirect_to_https`` sends clients to."""

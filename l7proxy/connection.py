@@ -9,6 +9,7 @@ on one real server is relay.py's. Failures of one connection stay in it (docs/ar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -27,7 +28,8 @@ from tls.clientcert import CLIENT_HEADER_NAMES
 from . import accesslog
 from .chunked import ChunkedBody, ChunkError
 from .dispatch import Request, connect_server
-from .errors import CannedResponse, Failure, Outcome, canned, decide, redirect_page
+from .errorpages import page
+from .errors import CannedResponse, Failure, Outcome, decide, redirect_page
 from .exchange import (
     IDEMPOTENT_METHODS,
     MAX_HEAD_BYTES,
@@ -44,9 +46,12 @@ from .exchange import (
     trusted_peer,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
+from .header_rules import Values, applicable, apply_rules
+from .matching import RequestView
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
 from .routing import route
 from .runtime import ClientInfo, Runtime, ServedBind
+from .screening import Refusal, screen
 from .upstream import UpstreamConnection
 
 log = logging.getLogger("lbproxy.connection")
@@ -90,6 +95,13 @@ class ClientConnection:
         self.client_ip = client.ip.encode("ascii")
         self.forward_tail = [*forwarded_tail(client, served.port), *tls_headers]
         self.keep_forwarded_for = trusted_peer(client.ip, served.vs.forwardfor_trusted)
+        # The request policy, looked at only when configured (docs/architecture.md, "Speed").
+        policy = self.policy = served.vs.policy
+        self.screens = policy.screens
+        self.needs_view = bool(
+            served.vs.rules or policy.screens or policy.request_headers or policy.response_headers
+        )
+        self.max_body = policy.max_body
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
         self.deadline = math.inf
@@ -114,6 +126,8 @@ class ClientConnection:
             check_head_bytes(data)
         elif self.chunks is not None:
             self._check_chunks(data)
+            if self.max_body is not None:
+                self._check_body_size()
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
 
     def _check_chunks(self, data: bytes | bytearray) -> None:
@@ -125,6 +139,14 @@ class ClientConnection:
             raise h11.RemoteProtocolError(str(error), 400) from error
         if self.chunks.done:
             self.chunks = None
+
+    def _check_body_size(self) -> None:
+        """``limits.max_body`` for a chunked body: refused once its chunk sizes pass it,
+        before h11 hands those bytes on."""
+        chunks = self.chunks
+        if chunks is not None and self.max_body is not None and chunks.declared > self.max_body:
+            self.runtime.frontend(self.vs.label).denied += 1
+            raise ExchangeFailed(Failure.TOO_LARGE, "request body larger than max_body")
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -338,6 +360,8 @@ class ClientConnection:
                     self._check_chunks(self.h11.trailing_data[0])
                 except h11.RemoteProtocolError as error:
                     raise ExchangeFailed(Failure.BAD_BODY, str(error), 400) from error
+                if self.max_body is not None:
+                    self._check_body_size()
             return await self._proxy(request, headers, scan, ex)
         except ExchangeFailed as failure:  # the client, outside any server attempt
             return await self._apply(decide(failure.kind, ex.facts()), ex)
@@ -359,7 +383,7 @@ class ClientConnection:
             self.stream.abort()
         elif outcome.status is not None:
             ex.status = outcome.status
-            await self._answer(canned(outcome.status, close=outcome.close))
+            await self._answer(page(outcome.status, self.policy.error_pages, close=outcome.close))
         return not outcome.close and self._client_can_continue()
 
     def _log(self, ex: ExchangeState) -> None:
@@ -396,7 +420,14 @@ class ClientConnection:
         if redirect is not None and not self.client.tls:
             status = redirect.status_for(request.method)
             return await self._redirect_to_https(host, request.target, status, ex)
-        pool_name = route(self.vs, request.target, headers)
+        view = None
+        if self.needs_view:
+            view = RequestView(request.method, request.target, headers, self.client)
+            if self.screens:
+                refusal = screen(self.policy, view, scan.content_length)
+                if refusal is not None:
+                    return await self._refuse(refusal, ex)
+        pool_name = route(self.vs, view)
         pool = self.runtime.pools.get(pool_name)
         if pool is None:  # a reload removed the pool this connection's rules still name
             return await self._apply(decide(Failure.NO_POOL, ex.facts()), ex)
@@ -426,7 +457,10 @@ class ClientConnection:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)
             rewrite = response_rewrite(choice, persistence, self.vs, host, self.client.tls)
-            outcome = await self._attempt(head, rest, scan.has_body, conn, choice, pool, rewrite)
+            sent = rest
+            if view is not None and (self.policy.request_headers or self.policy.response_headers):
+                sent, rewrite = self._header_rules(view, choice, rest, rewrite)
+            outcome = await self._attempt(head, sent, scan.has_body, conn, choice, pool, rewrite)
             if outcome is None:
                 return ex.client_keepalive and self._client_can_continue()
             if not outcome.resend:
@@ -494,6 +528,36 @@ class ClientConnection:
                 server.label,
             )
         return outcome
+
+    def _header_rules(
+        self, view: RequestView, choice: Choice, rest: Headers, rewrite: ResponseRewrite
+    ) -> tuple[Headers, ResponseRewrite]:
+        """``request_headers`` applied to what the server gets; ``response_headers`` handed to
+        the response rewrite. Conditions are the request's, so both are decided here."""
+        values = Values(view, choice.server.label)
+        policy = self.policy
+        if policy.request_headers:
+            rest = apply_rules(rest, applicable(policy.request_headers, view), values)
+        if policy.response_headers:
+            rules = applicable(policy.response_headers, view)
+            rewrite = dataclasses.replace(rewrite, header_rules=rules, values=values)
+        return rest, rewrite
+
+    async def _refuse(self, refusal: Refusal, ex: ExchangeState) -> bool:
+        """lbproxy's own answer from the request policy (screening.screen)."""
+        ex.status = refusal.status
+        ex.termination = refusal.termination
+        if refusal.denied:
+            self.runtime.frontend(self.vs.label).denied += 1
+        close = self.h11.their_state is not h11.DONE  # a body nobody will read
+        if refusal.location is not None:
+            response = redirect_page(refusal.location, refusal.status, close=close)
+        else:
+            response = page(refusal.status, self.policy.error_pages, close=close)
+            if refusal.allow is not None:
+                response.headers.append((b"allow", refusal.allow))
+        await self._answer(response)
+        return self._client_can_continue()
 
     async def _redirect_to_https(
         self, host: bytes, target: bytes, status: int, ex: ExchangeState
