@@ -199,6 +199,13 @@ class ActionReader(ConditionReader):
         replacement = self.template(with_entry)
         if name is None or pattern is None or replacement is None:
             return None
+        literals = [part.encode("latin-1") for part in replacement.parts if isinstance(part, str)]
+        try:  # parses the replacement's \1 and \g<name> now, not at the first request
+            for literal in literals:
+                pattern.sub(literal, b"")
+        except re.error as exc:
+            self.problem(with_entry.value, with_entry.path, f"invalid replacement: {exc}")
+            return None
         return HeaderRule(HeaderAction.REPLACE, name, replacement, pattern, condition)
 
     # -- redirects and deny -------------------------------------------------------------------

@@ -3,6 +3,7 @@ templates. Like every reader, a bad value is recorded as a problem and gives Non
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import AnyStr
@@ -179,6 +180,9 @@ class ConditionReader(FieldReader):
         if text is None:
             return None
         host = text.lower().removesuffix(".")  # request hosts are compared without it
+        literal = _ipv6(host)
+        if literal is not None:  # a Host header holds an IPv6 address in brackets
+            return HostIs(literal)
         if not _HOST_RE.fullmatch(host):
             self.problem(
                 entry.value,
@@ -348,6 +352,13 @@ class ConditionReader(FieldReader):
             parts.append(var)
         parts.append(text[position:])
         return Template(tuple(part for part in parts if part != ""))
+
+
+def _ipv6(text: str) -> str | None:
+    try:
+        return f"[{ipaddress.IPv6Address(text.removeprefix('[').removesuffix(']'))}]"
+    except ValueError:
+        return None
 
 
 _PRIMITIVE_READERS: dict[str, Callable[[ConditionReader, Entry], Condition | None]] = {
