@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 REASONS: dict[int, str] = {
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    410: "Gone",
     413: "Content Too Large",
     414: "URI Too Long",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -36,6 +39,8 @@ REDIRECT_REASONS: dict[int, bytes] = {
 # Same wording as HAProxy's built-in error pages, so operators recognise them.
 _MESSAGES: dict[int, str] = {
     400: "Your browser sent an invalid request.",
+    403: "Request forbidden by administrative rules.",
+    429: "You have sent too many requests in a given amount of time.",
     404: "The requested URL was not found on this server.",
     405: "A request was made of a resource using a method that is not supported.",
     408: "Your browser didn't send a complete request in time.",
