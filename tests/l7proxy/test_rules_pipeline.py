@@ -11,6 +11,7 @@ import trio
 
 from config.loader import load_text
 from config.model import Address, Bind, GlobalSettings, ProxyConfig
+from l7proxy.cli import main
 from tests.helpers import Backend, Seen, free_port, raw_exchange, request, serve_raw, start_proxy
 
 VS_HEAD = (
@@ -327,3 +328,34 @@ def test_no_policy_means_no_hooks() -> None:
         ClientInfo("127.0.0.1", 1, "127.0.0.1", 80),
     )
     assert (conn.needs_view, conn.screens, conn.max_body) == (False, False, None)
+
+
+async def test_a_config_with_every_rule_passes_check_and_serves(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web", backend_reply)
+            await nursery.start(web.serve)
+            text = (
+                "    acls: {local: {src: 127.0.0.0/8}, api: {path_prefix: /api/}}\n"
+                + HEADER_RULES
+                + REDIRECTS
+                + policy_text(tmp_path, free_port()).replace(
+                    "    rules: [{if: {path_prefix: /down}, pool: down}]\n",
+                    "    rules: [{if: {path_prefix: /down}, pool: down}, {if: api, pool: api}]\n",
+                )
+                + f"  api: {{real_servers: [{{label: api1, address: '127.0.0.1:{web.port}'}}]}}\n"
+            )
+            path = tmp_path / "lb.yaml"
+            path.write_text((VS_HEAD + text).replace("{port}", str(web.port)))
+            assert await trio.to_thread.run_sync(main, ["check", "-c", str(path)]) == 0
+
+            proxy = await start_proxy(nursery, configured(text, web.port, str(path)))
+            _, port = proxy.address("www")
+            served = await request(port, "GET", "/api/x")
+            assert (served.status, served.header("x-served")) == (200, "api1")
+            assert web.seen[-1].header(b"x-server") == b"api1"
+            assert (await request(port, "GET", "/loc")).status == 301
+            assert (await request(port, "GET", "/admin")).body == b"<h1>go away</h1>\n"
+            assert (await request(port, "PUT", "/", body=b"")).status == 405
+            assert (await request(port, "GET", "/down")).body == b"<h1>all down</h1>\n"
+            nursery.cancel_scope.cancel()
