@@ -115,6 +115,18 @@ class ActionReader(ConditionReader):
         kept = tuple(value for value in values if value is not None)
         return kept if len(kept) == len(values) else None
 
+    def one_of(
+        self, m: Mapping | None, node: Node, path: str, keys: tuple[str, ...]
+    ) -> Entry | None:
+        """The one entry of ``m`` among ``keys``; a problem unless there is exactly one."""
+        if m is None:
+            return None
+        present = [entry for key in keys if (entry := m.get(key)) is not None]
+        if len(present) != 1:
+            self.problem(node, path, "give exactly one of: " + ", ".join(keys))
+            return None
+        return present[0]
+
     # -- header rules -------------------------------------------------------------------------
 
     def header_rules(self, entry: Entry | None, acls: Acls) -> tuple[HeaderRule, ...] | None:
@@ -125,16 +137,11 @@ class ActionReader(ConditionReader):
 
     def header_rule_group(self, node: Node, path: str, acls: Acls) -> tuple[HeaderRule, ...] | None:
         m = self.mapping(node, path, (*HEADER_RULE_ACTIONS, "if"))
-        if m is None:
-            return None
-        actions = [key for key in HEADER_RULE_ACTIONS if key in m]
-        if len(actions) != 1:
-            self.problem(node, path, "give exactly one of: " + ", ".join(HEADER_RULE_ACTIONS))
+        entry = self.one_of(m, node, path, HEADER_RULE_ACTIONS)
+        if m is None or entry is None:
             return None
         ok, condition = self.opt_condition(m.get("if"), acls)
-        action = HeaderAction(actions[0])
-        entry = m.get(actions[0])
-        assert entry is not None
+        action = HeaderAction(entry.key.value)
         rules: list[HeaderRule] | None
         if action is HeaderAction.DELETE:
             name = self.header_name(entry)
@@ -212,16 +219,11 @@ class ActionReader(ConditionReader):
 
     def redirect(self, node: Node, path: str, acls: Acls) -> Redirect | None:
         m = self.mapping(node, path, REDIRECT_RULE_KEYS)
-        if m is None:
-            return None
-        kinds = [key for key in REDIRECT_KINDS if key in m]
-        if len(kinds) != 1:
-            self.problem(node, path, "give exactly one of: " + ", ".join(REDIRECT_KINDS))
+        entry = self.one_of(m, node, path, REDIRECT_KINDS)
+        if m is None or entry is None:
             return None
         ok, condition = self.opt_condition(m.get("if"), acls)
-        kind = RedirectKind(kinds[0])
-        entry = m.get(kinds[0])
-        assert entry is not None
+        kind = RedirectKind(entry.key.value)
         value = self.template(entry, allow_empty=False)
         literal = value.literal if value is not None else None
         if (

@@ -188,9 +188,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
         Rule(pool="api", condition=PathPrefix("/api/")),
         Rule(
             pool="static",
-            condition=AllOf(
-                (PathRegex(re.compile(r"^/img/.*\.png$")), HostSuffix(".example.com"))
-            ),
+            condition=AllOf((PathRegex(re.compile(r"^/img/.*\.png$")), HostSuffix(".example.com"))),
         ),
         Rule(pool="api", condition=Header(b"x-canary", b"1")),
         Rule(pool="static", condition=Header(b"x-debug")),

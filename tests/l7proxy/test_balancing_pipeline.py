@@ -147,9 +147,7 @@ async def test_rules_first_match_wins() -> None:
                 Rule(pool="api", condition=PathPrefix("/api/")),
                 Rule(
                     pool="img",
-                    condition=AllOf(
-                        (HostSuffix(".example.com"), PathRegex(re.compile(r"\.png$")))
-                    ),
+                    condition=AllOf((HostSuffix(".example.com"), PathRegex(re.compile(r"\.png$")))),
                 ),
                 Rule(pool="admin", condition=HostIs("admin.example.com")),
             )
