@@ -95,8 +95,32 @@ def xhttp_methods(level: int) -> frozenset[bytes]:
     return frozenset(m.encode("ascii") for group in XHTTP_LEVELS[: level + 1] for m in group)
 
 
-# A method outside this set is "unknown": 501 rather than 405 when it is not allowed.
-KNOWN_METHODS = xhttp_methods(len(XHTTP_LEVELS) - 1)
+# A method outside this set is "unknown": 501 rather than 405 when it is not allowed. Pound's
+# levels, and the rest of IANA's HTTP method registry.
+KNOWN_METHODS = xhttp_methods(len(XHTTP_LEVELS) - 1) | {
+    m.encode("ascii")
+    for m in [
+        "ACL",
+        "BASELINE-CONTROL",
+        "BIND",
+        "CHECKIN",
+        "LABEL",
+        "LINK",
+        "MKCALENDAR",
+        "MKREDIRECTREF",
+        "MKWORKSPACE",
+        "ORDERPATCH",
+        "PRI",
+        "QUERY",
+        "REBIND",
+        "UNBIND",
+        "UNCHECKOUT",
+        "UNLINK",
+        "UPDATE",
+        "UPDATEREDIRECTREF",
+        "VERSION-CONTROL",
+    ]
+}
 
 
 @dataclass(frozen=True, slots=True)
