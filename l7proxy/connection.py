@@ -98,9 +98,8 @@ class ClientConnection:
         # The request policy, looked at only when configured (docs/architecture.md, "Speed").
         policy = self.policy = served.vs.policy
         self.screens = policy.screens
-        self.needs_view = bool(
-            served.vs.rules or policy.screens or policy.request_headers or policy.response_headers
-        )
+        self.rewrites_headers = bool(policy.request_headers or policy.response_headers)
+        self.needs_view = bool(served.vs.rules or policy.screens or self.rewrites_headers)
         self.max_body = policy.max_body
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
@@ -458,7 +457,7 @@ class ClientConnection:
             ex.note_choice(choice, cookie_label)
             rewrite = response_rewrite(choice, persistence, self.vs, host, self.client.tls)
             sent = rest
-            if view is not None and (self.policy.request_headers or self.policy.response_headers):
+            if self.rewrites_headers and view is not None:
                 sent, rewrite = self._header_rules(view, choice, rest, rewrite)
             outcome = await self._attempt(head, sent, scan.has_body, conn, choice, pool, rewrite)
             if outcome is None:
