@@ -125,8 +125,6 @@ class ClientConnection:
             check_head_bytes(data)
         elif self.chunks is not None:
             self._check_chunks(data)
-            if self.max_body is not None:
-                self._check_body_size()
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is accepted too
 
     def _check_chunks(self, data: bytes | bytearray) -> None:
@@ -136,16 +134,13 @@ class ClientConnection:
             self.chunks.feed(data)
         except ChunkError as error:
             raise h11.RemoteProtocolError(str(error), 400) from error
-        if self.chunks.done:
-            self.chunks = None
-
-    def _check_body_size(self) -> None:
-        """``limits.max_body`` for a chunked body: refused once its chunk sizes pass it,
-        before h11 hands those bytes on."""
-        chunks = self.chunks
-        if chunks is not None and self.max_body is not None and chunks.declared > self.max_body:
+        if self.max_body is not None and self.chunks.declared > self.max_body:
+            # limits.max_body: refused once the chunk sizes pass it, before h11 hands those
+            # bytes on.
             self.runtime.frontend(self.vs.label).denied += 1
             raise ExchangeFailed(Failure.TOO_LARGE, "request body larger than max_body")
+        if self.chunks.done:
+            self.chunks = None
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -359,8 +354,6 @@ class ClientConnection:
                     self._check_chunks(self.h11.trailing_data[0])
                 except h11.RemoteProtocolError as error:
                     raise ExchangeFailed(Failure.BAD_BODY, str(error), 400) from error
-                if self.max_body is not None:
-                    self._check_body_size()
             return await self._proxy(request, headers, scan, ex)
         except ExchangeFailed as failure:  # the client, outside any server attempt
             return await self._apply(decide(failure.kind, ex.facts()), ex)

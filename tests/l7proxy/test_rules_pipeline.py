@@ -359,3 +359,27 @@ async def test_a_config_with_every_rule_passes_check_and_serves(tmp_path: Path) 
             assert (await request(port, "PUT", "/", body=b"")).status == 405
             assert (await request(port, "GET", "/down")).body == b"<h1>all down</h1>\n"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_whole_chunked_body_past_the_limit_never_reaches_a_server() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            web = Backend("web")
+            await nursery.start(web.serve)
+            proxy = await start_proxy(nursery, configured("    limits: {max_body: 10}\n", web.port))
+            _, port = proxy.address("www")
+            body = b"b\r\nhello world\r\n0\r\n\r\n"  # 11 bytes, all with the head
+            answer = await raw_exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+            )
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            assert web.seen == [] and web.connections == 0
+            fits = b"a\r\nhello worl\r\n0\r\n\r\n"
+            answer = await raw_exchange(
+                port,
+                b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + fits,
+            )
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert [seen.body for seen in web.seen] == [b"hello worl"]
+            nursery.cancel_scope.cancel()
