@@ -46,7 +46,7 @@ from .exchange import (
     trusted_peer,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
-from .header_rules import Values, applicable, apply_rules
+from .header_rules import Edits, Values, applicable, apply_rules
 from .matching import RequestView
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
 from .routing import route
@@ -531,8 +531,8 @@ class ClientConnection:
         if policy.request_headers:
             rest = apply_rules(rest, applicable(policy.request_headers, view), values)
         if policy.response_headers:
-            rules = applicable(policy.response_headers, view)
-            rewrite = dataclasses.replace(rewrite, header_rules=rules, values=values)
+            edits = Edits(applicable(policy.response_headers, view), values)
+            rewrite = dataclasses.replace(rewrite, header_rules=edits)
         return rest, rewrite
 
     async def _refuse(self, refusal: Refusal, ex: ExchangeState) -> bool:

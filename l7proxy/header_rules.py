@@ -88,6 +88,17 @@ def apply_rules(headers: Headers, rules: Sequence[HeaderRule], values: Values) -
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Edits:
+    """Rules already chosen for one request, and their values: what a response gets."""
+
+    rules: tuple[HeaderRule, ...]
+    values: Values
+
+    def apply(self, headers: Headers) -> Headers:
+        return apply_rules(headers, self.rules, self.values)
+
+
 def _replace(
     pattern: re.Pattern[bytes], replacement: Template, value: bytes, values: Values
 ) -> bytes:
