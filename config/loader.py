@@ -466,17 +466,9 @@ class _Builder(ActionReader, PoolReader, ListenerReader):
     def rules(
         self, entry: Entry | None, pool_names: dict[str, Entry], acls: Acls
     ) -> tuple[Rule, ...] | None:
-        if entry is None:
-            return ()
-        items = self.sequence(entry.value, entry.path)
-        if items is None:
-            return None
-        rules: list[Rule] = []
-        for index, item in enumerate(items):
-            rule = self.rule(item, f"{entry.path}[{index}]", pool_names, acls)
-            if rule is not None:
-                rules.append(rule)
-        return tuple(rules) if len(rules) == len(items) else None
+        return self.listed(
+            entry, acls, lambda node, path, _: self.rule(node, path, pool_names, acls)
+        )
 
     def rule(self, node: Node, path: str, pool_names: dict[str, Entry], acls: Acls) -> Rule | None:
         """``{if: condition, pool: NAME}``, or the condition's primitives inline."""
