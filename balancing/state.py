@@ -347,19 +347,24 @@ class PoolState:
         )
 
     def begin(self, state: ServerState) -> None:
+        # Per request: comparisons rather than max() calls.
         c = state.counters
         c.total += 1
-        c.active += 1
-        c.max_active = max(c.max_active, c.active)
+        active = c.active = c.active + 1
+        if active > c.max_active:
+            c.max_active = active
         c.session_rate.hit()
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
+        active = self.active = self.active + 1
+        if active > self.max_active:
+            self.max_active = active
 
     def end(self, state: ServerState) -> None:
         """The exchange on ``state`` is over: its slot goes to the oldest waiter."""
         c = state.counters
-        c.active = max(c.active - 1, 0)
-        self.active = max(self.active - 1, 0)
+        if c.active > 0:
+            c.active -= 1
+        if self.active > 0:
+            self.active -= 1
         self.release_slot(state)
 
     # ---- connection slots and queues (docs/architecture.md, "Where decisions live") ---------
@@ -370,7 +375,8 @@ class PoolState:
         state.served += 1
 
     def release_slot(self, state: ServerState) -> None:
-        state.served = max(state.served - 1, 0)
+        if state.served > 0:
+            state.served -= 1
         if state.queue.waiters or self.queue.waiters:
             self.hand_over(state)
 

@@ -14,6 +14,8 @@ import re
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from .action_reader import POLICY_KEYS, ActionReader
+from .condition_reader import PRIMITIVES, Acls
 from .ha_reader import HaReader
 from .listener_reader import ListenerReader
 from .model import (
@@ -23,7 +25,6 @@ from .model import (
     REDIRECT_CODES,
     AdminSocketSettings,
     GlobalSettings,
-    HeaderMatch,
     HttpsRedirect,
     Network,
     Pool,
@@ -46,8 +47,6 @@ MAX_CONFIG_BYTES = 10 * 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("http",)
-
-_RULE_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
 _FILE_MODE_RE = re.compile(r"[0-7]{1,4}")
 
@@ -78,18 +77,15 @@ VS_KEYS = (
     "hsts",
     "rewrite_location",
     "rules",
-    "limits",
+    *POLICY_KEYS,
     *POOL_KEYS,
 )
-LIMIT_KEYS = ("max_connections",)
 # Far beyond the descriptors one process may hold; a typo, not a limit.
 MAX_CONNECTIONS_LIMIT = 10_000_000
 FORWARDFOR_KEYS = ("trusted",)
 REDIRECT_KEYS = ("code", "port")
 TIMEOUT_KEYS = ("connect", "header", "client_idle", "server", "tunnel", "queue")
-RULE_KEYS = ("pool", "host", "path_prefix", "path_regex", "header")
-RULE_CONDITIONS = ("host", "path_prefix", "path_regex", "header")
-HEADER_KEYS = ("name", "value")
+RULE_KEYS = ("pool", "if", *PRIMITIVES)
 
 
 class ConfigError(Exception):
@@ -188,7 +184,7 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return message
 
 
-class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
+class _Builder(ActionReader, PoolReader, ListenerReader, ServiceReader, HaReader):
     """One pass over the document; each method returns None when its part had a problem."""
 
     def __init__(self, problems: Problems, base_dir: str, source: str) -> None:
@@ -399,7 +395,8 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
         if hsts is not None and hsts_entry is not None and plain_only:
             # Browsers ignore Strict-Transport-Security over plain HTTP (RFC 6797 8.1).
             self.warning(hsts_entry.key, hsts_entry.path, "hsts has no effect: no TLS bind")
-        rules = self.rules(m.get("rules"), pool_names)
+        acls, policy = self.policy(m)
+        rules = self.rules(m.get("rules"), pool_names, acls) if acls is not None else None
         max_connections = self.max_connections(m.get("limits"))
         pool = self.pool(m, label or path, "virtual server")
         if (
@@ -409,6 +406,7 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
             or timeouts is None
             or rewrite_location is None
             or rules is None
+            or policy is None
             or max_connections is None
             or pool is None
             or self.failed_since(m)
@@ -425,14 +423,15 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
             redirect_to_https=redirect,
             hsts=hsts,
             rewrite_location=rewrite_location,
+            policy=policy,
             max_connections=max_connections,
         )
 
     def max_connections(self, entry: Entry | None) -> int | None:
         """``limits: {max_connections: N}`` (HAProxy frontend ``maxconn``); 0: no limit."""
-        if entry is None:
-            return 0
-        m = self.mapping(entry.value, entry.path, LIMIT_KEYS)
+        if entry is None or not isinstance(entry.value, MappingNode):
+            return 0  # the policy reader reads ``limits`` too and reports its problems once
+        m = self.mapping(entry.value, entry.path, None)
         if m is None:
             return None
         return self.opt_int(m.get("max_connections"), 0, 0, MAX_CONNECTIONS_LIMIT)
@@ -503,20 +502,15 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
 
     # -- URL switching rules ------------------------------------------------------------------
 
-    def rules(self, entry: Entry | None, pool_names: dict[str, Entry]) -> tuple[Rule, ...] | None:
-        if entry is None:
-            return ()
-        items = self.sequence(entry.value, entry.path)
-        if items is None:
-            return None
-        rules: list[Rule] = []
-        for index, item in enumerate(items):
-            rule = self.rule(item, f"{entry.path}[{index}]", pool_names)
-            if rule is not None:
-                rules.append(rule)
-        return tuple(rules) if len(rules) == len(items) else None
+    def rules(
+        self, entry: Entry | None, pool_names: dict[str, Entry], acls: Acls
+    ) -> tuple[Rule, ...] | None:
+        return self.listed(
+            entry, acls, lambda node, path, _: self.rule(node, path, pool_names, acls)
+        )
 
-    def rule(self, node: Node, path: str, pool_names: dict[str, Entry]) -> Rule | None:
+    def rule(self, node: Node, path: str, pool_names: dict[str, Entry], acls: Acls) -> Rule | None:
+        """``{if: condition, pool: NAME}``, or the condition's primitives inline."""
         m = self.mapping(node, path, RULE_KEYS, required=("pool",))
         if m is None:
             return None
@@ -529,63 +523,21 @@ class _Builder(PoolReader, ListenerReader, ServiceReader, HaReader):
                 pool_entry.path,
                 f"no pool named {pool!r} under pools: (known: {known})",
             )
-        if not any(key in m for key in RULE_CONDITIONS):
+        if_entry = m.get("if")
+        inline = [key for key in PRIMITIVES if key in m]
+        if (if_entry is None) == (not inline):
             self.problem(
                 m.node,
                 path,
-                "a rule needs at least one condition: " + ", ".join(RULE_CONDITIONS),
+                "a rule needs one condition: if: CONDITION, or one or more of "
+                + ", ".join(PRIMITIVES)
+                + (" (not both)" if inline else ""),
             )
-        host: str | None = None
-        host_entry = m.get("host")
-        if host_entry is not None:
-            host = self.string(host_entry.value, host_entry.path)
-            if host is not None:
-                host = host.lower().removesuffix(".")  # request hosts are compared without it
-                if not _RULE_HOST_RE.fullmatch(host):
-                    self.problem(
-                        host_entry.value,
-                        host_entry.path,
-                        f"{host!r} is not a host name (no port, no path; '*.' only in front)",
-                    )
-        prefix: str | None = None
-        prefix_entry = m.get("path_prefix")
-        if prefix_entry is not None:
-            prefix = self.url_path(prefix_entry, "/")
-        regex: re.Pattern[str] | None = None
-        regex_entry = m.get("path_regex")
-        if regex_entry is not None:
-            pattern = self.string(regex_entry.value, regex_entry.path)
-            if pattern is not None:
-                try:
-                    regex = re.compile(pattern)
-                except re.error as exc:
-                    self.problem(
-                        regex_entry.value,
-                        regex_entry.path,
-                        f"invalid regular expression: {exc.msg} at position {exc.pos}",
-                    )
-        header: HeaderMatch | None = None
-        header_entry = m.get("header")
-        if header_entry is not None:
-            header = self.header_match(header_entry)
-        if pool is None or self.failed_since(m):
             return None
-        return Rule(pool=pool, host=host, path_prefix=prefix, path_regex=regex, header=header)
-
-    def header_match(self, entry: Entry) -> HeaderMatch | None:
-        m = self.mapping(entry.value, entry.path, HEADER_KEYS, required=("name",))
-        if m is None:
+        if if_entry is not None:
+            condition = self.condition(if_entry.value, if_entry.path, acls)
+        else:
+            condition = self.conditions_of(m, acls, PRIMITIVES)
+        if pool is None or condition is None or self.failed_since(m):
             return None
-        name = self.token(m.get("name"), None)
-        value: str | None = None
-        value_entry = m.get("value")
-        if value_entry is not None:
-            value = self.string(value_entry.value, value_entry.path, allow_empty=True)
-            if value is not None and value != value.strip(" \t"):
-                # Request header values are compared without their surrounding whitespace.
-                self.problem(
-                    value_entry.value, value_entry.path, "must not start or end with spaces"
-                )
-        if name is None:
-            return None
-        return HeaderMatch(name=name.lower(), value=value)
+        return Rule(pool=pool, condition=condition)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass, field
+
+from .actions import RequestPolicy
+from .conditions import Condition
+from .conditions import Network as Network  # re-exported: the model's users import it here
 
 # Defaults, with their precedent.
 DEFAULT_CONNECT_TIMEOUT = 5.0  # HAProxy examples use `timeout connect 5s`
@@ -84,9 +87,6 @@ class Verify(enum.Enum):
     NONE = "none"
     OPTIONAL = "optional"
     REQUIRED = "required"
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,20 +279,12 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderMatch:
-    name: str  # lower-case
-    value: str | None = None  # None: the header is present; else exact value
-
-
-@dataclass(frozen=True, slots=True)
 class Rule:
-    """URL switching: every condition given must match; the first matching rule wins."""
+    """URL switching (HAProxy ``use_backend ... if``): the first rule whose condition matches
+    names the pool."""
 
     pool: str
-    host: str | None = None  # lower-case, no port; "*.example.com" matches one label or more
-    path_prefix: str | None = None
-    path_regex: re.Pattern[str] | None = None
-    header: HeaderMatch | None = None
+    condition: Condition
 
 
 # Redirect statuses that keep the method and body (307, 308) or turn it into GET (301, 302, 303).
@@ -336,6 +328,8 @@ class VirtualService:
     # Client connections at once (HAProxy frontend `maxconn`); 0: no limit. Beyond it the
     # virtual server stops accepting and new connections wait in the listen backlog.
     max_connections: int = 0
+    # Header rules, redirects, deny rules, the method filter, the body limit, error pages.
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
 
     def https_port(self) -> int:
         """The port ``redirect_to_https`` sends clients to."""

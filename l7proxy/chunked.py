@@ -51,9 +51,10 @@ class _State(enum.Enum):
 class ChunkedBody:
     """Follows one chunked body through ``feed``; ``done`` once its end has been read."""
 
-    __slots__ = ("_left", "_line", "_state", "_trailers")
+    __slots__ = ("_left", "_line", "_state", "_trailers", "declared")
 
     def __init__(self) -> None:
+        self.declared = 0  # the sum of the chunk sizes read so far (for limits.max_body)
         self._state = _State.SIZE
         self._line = bytearray()
         self._left = 0
@@ -122,6 +123,7 @@ class ChunkedBody:
         if len(digits) > MAX_CHUNK_SIZE_DIGITS or int(digits, 16) > MAX_CHUNK_SIZE:
             raise ChunkError("chunk size too large")
         size = int(digits, 16)
+        self.declared += size
         if size:
             self._left = size
             self._state = _State.DATA

@@ -28,7 +28,8 @@ from tls.clientcert import CLIENT_HEADER_NAMES
 from . import accesslog
 from .chunked import ChunkedBody, ChunkError
 from .dispatch import Request, connect_server
-from .errors import CannedResponse, Failure, Outcome, canned, decide, redirect_page
+from .errorpages import page
+from .errors import CannedResponse, Failure, Outcome, decide, redirect_page
 from .exchange import (
     IDEMPOTENT_METHODS,
     MAX_HEAD_BYTES,
@@ -45,9 +46,12 @@ from .exchange import (
     trusted_peer,
 )
 from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
+from .header_rules import Edits, Values, applicable, apply_rules
+from .matching import RequestView
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
 from .routing import route
 from .runtime import ClientInfo, Runtime, ServedBind
+from .screening import Refusal, screen
 from .upstream import UpstreamConnection
 
 log = logging.getLogger("lbproxy.connection")
@@ -99,6 +103,12 @@ class ClientConnection:
         self.keep_forwarded_for = trusted_peer(client.ip, served.vs.forwardfor_trusted)
         self.frontend = runtime.frontend(served.vs.label)
         self.default_host = local_authority(client)  # for a request without Host
+        # The request policy, looked at only when configured (docs/architecture.md, "Speed").
+        policy = self.policy = served.vs.policy
+        self.screens = policy.screens
+        self.rewrites_headers = bool(policy.request_headers or policy.response_headers)
+        self.needs_view = bool(served.vs.rules or policy.screens or self.rewrites_headers)
+        self.max_body = policy.max_body
         # One cancel scope for the connection's life (see run); ``deadline`` mirrors its deadline.
         self.scope = trio.CancelScope()
         self.deadline = math.inf
@@ -133,6 +143,11 @@ class ClientConnection:
             self.chunks.feed(data)
         except ChunkError as error:
             raise h11.RemoteProtocolError(str(error), 400) from error
+        if self.max_body is not None and self.chunks.declared > self.max_body:
+            # limits.max_body: refused once the chunk sizes pass it, before h11 hands those
+            # bytes on.
+            self.runtime.frontend(self.vs.label).denied += 1
+            raise ExchangeFailed(Failure.TOO_LARGE, "request body larger than max_body")
         if self.chunks.done:
             self.chunks = None
 
@@ -388,7 +403,7 @@ class ClientConnection:
         elif outcome.status is not None:
             ex.status = outcome.status
             self.linger = outcome.close
-            await self._answer(canned(outcome.status, close=outcome.close))
+            await self._answer(page(outcome.status, self.policy.error_pages, close=outcome.close))
         return not outcome.close and self._client_can_continue()
 
     def _log(self, ex: ExchangeState) -> None:
@@ -425,7 +440,14 @@ class ClientConnection:
         if redirect is not None and not self.client.tls:
             status = redirect.status_for(request.method)
             return await self._redirect_to_https(host, request.target, status, ex)
-        pool_name = route(self.vs, request.target, headers)
+        view = None
+        if self.needs_view:
+            view = RequestView(request.method, request.target, headers, self.client)
+            if self.screens:
+                refusal = screen(self.policy, view, scan.content_length)
+                if refusal is not None:
+                    return await self._refuse(refusal, ex)
+        pool_name = route(self.vs, view)
         pool = self.runtime.pools.get(pool_name)
         if pool is None:  # a reload removed the pool this connection's rules still name
             return await self._apply(decide(Failure.NO_POOL, ex.facts()), ex)
@@ -463,7 +485,10 @@ class ClientConnection:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)
             rewrite = response_rewrite(choice, persistence, self.vs, host, self.client.tls)
-            outcome = await self._attempt(head, rest, scan.has_body, conn, choice, pool, rewrite)
+            sent = rest
+            if self.rewrites_headers and view is not None:
+                sent, rewrite = self._header_rules(view, choice, rest, rewrite)
+            outcome = await self._attempt(head, sent, scan.has_body, conn, choice, pool, rewrite)
             if outcome is None:
                 return ex.client_keepalive and self._client_can_continue()
             if not outcome.resend:
@@ -531,6 +556,36 @@ class ClientConnection:
                 server.label,
             )
         return outcome
+
+    def _header_rules(
+        self, view: RequestView, choice: Choice, rest: Headers, rewrite: ResponseRewrite
+    ) -> tuple[Headers, ResponseRewrite]:
+        """``request_headers`` applied to what the server gets; ``response_headers`` handed to
+        the response rewrite. Conditions are the request's, so both are decided here."""
+        values = Values(view, choice.server.label)
+        policy = self.policy
+        if policy.request_headers:
+            rest = apply_rules(rest, applicable(policy.request_headers, view), values)
+        if policy.response_headers:
+            edits = Edits(applicable(policy.response_headers, view), values)
+            rewrite = rewrite._replace(header_rules=edits)
+        return rest, rewrite
+
+    async def _refuse(self, refusal: Refusal, ex: ExchangeState) -> bool:
+        """lbproxy's own answer from the request policy (screening.screen)."""
+        ex.status = refusal.status
+        ex.termination = refusal.termination
+        if refusal.denied:
+            self.runtime.frontend(self.vs.label).denied += 1
+        close = self.h11.their_state is not h11.DONE  # a body nobody will read
+        if refusal.location is not None:
+            response = redirect_page(refusal.location, refusal.status, close=close)
+        else:
+            response = page(refusal.status, self.policy.error_pages, close=close)
+            if refusal.allow is not None:
+                response.headers.append((b"allow", refusal.allow))
+        await self._answer(response)
+        return self._client_can_continue()
 
     async def _redirect_to_https(
         self, host: bytes, target: bytes, status: int, ex: ExchangeState

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 REASONS: dict[int, str] = {
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    410: "Gone",
     413: "Content Too Large",
     414: "URI Too Long",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -36,6 +39,8 @@ REDIRECT_REASONS: dict[int, bytes] = {
 # Same wording as HAProxy's built-in error pages, so operators recognise them.
 _MESSAGES: dict[int, str] = {
     400: "Your browser sent an invalid request.",
+    403: "Request forbidden by administrative rules.",
+    429: "You have sent too many requests in a given amount of time.",
     404: "The requested URL was not found on this server.",
     405: "A request was made of a resource using a method that is not supported.",
     408: "Your browser didn't send a complete request in time.",
@@ -74,15 +79,19 @@ def canned(status: int, *, close: bool = True) -> CannedResponse:
     return CannedResponse(status, reason.encode("ascii"), headers, body)
 
 
-def redirect_page(location: bytes, status: int) -> CannedResponse:
-    """``redirect_to_https``: 301 for GET and HEAD, 308 for the rest (or the configured code:
-    a browser keeps the method and body only with 307 and 308)."""
-    body = b'<html><body>Moved to <a href="' + location + b'">HTTPS</a></body></html>\n'
+def redirect_page(location: bytes, status: int, *, close: bool = False) -> CannedResponse:
+    """``redirect_to_https`` (301 for GET and HEAD, 308 for the rest, or the configured code:
+    a browser keeps the method and body only with 307 and 308) and ``redirects``."""
+    # The location may carry the client's own path: escaped, it cannot add markup.
+    href = html.escape(location.decode("latin-1")).encode("latin-1")
+    body = b'<html><body>Moved to <a href="' + href + b'">' + href + b"</a></body></html>\n"
     headers = [
         (b"location", location),
         (b"content-type", b"text/html"),
         (b"content-length", str(len(body)).encode("ascii")),
     ]
+    if close:
+        headers.append((b"connection", b"close"))
     return CannedResponse(status, REDIRECT_REASONS[status], headers, body)
 
 
@@ -114,6 +123,7 @@ class Failure(enum.Enum):
     SERVER_TIMEOUT = "the server did not answer in time"
     SERVER_ABORTED = "the server closed in the middle of its response"
     UPLOAD_FAILED = "the server closed while the request body was being sent"
+    TOO_LARGE = "the chunked request body passed limits.max_body"
     INTERNAL = "a bug in lbproxy"
 
 
@@ -154,6 +164,7 @@ _ROWS: dict[Failure, tuple[int | None, str]] = {
     Failure.SERVER_TIMEOUT: (504, "sH"),
     Failure.SERVER_ABORTED: (502, "SD"),
     Failure.UPLOAD_FAILED: (502, "SD"),
+    Failure.TOO_LARGE: (413, "PD"),  # counted as denied (dreq) where it is raised
     Failure.INTERNAL: (500, "PI"),
 }
 # After the response head went out, the stage is the data: sH becomes sD, PH becomes PD.

@@ -19,6 +19,7 @@ from balancing.persistence import clear_cookie_value, set_cookie_value
 from balancing.scheduler import Choice
 from config.model import CookiePersistence, Network, Persistence, VirtualService
 
+from .header_rules import Edits
 from .runtime import ClientInfo
 
 Headers = list[tuple[bytes, bytes]]
@@ -450,6 +451,8 @@ class ResponseRewrite(NamedTuple):
     server_port: int = 0
     tls: bool = False  # the client came over TLS
     hsts: int | None = None  # Strict-Transport-Security max-age, on TLS responses only
+    # The response_headers rules this request's conditions met, with what their %[...] mean.
+    header_rules: Edits | None = None
 
 
 def response_rewrite(
@@ -497,4 +500,6 @@ def client_response_headers(headers: Headers, rewrite: ResponseRewrite) -> tuple
                 )
     if rewrite.hsts is not None and not header_value(rest, b"strict-transport-security"):
         rest.append((b"strict-transport-security", b"max-age=%d" % rewrite.hsts))
+    if rewrite.header_rules is not None:
+        rest = rewrite.header_rules.apply(rest)
     return semantic, rest

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from config.conditions import AllOf, Header, HostSuffix, PathPrefix, PathRegex
 from config.loader import ConfigError, load_file, load_text
 from config.model import (
     Address,
@@ -18,7 +19,6 @@ from config.model import (
     CertificateSpec,
     CookiePersistence,
     GlobalSettings,
-    HeaderMatch,
     HealthCheck,
     HttpCheck,
     HttpsRedirect,
@@ -185,10 +185,13 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
     assert www.hsts == 365 * 86400.0
     assert www.rewrite_location is False
     assert www.rules == (
-        Rule(pool="api", path_prefix="/api/"),
-        Rule(pool="static", host="*.example.com", path_regex=re.compile(r"^/img/.*\.png$")),
-        Rule(pool="api", header=HeaderMatch("x-canary", "1")),
-        Rule(pool="static", header=HeaderMatch("x-debug")),
+        Rule(pool="api", condition=PathPrefix("/api/")),
+        Rule(
+            pool="static",
+            condition=AllOf((PathRegex(re.compile(r"^/img/.*\.png$")), HostSuffix(".example.com"))),
+        ),
+        Rule(pool="api", condition=Header(b"x-canary", b"1")),
+        Rule(pool="static", condition=Header(b"x-debug")),
     )
 
     # Everything left out takes the model's defaults.
@@ -255,7 +258,7 @@ BAD: list[tuple[str, str, str, str]] = [
         "unknown key without a close match",
         GOOD_VS.replace("    bind:", "    zzz: 1\n    bind:"),
         "3:5: virtual_servers[0].zzz:",
-        "expected one of: balance, bind,",
+        "expected one of: acls, balance, bind,",
     ),
     (
         "label: no is a boolean",
@@ -717,7 +720,7 @@ BAD: list[tuple[str, str, str, str]] = [
         + "    rules: [{pool: api}]\n"
         + "pools: {api: {real_servers: [{label: a, address: 127.0.0.1:1}]}}\n",
         "6:13: virtual_servers[0].rules[0]:",
-        "a rule needs at least one condition",
+        "a rule needs one condition",
     ),
     (
         "invalid path_regex",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from config.conditions import HostIs, HostSuffix
 from config.loader import MAX_CONFIG_BYTES, ConfigError, load_file, load_text
 from config.model import (
     Address,
@@ -343,15 +344,16 @@ def test_check_address_defaults_to_the_server_port() -> None:
 def test_rule_hosts_are_normalised(host: str, stored: str) -> None:
     text = GOOD + f"    rules: [{{host: '{host}', pool: p}}]\n"
     text += "pools: {p: {real_servers: [{label: a, address: 127.0.0.1:1}]}}\n"
-    assert load_text(text, "/lb.yaml").virtual_servers[0].rules[0].host == stored
+    condition = load_text(text, "/lb.yaml").virtual_servers[0].rules[0].condition
+    assert condition == (HostSuffix(stored[1:]) if stored.startswith("*") else HostIs(stored))
 
 
 def test_every_key_is_documented() -> None:
-    from config import listener_reader, loader, pool_reader
+    from config import action_reader, condition_reader, listener_reader, loader, pool_reader
 
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"^\| `(?:[a-z_\[\]]+\.)*([a-z_0-9]+)` \|", docs, re.MULTILINE))
-    modules = (loader, pool_reader, listener_reader)
+    modules = (loader, pool_reader, listener_reader, condition_reader, action_reader)
     keys = {
         key
         for module in modules

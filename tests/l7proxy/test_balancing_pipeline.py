@@ -7,13 +7,13 @@ from collections import Counter
 
 import trio
 
+from config.conditions import AllOf, Header, HostIs, HostSuffix, PathPrefix, PathRegex
 from config.model import (
     Address,
     Balance,
     Bind,
     CookiePersistence,
     GlobalSettings,
-    HeaderMatch,
     HealthCheck,
     Pool,
     ProxyConfig,
@@ -141,10 +141,13 @@ async def test_rules_first_match_wins() -> None:
             for b in backends.values():
                 await nursery.start(b.serve)
             rules = (
-                Rule(pool="canary", header=HeaderMatch("x-canary", "1")),
-                Rule(pool="api", path_prefix="/api/"),
-                Rule(pool="img", host="*.example.com", path_regex=re.compile(r"\.png$")),
-                Rule(pool="admin", host="admin.example.com"),
+                Rule(pool="canary", condition=Header(b"x-canary", b"1")),
+                Rule(pool="api", condition=PathPrefix("/api/")),
+                Rule(
+                    pool="img",
+                    condition=AllOf((HostSuffix(".example.com"), PathRegex(re.compile(r"\.png$")))),
+                ),
+                Rule(pool="admin", condition=HostIs("admin.example.com")),
             )
             others = {n: b for n, b in backends.items() if n != "default"}
             proxy = await start_proxy(nursery, routed_config(backends["default"], others, rules))

@@ -38,6 +38,8 @@ STARTED = Facts(response_started=True, idempotent=True)
         (Failure.SERVER_TIMEOUT, GET, Outcome(504, "sH", server_fault=True)),
         (Failure.UPLOAD_FAILED, FRESH, Outcome(502, "SD", server_fault=True)),
         (Failure.INTERNAL, FRESH, Outcome(500, "PI")),
+        # limits.max_body passed by a chunked body: counted as denied where it is raised.
+        (Failure.TOO_LARGE, FRESH, Outcome(413, "PD")),
     ],
 )
 def test_before_any_response_byte(failure: Failure, facts: Facts, expected: Outcome) -> None:
@@ -84,6 +86,7 @@ def test_never_resent(failure: Failure) -> None:
         (Failure.BAD_RESPONSE, "PD", True),
         (Failure.BODY_TIMEOUT, "cD", True),
         (Failure.INTERNAL, "PI", True),
+        (Failure.TOO_LARGE, "PD", True),
         (Failure.CLIENT_GONE, "CD", False),  # nobody left to see a reset
     ],
 )
