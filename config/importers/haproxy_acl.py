@@ -69,7 +69,14 @@ def _split_fetch(text: str) -> tuple[str, str | None, list[str]]:
 
 def _regex(values: list[str], icase: bool) -> str:
     joined = values[0] if len(values) == 1 else "|".join(f"(?:{v})" for v in values)
-    return f"(?i){joined}" if icase else joined
+    pattern = f"(?i){joined}" if icase else joined
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise Unsupported(
+            f"{joined!r} is not a regular expression lbproxy reads: {error}"
+        ) from None
+    return pattern
 
 
 def _literal_regex(values: list[str], method: str, icase: bool) -> str:
@@ -182,6 +189,8 @@ def fetch_condition(words: list[str], ctx: Context) -> Condition:
     method = method or implied or ("reg" if base.endswith("_reg") else "str")
     if method == "found" and values:
         raise Unsupported("-m found with values")
+    if "" in values:
+        raise Unsupported(f"{words[0]} with an empty value (an unset environment variable?)")
     if not values and method not in {"found"}:
         if base in {"ssl_fc"}:
             if ctx.ssl is None:

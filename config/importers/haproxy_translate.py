@@ -505,6 +505,7 @@ class HaproxyTranslator:
         acls = self._acl_table(acl_lines, ctx)
         default_backend: str | None = None
         default_line: Line | None = None
+        forced: tuple[str, Line] | None = None  # an unconditional use_backend
         rules: list[tuple[dict[str, Any], Line]] = []
         redirects: list[dict[str, Any]] = []
         denies: list[dict[str, Any]] = []
@@ -545,8 +546,19 @@ class HaproxyTranslator:
                 default_backend, default_line = args[0], line
             elif kw == "use_backend" and args:
                 target, cwords = split_condition(args)
+                if forced is not None:
+                    self.note(
+                        line,
+                        f"never used: line {forced[1].where.line} sends every request first",
+                        traffic=False,
+                    )
+                    continue
                 cond = cond_of(line, cwords)
                 if cond is None:
+                    continue
+                if cond is ALWAYS and "%[" not in target[0]:
+                    # Every request goes there: it is the virtual server's own pool.
+                    forced = (target[0], line)
                     continue
                 if "%[" in target[0]:
                     self.note(
@@ -651,6 +663,14 @@ class HaproxyTranslator:
             else:
                 self._other(line, inherited)
         backend: Backend | None
+        if forced is not None:
+            if default_line is not None:
+                self.note(
+                    default_line,
+                    "never used: a use_backend without condition comes first",
+                    traffic=False,
+                )
+            default_backend, default_line = forced
         if is_listen and own_backend is not None:
             backend = own_backend
             self._finish_pool(backend, section)

@@ -243,7 +243,12 @@ class PoundTranslator:
                         traffic=False,
                     )
             elif kw == "checkurl" and arg:
-                denies.append({"if": {"not": {"path_regex": arg}}, "status": 501})
+                try:
+                    denies.append(
+                        {"if": {"not": {"path_regex": _with_icase(arg, False)}}, "status": 501}
+                    )
+                except ValueError as error:
+                    self.note(c, str(error))
             elif kw == "trustedip":
                 nets = (
                     c.args
@@ -485,7 +490,7 @@ class PoundTranslator:
                     if "-exact" in opts
                     else _regex_unsupported("QueryParam with a pattern")
                 )
-            if not values:
+            if not values or not values[-1]:
                 raise ValueError(f"{c.name} without a pattern")
             pattern = values[-1]
             if kw == "host":
@@ -710,7 +715,15 @@ def _regex_unsupported(what: str) -> Condition:
 
 
 def _with_icase(pattern: str, icase: bool) -> str:
-    return f"(?i){pattern}" if icase and not pattern.startswith("(?i)") else pattern
+    """The pattern, case-insensitive when asked; ValueError when Python's re cannot read it."""
+    result = f"(?i){pattern}" if icase and not pattern.startswith("(?i)") else pattern
+    try:
+        re.compile(result)
+    except re.error as error:
+        raise ValueError(
+            f"{pattern!r} is not a regular expression lbproxy reads: {error}"
+        ) from None
+    return result
 
 
 def _pattern(pattern: str, opts: list[str]) -> str:
