@@ -86,14 +86,17 @@ def compare(
     return differences(theirs, ours, asks), report
 
 
-HAPROXY_SITE = """
-global
-    maxconn 256
+DEFAULTS = """
 defaults
     mode http
     timeout connect 5s
     timeout client 30s
     timeout server 30s
+"""
+
+HAPROXY_SITE = (
+    DEFAULTS
+    + """
 frontend www
     bind 127.0.0.1:{fe}
     option forwardfor
@@ -121,6 +124,7 @@ backend api
 backend static
     server static1 127.0.0.1:{static1}
 """
+)
 
 SITE_ASKS = [
     Ask(path="/"),
@@ -161,12 +165,9 @@ def test_haproxy_site_agrees(tmp_path: pathlib.Path, haproxy: str) -> None:
     assert found == [], "\n".join([*found, "report:", *report])
 
 
-HAPROXY_PERSISTENCE = """
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+HAPROXY_PERSISTENCE = (
+    DEFAULTS
+    + """
 frontend www
     bind 127.0.0.1:{fe}
     option forwardfor
@@ -179,6 +180,7 @@ backend www
     server web2 127.0.0.1:{web2} cookie w2 check inter 1s
     server spare 127.0.0.1:{spare} backup
 """
+)
 
 
 def test_haproxy_cookie_persistence_agrees(tmp_path: pathlib.Path, haproxy: str) -> None:
@@ -196,12 +198,9 @@ def test_haproxy_cookie_persistence_agrees(tmp_path: pathlib.Path, haproxy: str)
     assert found == [], "\n".join([*found, "report:", *report])
 
 
-HAPROXY_SOURCE = """
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+HAPROXY_SOURCE = (
+    DEFAULTS
+    + """
 listen app
     bind 127.0.0.1:{fe}
     balance source
@@ -209,6 +208,7 @@ listen app
     server a 127.0.0.1:{a}
     server b 127.0.0.1:{b} disabled
 """
+)
 
 
 def test_haproxy_source_balance_and_disabled_server_agree(
