@@ -1,4 +1,5 @@
-"""DESIGN.md principle 4: dependencies point one way (config <- balancing, tls <- l7proxy)."""
+"""Import directions and I/O at the edges (docs/architecture.md, "Rules"):
+config <- balancing, tls <- l7proxy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Failure mapping (DESIGN.md): every row through real sockets, checking bytes on both sides."""
+"""Failure mapping (docs/architecture.md, "Where decisions live"): every row through real
+sockets, checking bytes on both sides."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Clients that misbehave (RELIABILITY.md): slow heads, silent TLS clients, idle keep-alive."""
+"""Clients that misbehave (docs/architecture.md, "Bad input"): slow heads, silent TLS clients,
+idle keep-alive."""
 
 from __future__ import annotations
 

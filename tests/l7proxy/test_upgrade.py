@@ -1,4 +1,5 @@
-"""WebSocket-style upgrades: tunnelled only after the server answered 101 (RELIABILITY.md §7)."""
+"""WebSocket-style upgrades: tunnelled only after the server answered 101 (docs/architecture.md,
+"Bad input")."""
 
 from __future__ import annotations
 
