@@ -435,11 +435,11 @@ class ClientConnection:
     async def _proxy(
         self, request: h11.Request, headers: Headers, scan: RequestScan, ex: ExchangeState
     ) -> bool:
-        host = scan.host or b""
+        """Answer it ourselves (a redirect, a refusal), or route it and send it on."""
         redirect = self.vs.redirect_to_https
         if redirect is not None and not self.client.tls:
             status = redirect.status_for(request.method)
-            return await self._redirect_to_https(host, request.target, status, ex)
+            return await self._redirect_to_https(scan.host or b"", request.target, status, ex)
         view = None
         if self.needs_view:
             view = RequestView(request.method, request.target, headers, self.client)
@@ -452,6 +452,20 @@ class ClientConnection:
         if pool is None:  # a reload removed the pool this connection's rules still name
             return await self._apply(decide(Failure.NO_POOL, ex.facts()), ex)
         ex.pool = pool_name
+        return await self._send_on(request, headers, scan, ex, pool, view)
+
+    async def _send_on(
+        self,
+        request: h11.Request,
+        headers: Headers,
+        scan: RequestScan,
+        ex: ExchangeState,
+        pool: PoolState,
+        view: RequestView | None,
+    ) -> bool:
+        """The request to ``pool``'s servers: attempts until one serves it or the failure table
+        says to stop."""
+        host = scan.host or b""
         cookie_label: str | None = None
         persistence = pool.pool.persistence
         if isinstance(persistence, CookiePersistence):
@@ -471,20 +485,20 @@ class ClientConnection:
         head = h11.Request(method=request.method, target=request.target, headers=semantic)
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
-        retries = pool.pool.retries
+        timeouts, client = self.timeouts, self.client
         wanted = Request(
             cookie_label,
-            self.client.ip,
-            self.timeouts.connect,
-            retries,
-            self.client,
-            self.timeouts.queue,
+            client.ip,
+            timeouts.connect,
+            pool.pool.retries,
+            client,
+            timeouts.queue,
             host,
         )
         while True:
             choice, conn = await connect_server(self.runtime, pool, wanted, exclude, ex, self)
             ex.note_choice(choice, cookie_label)
-            rewrite = response_rewrite(choice, persistence, self.vs, host, self.client.tls)
+            rewrite = response_rewrite(choice, persistence, self.vs, host, client.tls)
             sent = rest
             if self.rewrites_headers and view is not None:
                 sent, rewrite = self._header_rules(view, choice, rest, rewrite)
