@@ -37,9 +37,15 @@ def make_handler(label: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    # The standard library's listen backlog is 5: a burst of new connections from the proxy
+    # would wait for SYN retransmits (a second and more) instead of being served.
+    request_queue_size = 128
+
+
 def main() -> None:
     label, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    server = ThreadingHTTPServer((host, port), make_handler(label))
+    server = Server((host, port), make_handler(label))
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()
