@@ -5,7 +5,7 @@ after a ``;`` as a chunk extension (bare CR and NUL included) and accepts bare L
 trailers. lbproxy re-frames the body for the real server, but a server that read the client's
 framing differently would be a smuggling target, so what h11 lets through and RFC 9112 does not
 is refused: 400 and close (docs/architecture.md, "Bad input"). Pure: bytes in, ``ChunkError``
-out.
+out. ``chunk`` and ``LAST_CHUNK`` write a body chunked again, for a server or a client.
 """
 
 from __future__ import annotations
@@ -129,3 +129,13 @@ class ChunkedBody:
             self._state = _State.DATA
         else:
             self._state = _State.TRAILERS
+
+
+LAST_CHUNK = b"0\r\n\r\n"  # no trailers: the client's and the server's are not forwarded
+
+
+def chunk(data: bytes | bytearray) -> bytes:
+    """One piece of a chunked body (an empty piece is nothing: it would end the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)

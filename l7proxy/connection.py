@@ -49,6 +49,7 @@ from .exchange_state import BAD_HEAD, ExchangeState, Phase, RequestFacts
 from .header_rules import Edits, Values, applicable, apply_rules
 from .matching import RequestView
 from .relay import END_OF_MESSAGE, ExchangeFailed, Relay, tunnel
+from .request_writer import request_head
 from .routing import route
 from .runtime import ClientInfo, Runtime, ServedBind
 from .screening import Refusal, screen
@@ -482,7 +483,6 @@ class ClientConnection:
             default_host=self.default_host,
             keep_forwarded_for=self.keep_forwarded_for,
         )
-        head = h11.Request(method=request.method, target=request.target, headers=semantic)
         ex.upgrade_requested = scan.upgrade is not None
         exclude: set[str] = set()
         timeouts, client = self.timeouts, self.client
@@ -502,7 +502,8 @@ class ClientConnection:
             sent = rest
             if self.rewrites_headers and view is not None:
                 sent, rewrite = self._header_rules(view, choice, rest, rewrite)
-            outcome = await self._attempt(head, sent, scan.has_body, conn, choice, pool, rewrite)
+            head = request_head(request.method, request.target, semantic, sent)
+            outcome = await self._attempt(request, head, scan, conn, choice, pool, rewrite)
             if outcome is None:
                 return ex.client_keepalive and self._client_can_continue()
             if not outcome.resend:
@@ -512,9 +513,9 @@ class ClientConnection:
 
     async def _attempt(
         self,
-        head: h11.Request,
-        rest: Headers,
-        has_body: bool,
+        request: h11.Request,
+        head: bytes,
+        scan: RequestScan,
         conn: UpstreamConnection,
         choice: Choice,
         pool: PoolState,
@@ -527,12 +528,14 @@ class ClientConnection:
         pool.begin(server)
         released = False
         try:
-            await Relay(self, conn, ex, server, rewrite, self.runtime).run(head, rest, has_body)
+            relay = Relay(self, conn, ex, server, rewrite, self.runtime)
+            await relay.run(request.method, head, scan.has_body, scan.has_te)
             if ex.upgraded:
                 self.pause_deadline()  # the tunnel keeps its own time
                 ex.client_keepalive = False
                 client_rest = bytes(self.h11.trailing_data[0])
-                server_rest = bytes(conn.h11.trailing_data[0])
+                assert conn.reader is not None
+                server_rest = conn.reader.trailing_data
                 timeout = self.timeouts.tunnel
                 await tunnel(self.stream, client_rest, conn.stream, server_rest, ex, timeout)
             elif ex.server_reusable:
@@ -540,7 +543,7 @@ class ClientConnection:
                 released = True
             return None
         except ExchangeFailed as failure:
-            return self._failed(failure, server, ex, head, pool.pool.retries)
+            return self._failed(failure, server, ex, request, pool.pool.retries)
         finally:
             pool.end(server)
             if not released:
@@ -551,7 +554,7 @@ class ClientConnection:
         failure: ExchangeFailed,
         server: ServerState,
         ex: ExchangeState,
-        head: h11.Request,
+        request: h11.Request,
         retries: int,
     ) -> Outcome:
         facts = ex.facts(max_resends=retries, status_hint=failure.status_hint)
@@ -564,8 +567,8 @@ class ClientConnection:
             server.counters.retries += 1
             log.info(
                 "resending %s %r: %s (%s)",
-                head.method.decode(),
-                head.target,
+                request.method.decode(),
+                request.target,
                 failure.cause,
                 server.label,
             )

@@ -4,6 +4,10 @@ pumped, the response relayed back, or a tunnel after a 101.
 I/O only, like connection.py: the headers come from exchange.py, and every way this can fail
 leaves as ``ExchangeFailed`` with a ``Failure`` kind, which the client connection hands to the
 failure table (errors.decide). The client's side is reached through ``ClientSide``.
+
+The server side is spoken without h11: the request is written by request_writer.py and the
+response read by response_reader.py, which decides as h11 does (a differential test holds it to
+that); the client side stays h11's.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import trio
 
 from balancing.state import ServerState
 
+from .chunked import LAST_CHUNK, chunk
 from .errors import Failure
 from .exchange import (
-    Headers,
     ResponseRewrite,
     ambiguous_framing,
     client_response_headers,
@@ -26,6 +30,15 @@ from .exchange import (
     switching_protocols_headers,
 )
 from .exchange_state import ExchangeState
+from .response_reader import (
+    END,
+    NEED_DATA,
+    BadResponse,
+    ResponseHead,
+    ResponseReader,
+    Signal,
+    Truncated,
+)
 from .runtime import Runtime
 from .upstream import MAX_SERVER_HEAD, UpstreamConnection
 
@@ -33,6 +46,8 @@ READ_SIZE = 65536
 # Events are immutable: one end-of-message without trailers serves every exchange.
 END_OF_MESSAGE = h11.EndOfMessage()
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+# What a read from the server can give: a head, a piece of the body, or END.
+ServerEvent = ResponseHead | bytes | bytearray | Signal
 
 
 class ExchangeFailed(Exception):
@@ -94,18 +109,24 @@ class Relay:
         self.went_down = True
         self.conn.stream.close()
 
-    async def run(self, head: h11.Request, rest: Headers, has_body: bool) -> None:
-        """Send the request and relay the response; ExchangeFailed when either side fails."""
+    async def run(self, method: bytes, head: bytes, has_body: bool, chunked: bool) -> None:
+        """Send the request (``head``, then the client's body, chunked again when ``chunked``)
+        and relay the response; ExchangeFailed when either side fails."""
         conn = self.conn
-        data = splice_head(conn.h11.send(head) or b"", rest)
+        conn.reader = ResponseReader(
+            method, max_head=MAX_SERVER_HEAD, upgrade=self.ex.upgrade_requested
+        )
+        conn.chunked = chunked
+        data = head
         body_pending = has_body and self.client.h11.their_state is h11.SEND_BODY
         if body_pending:
             # What of the body came with the head goes in the same write; a body that came
             # whole needs no pump task at all.
             body, body_pending = self._buffered_body()
             data += body
-        else:
-            data += conn.h11.send(END_OF_MESSAGE) or b""
+        elif has_body and chunked:
+            data += LAST_CHUNK  # h11 had the whole body with the head: only its end is left
+        conn.request_done = not body_pending
         try:
             await conn.stream.send_all(data)
         except _GONE as error:
@@ -149,8 +170,8 @@ class Relay:
     def _buffered_body(self) -> tuple[bytes, bool]:
         """The request body h11 has buffered, framed for the server, and whether more is to
         come. No I/O: what is not here yet is left to the pump."""
-        client, conn = self.client.h11, self.conn.h11
-        parts: list[bytes] = []
+        client, chunked = self.client.h11, self.conn.chunked
+        parts: list[bytes | bytearray] = []
         while True:
             try:
                 event = client.next_event()
@@ -162,9 +183,10 @@ class Relay:
                 return b"".join(parts), True
             if isinstance(event, h11.Data):
                 self.ex.body_started = True
-                parts.extend(conn.send_with_data_passthrough(event) or ())
+                parts.append(chunk(event.data) if chunked else event.data)
             elif isinstance(event, h11.EndOfMessage):
-                parts.append(conn.send(END_OF_MESSAGE) or b"")
+                if chunked:
+                    parts.append(LAST_CHUNK)
                 return b"".join(parts), False
             else:
                 raise ExchangeFailed(Failure.CLIENT_GONE, "closed in the request body")
@@ -172,28 +194,31 @@ class Relay:
     async def _pump_body(self) -> None:
         """Client request body → server, with back-pressure (one read, one write)."""
         conn, ex = self.conn, self.ex
+        chunked = conn.chunked
         while True:
             event = await self.client.next_body_event()
+            payload: bytes | bytearray
             if isinstance(event, h11.Data):
                 ex.body_started = True
-                # The client's Data event goes on as it is: h11 frames it for the server.
-                payload = b"".join(conn.h11.send_with_data_passthrough(event) or ())
+                payload = chunk(event.data) if chunked else event.data
             elif isinstance(event, h11.EndOfMessage):
-                payload = conn.h11.send(END_OF_MESSAGE) or b""
+                payload = LAST_CHUNK if chunked else b""
             else:
                 raise ExchangeFailed(Failure.CLIENT_GONE, "closed in the request body")
             try:
-                await conn.stream.send_all(payload)
+                if payload:
+                    await conn.stream.send_all(payload)
             except _GONE as error:
                 raise ExchangeFailed(
                     Failure.UPLOAD_FAILED, "server closed during upload"
                 ) from error
             if isinstance(event, h11.EndOfMessage):
+                conn.request_done = True
                 ex.body_done = True
                 self.client.upload_done()
                 return
 
-    async def _server_event(self, out: list[bytes], *, parse: bool = True) -> h11.Event:
+    async def _server_event(self, out: list[bytes], *, parse: bool = True) -> ServerEvent:
         """The next event from the server. Client-bound bytes in ``out`` are written first
         whenever a read must wait, so what is ready goes out in one write (docs/architecture.md,
         "Speed").
@@ -201,14 +226,16 @@ class Relay:
         ``parse=False`` when h11 has just said NEED_DATA.
         """
         conn = self.conn
-        # Nothing received yet: h11 could only say NEED_DATA (a pooled connection never holds
-        # bytes from before, see UpstreamPool.release).
+        reader = conn.reader
+        assert reader is not None
+        # Nothing received yet: the reader could only say NEED_DATA (a pooled connection never
+        # holds bytes from before, see UpstreamPool.release).
         parse = parse and conn.response_bytes > 0
         while True:
             if parse:
                 event = self._parse_server()
-                if event is not h11.NEED_DATA:
-                    return event  # type: ignore[return-value]  # PAUSED too: callers refuse it
+                if event is not NEED_DATA:
+                    return event
             if out:
                 await self._flush(out)
             self.client.wait_for_server()
@@ -217,13 +244,17 @@ class Relay:
             except _GONE:
                 data = b""
             conn.response_bytes += len(data)
-            conn.h11.receive_data(data)
+            reader.receive_data(data)
             parse = True
 
-    def _parse_server(self) -> object:
+    def _parse_server(self) -> ServerEvent | Signal:
+        reader = self.conn.reader
+        assert reader is not None
         try:
-            return self.conn.h11.next_event()
-        except h11.RemoteProtocolError as error:
+            return reader.next_event()
+        except Truncated as error:
+            raise ExchangeFailed(Failure.SERVER_ABORTED, str(error)) from error
+        except BadResponse as error:
             raise ExchangeFailed(Failure.BAD_RESPONSE, f"invalid response: {error}") from error
 
     async def _flush(self, out: list[bytes]) -> None:
@@ -257,45 +288,46 @@ class Relay:
         if response is not None:
             await self._relay_body(response, out)
 
-    async def _response_head(self, out: list[bytes]) -> h11.Response | None:
+    async def _response_head(self, out: list[bytes]) -> ResponseHead | None:
         """Interim responses are passed on; the final head is returned (None after a 101)."""
         ex, client = self.ex, self.client.h11
         while True:
             event = await self._server_event(out)
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
+            if not isinstance(event, ResponseHead):  # the reader gives a head first, or fails
+                raise ExchangeFailed(Failure.BAD_RESPONSE, "no response head")
+            if event.status < 200:
+                if event.status == 101:
                     await self._switch(event, out)
                     return None
                 info = h11.InformationalResponse(
-                    status_code=event.status_code,
+                    status_code=event.status,
                     reason=event.reason,
-                    headers=forward_response_headers(list(event.headers)),
+                    headers=forward_response_headers(event.headers),
                 )
                 out.append(client.send(info) or b"")
                 continue
-            if isinstance(event, h11.Response):
-                # h11 bounds only a head that arrives in pieces; one that came whole in a
-                # large read is measured here: what h11 consumed is the head.
-                consumed = self.conn.response_bytes - len(self.conn.h11.trailing_data[0])
-                if consumed > MAX_SERVER_HEAD:
-                    raise ExchangeFailed(Failure.BAD_RESPONSE, "response head too large")
-                now = trio.current_time()
-                ex.response_time = now - ex.request.head_done - (ex.connect_time or 0.0)
-                if ambiguous_framing(event.headers):
-                    raise ExchangeFailed(
-                        Failure.BAD_RESPONSE, "both Transfer-Encoding and Content-Length"
-                    )
-                return event
-            raise ExchangeFailed(Failure.SERVER_CLOSED, "server closed before responding")
+            # A head that came whole in a large read is measured here: what the reader
+            # consumed is the head.
+            conn = self.conn
+            assert conn.reader is not None
+            if conn.response_bytes - conn.reader.buffered > MAX_SERVER_HEAD:
+                raise ExchangeFailed(Failure.BAD_RESPONSE, "response head too large")
+            now = trio.current_time()
+            ex.response_time = now - ex.request.head_done - (ex.connect_time or 0.0)
+            if ambiguous_framing(event.headers):
+                raise ExchangeFailed(
+                    Failure.BAD_RESPONSE, "both Transfer-Encoding and Content-Length"
+                )
+            return event
 
-    async def _switch(self, event: h11.InformationalResponse, out: list[bytes]) -> None:
+    async def _switch(self, event: ResponseHead, out: list[bytes]) -> None:
         ex = self.ex
         if not ex.upgrade_requested:
             raise ExchangeFailed(Failure.BAD_RESPONSE, "101 without an upgrade request")
         switch = h11.InformationalResponse(
             status_code=101,
             reason=event.reason,
-            headers=switching_protocols_headers(list(event.headers)),
+            headers=switching_protocols_headers(event.headers),
         )
         out.append(self.client.h11.send(switch) or b"")
         await self._flush(out)
@@ -304,41 +336,40 @@ class Relay:
         ex.upgraded = True
         ex.server_reusable = False
 
-    async def _relay_body(self, event: h11.Response, out: list[bytes]) -> None:
+    async def _relay_body(self, event: ResponseHead, out: list[bytes]) -> None:
         ex, client, server = self.ex, self.client.h11, self.server
-        ex.status = event.status_code
-        server.counters.record_response(event.status_code)
-        semantic, rest = client_response_headers(list(event.headers), self.rewrite)
+        ex.status = event.status
+        server.counters.record_response(event.status)
+        semantic, rest = client_response_headers(event.headers, self.rewrite)
         if not ex.body_done:
             # An answer before the whole request body (an early error, a final status to
             # Expect: 100-continue): the rest of the body will not be read, so this client
             # connection ends after the response, and the client is told so.
             semantic.append((b"connection", b"close"))
         ex.response_started = True
-        response = h11.Response(
-            status_code=event.status_code, reason=event.reason, headers=semantic
-        )
+        response = h11.Response(status_code=event.status, reason=event.reason, headers=semantic)
         out.append(splice_head(client.send(response) or b"", rest))
         while True:
             # A small body is buffered already: no read, no coroutine to await.
-            body_event: object = self._parse_server()
-            if body_event is h11.NEED_DATA:
-                body_event = await self._server_event(out, parse=False)
-            if isinstance(body_event, h11.Data):
-                ex.bytes_out += len(body_event.data)
-                # Passed through as it is: no copy of the body into a new event or a new buffer.
-                out.extend(client.send_with_data_passthrough(body_event) or ())
-            elif isinstance(body_event, h11.EndOfMessage):
+            piece = self._parse_server()
+            if piece is NEED_DATA:
+                piece = await self._server_event(out, parse=False)
+            if piece is END:
                 end = client.send(END_OF_MESSAGE)
                 if end:  # nothing at all for a Content-Length body
                     out.append(end)
                 await self._flush(out)
                 server.counters.bytes_out += ex.bytes_out
-                if self.conn.h11.their_state is not h11.DONE:
+                reader = self.conn.reader
+                if reader is None or not reader.reusable():
                     ex.server_reusable = False
                 return
-            else:  # ConnectionClosed before the end of a framed body
-                raise ExchangeFailed(Failure.SERVER_ABORTED, "server closed mid-response")
+            if not isinstance(piece, bytes | bytearray):
+                raise ExchangeFailed(Failure.BAD_RESPONSE, "a second response head")
+            ex.bytes_out += len(piece)
+            # Handed to h11 as it came: no copy of the body into a new buffer.
+            data = h11.Data(data=piece)  # type: ignore[arg-type]  # h11 passes bytearray on
+            out.extend(client.send_with_data_passthrough(data) or ())
 
 
 async def tunnel(

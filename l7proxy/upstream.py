@@ -2,23 +2,23 @@
 timeout, and a bounded keep-alive pool.
 
 A connection goes back to the pool only when its last exchange ended cleanly on both sides
-(h11 says DONE/DONE and nothing unread is waiting); before reuse it is checked for a close by
-the server while it was idle.
+(the request went out whole, the response reader says it may be reused and nothing unread is
+waiting); before reuse it is checked for a close by the server while it was idle.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import h11
 import trio
 
 from config.model import Address, RealServer
 from tls.client_context import ClientContexts, TlsTarget, build_client_context, target_for
 
+from .response_reader import ResponseReader
 from .runtime import ClientInfo
 from .stream import ServerTlsError, connect, connect_tls
 
@@ -77,11 +77,11 @@ async def connect_tls_target(address: Address, target: TlsTarget, first: bytes) 
 class UpstreamConnection:
     address: Address
     stream: ServerStream
-    h11: h11.Connection = field(
-        default_factory=lambda: h11.Connection(
-            h11.CLIENT, max_incomplete_event_size=MAX_SERVER_HEAD
-        )
-    )
+    # The current exchange: its response, whether its request went out whole, and whether its
+    # request body is chunked (relay.py sets these for each request).
+    reader: ResponseReader | None = None
+    request_done: bool = False
+    chunked: bool = False
     reused: bool = False
     idle_since: float = 0.0
     response_bytes: int = 0  # of the current exchange: 0 means a resend is still safe
@@ -187,17 +187,18 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose exchange is complete; anything else is closed.
 
-        Bytes after the response (h11 keeps them) make a connection unusable too: they would be
-        taken for the start of the next response.
+        Bytes after the response (the reader keeps them) make a connection unusable too: they
+        would be taken for the start of the next response.
         """
-        state = conn.h11
+        reader = conn.reader
         if (
-            state.our_state is h11.DONE
-            and state.their_state is h11.DONE
-            and not any(state.trailing_data)
+            conn.request_done
+            and reader is not None
+            and reader.reusable()
             and (conn.tls is None or not self._stale(conn.tls))
         ):
-            conn.h11.start_next_cycle()
+            conn.reader = None
+            conn.request_done = False
             conn.response_bytes = 0
             if conn.owner is not None:
                 conn.idle_since = trio.current_time()

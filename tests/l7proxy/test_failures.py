@@ -4,6 +4,8 @@ sockets, checking bytes on both sides."""
 from __future__ import annotations
 
 import contextlib
+import re
+from dataclasses import replace
 
 import pytest
 import trio
@@ -100,22 +102,44 @@ async def test_silent_server_is_504_after_server_timeout() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_mid_body_death_truncates_the_client_response() -> None:
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\npartial",
+    ],
+)
+async def test_mid_body_death_truncates_the_client_response(
+    response: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client sees what arrived, then the end; the log says the server closed in the
+    data phase (HAProxy's SD), counted against the server."""
+
     async def dies(stream: trio.SocketStream) -> None:
         await read_request_head(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await stream.send_all(response)
         await trio.sleep(0.1)
         await stream.aclose()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             upstream = await raw_server(nursery, "dies", dies)
-            _, pport = await start_farm(nursery, upstream)
+            config = simple_config([upstream])
+            config = replace(config, global_=replace(config.global_, access_log=True))
+            proxy = await start_proxy(nursery, config)
+            pport = proxy.address("www")[1]
             raw = await raw_exchange(pport, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             head, _, body = raw.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
-            assert body == b"partial"  # what arrived, then the connection ends short
+            assert b"partial" in body  # what arrived, then the connection ends short
+            assert not body.endswith(b"0\r\n\r\n")  # a chunked body is not ended for it
+            proxy.sink.flush()
+            counters = proxy.runtime.pools["www"].server("dies")
+            assert counters is not None
+            assert counters.counters.failures_response == 1
             nursery.cancel_scope.cancel()
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert re.search(r" 200 \d+ - - SD", line), line
 
 
 async def test_idempotent_request_is_resent_when_server_closes_before_responding() -> None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-import h11
 import pytest
 import trio
 import trio.testing
@@ -20,6 +19,7 @@ from balancing.checker import check_once, run_checks
 from balancing.state import Health, new_states
 from config.model import Address, HealthCheck, HttpCheck, Pool, RealServer, ServerTls, Verify
 from l7proxy import admin_state, app, upstream
+from l7proxy.response_reader import END, ResponseReader
 from l7proxy.upstream import UpstreamConnection, UpstreamPool
 from tests.helpers import Backend, Response, request, server, simple_config, start_proxy
 from tls.client_context import TlsTarget
@@ -372,10 +372,10 @@ class _Stream:
 def finished(address: Address, tls: TlsTarget) -> UpstreamConnection:
     """A connection whose exchange ended cleanly on both sides, ready to be released."""
     conn = UpstreamConnection(address, _Stream(), tls=tls)
-    conn.h11.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
-    conn.h11.send(h11.EndOfMessage())
-    conn.h11.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    while not isinstance(conn.h11.next_event(), h11.EndOfMessage):
+    conn.reader = ResponseReader(b"GET")
+    conn.request_done = True
+    conn.reader.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    while conn.reader.next_event() is not END:
         pass
     return conn
 
