@@ -122,6 +122,10 @@ class ClientConnection:
         self.logged_in = 0  # for the request that line is about
         self.chunks: ChunkedBody | None = None  # the chunked body being received
         self.linger = False  # an error answer closes the connection: let the client read it
+        self.keep_alive = True  # the current request allows another after it (h11's rule)
+        # A response relayed by response_writer, not h11: None when there was none (yet) in this
+        # cycle, else whether the connection may go on after it.
+        self.relayed: bool | None = None
 
     # ---- client I/O -------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class ClientConnection:
         except h11.RemoteProtocolError as error:
             raise ExchangeFailed(Failure.BAD_BODY, str(error), error.error_status_hint) from error
 
-    async def send_client(self, data: bytes) -> None:
+    async def send_client(self, data: bytes | bytearray) -> None:
         try:
             await self.stream.send_all(data)
         except _GONE as error:
@@ -182,7 +186,7 @@ class ClientConnection:
     async def _answer(self, response: CannedResponse) -> None:
         """Answer with lbproxy's own response (an error page, a redirect)."""
         # IDLE too: h11 lets a server answer a request head it could not parse.
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.relayed is not None:
             return
         head = h11.Response(
             status_code=response.status, reason=response.reason, headers=response.headers
@@ -254,6 +258,10 @@ class ClientConnection:
         if self.phase is not Phase.UPLOAD:
             self._set_deadline(Phase.SERVER, self.timeouts.server)
 
+    def response_done(self, close: bool) -> None:
+        """The relay wrote a whole response itself (response_writer)."""
+        self.relayed = not close
+
     def upload_done(self) -> None:
         self.phase = Phase.SERVER
         self._set_deadline(Phase.SERVER, self.timeouts.server)
@@ -301,12 +309,24 @@ class ClientConnection:
             if request is None:
                 return
             keep = await self._serve(request)
-            if not keep or self.runtime.shutting_down:
+            if not keep or self.runtime.shutting_down or not self._client_can_continue():
                 return
-            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                return
-            self.h11.start_next_cycle()
+            self._next_cycle()
             first = False
+
+    def _next_cycle(self) -> None:
+        if self.relayed is None:
+            self.h11.start_next_cycle()
+            return
+        # h11 did not write the relayed response, so it cannot start the next cycle: a fresh
+        # state machine (2 µs) takes over what the client sent after this request.
+        self.relayed = None
+        data, closed = self.h11.trailing_data
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        if data:
+            self.h11.receive_data(data)
+        if closed:
+            self.h11.receive_data(b"")
 
     async def _read_head(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should just close."""
@@ -363,9 +383,11 @@ class ClientConnection:
         ex = self.current = ExchangeState(facts)
         self.server = None
         self.chunks = None
+        self.relayed = None
         self._set_deadline(Phase.SERVER, self.timeouts.server)
         headers: Headers = list(request.headers)
         scan = RequestScan(headers)
+        self.keep_alive = request.http_version == b"1.1" and b"close" not in scan.tokens
         try:
             problem = check_request(
                 request.method, request.target, request.http_version, headers, scan
@@ -616,7 +638,13 @@ class ClientConnection:
         return self._client_can_continue()
 
     def _client_can_continue(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        state = self.h11
+        if state.their_state is not h11.DONE:
+            return False
+        relayed = self.relayed
+        if relayed is not None:
+            return relayed
+        return state.our_state is h11.DONE
 
 
 def _request_or_none(event: object) -> h11.Request | None:

@@ -394,8 +394,9 @@ def https_redirect_target(host: bytes, target: bytes, tls_port: int) -> bytes:
     return b"https://" + name + port + target
 
 
-# What h11 must see to keep its state machines right: framing, keep-alive, Host (required for
-# HTTP/1.1 requests) and Expect (100-continue tracking). Everything else is spliced in as bytes.
+# The fields that frame a message or steer the connection: framing, keep-alive, Host and Expect.
+# They are kept apart from the rest, which is passed on as it is: the writers (request_writer,
+# response_writer) and h11's events for lbproxy's own answers look only at these.
 H11_SEMANTIC = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"}
 )
@@ -422,22 +423,6 @@ def forward_response_split(headers: Headers) -> tuple[Headers, Headers]:
             semantic = [item for item in semantic if item[0] not in listed]
             rest = [item for item in rest if item[0] not in listed]
     return semantic, rest
-
-
-def splice_head(head: bytes, rest: Headers) -> bytes:
-    """Add ``rest`` to a head h11 serialised (before its final blank line).
-
-    h11 validates every name and value of the events it is given; constructing an event with
-    all forwarded headers validates them a second time (they were validated when h11 parsed
-    them, or are made by lbproxy from validated parts). Only ever pass such headers here.
-    """
-    if not rest:
-        return head
-    # head ends with a blank line: its last two CRLFs end the new last field and the head.
-    return b"\r\n".join([head[:-4], *map(_FIELD_SEPARATOR.join, rest), b"", b""])
-
-
-_FIELD_SEPARATOR = b": "
 
 
 class ResponseRewrite(NamedTuple):

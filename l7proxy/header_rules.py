@@ -4,7 +4,7 @@ pure functions over h11's header lists (lower-case names, bytes values).
 The loader refused every name that frames a message or that h11 tracks, and checked the
 literal text of each value; what a template adds (addresses, ports, a server label, parts of a
 request head h11 accepted) holds no CR, LF or NUL either, so the results can be spliced as they
-are (exchange.splice_head).
+are (request_writer, response_writer).
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from .exchange import (
     ambiguous_framing,
     client_response_headers,
     forward_response_headers,
-    splice_head,
     switching_protocols_headers,
 )
 from .exchange_state import ExchangeState
@@ -39,6 +38,7 @@ from .response_reader import (
     Signal,
     Truncated,
 )
+from .response_writer import Body, reply_head
 from .runtime import Runtime
 from .upstream import MAX_SERVER_HEAD, UpstreamConnection
 
@@ -70,14 +70,17 @@ class ClientSide(Protocol):
     """What a relay needs of the client connection it serves."""
 
     h11: h11.Connection
+    keep_alive: bool  # the request allows the connection to go on (h11's keep-alive rule)
 
     async def next_body_event(self) -> object: ...
 
-    async def send_client(self, data: bytes) -> None: ...
+    async def send_client(self, data: bytes | bytearray) -> None: ...
 
     def wait_for_server(self) -> None: ...
 
     def upload_done(self) -> None: ...
+
+    def response_done(self, close: bool) -> None: ...
 
 
 class Relay:
@@ -218,7 +221,9 @@ class Relay:
                 self.client.upload_done()
                 return
 
-    async def _server_event(self, out: list[bytes], *, parse: bool = True) -> ServerEvent:
+    async def _server_event(
+        self, out: list[bytes | bytearray], *, parse: bool = True
+    ) -> ServerEvent:
         """The next event from the server. Client-bound bytes in ``out`` are written first
         whenever a read must wait, so what is ready goes out in one write (docs/architecture.md,
         "Speed").
@@ -257,14 +262,14 @@ class Relay:
         except BadResponse as error:
             raise ExchangeFailed(Failure.BAD_RESPONSE, f"invalid response: {error}") from error
 
-    async def _flush(self, out: list[bytes]) -> None:
+    async def _flush(self, out: list[bytes | bytearray]) -> None:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         await self.client.send_client(data)
 
     async def _relay_response(self) -> None:
         """Server response → client; each read pushes the connection's deadline on."""
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         awaiting = self.runtime.awaiting
         waiting = awaiting.get(self.server)
         if waiting is None:
@@ -288,7 +293,7 @@ class Relay:
         if response is not None:
             await self._relay_body(response, out)
 
-    async def _response_head(self, out: list[bytes]) -> ResponseHead | None:
+    async def _response_head(self, out: list[bytes | bytearray]) -> ResponseHead | None:
         """Interim responses are passed on; the final head is returned (None after a 101)."""
         ex, client = self.ex, self.client.h11
         while True:
@@ -320,7 +325,7 @@ class Relay:
                 )
             return event
 
-    async def _switch(self, event: ResponseHead, out: list[bytes]) -> None:
+    async def _switch(self, event: ResponseHead, out: list[bytes | bytearray]) -> None:
         ex = self.ex
         if not ex.upgrade_requested:
             raise ExchangeFailed(Failure.BAD_RESPONSE, "101 without an upgrade request")
@@ -336,8 +341,8 @@ class Relay:
         ex.upgraded = True
         ex.server_reusable = False
 
-    async def _relay_body(self, event: ResponseHead, out: list[bytes]) -> None:
-        ex, client, server = self.ex, self.client.h11, self.server
+    async def _relay_body(self, event: ResponseHead, out: list[bytes | bytearray]) -> None:
+        ex, server = self.ex, self.server
         ex.status = event.status
         server.counters.record_response(event.status)
         semantic, rest = client_response_headers(event.headers, self.rewrite)
@@ -347,29 +352,40 @@ class Relay:
             # connection ends after the response, and the client is told so.
             semantic.append((b"connection", b"close"))
         ex.response_started = True
-        response = h11.Response(status_code=event.status, reason=event.reason, headers=semantic)
-        out.append(splice_head(client.send(response) or b"", rest))
+        request = ex.request
+        reply = reply_head(
+            event.status,
+            event.reason,
+            semantic,
+            rest,
+            method=request.method,
+            version=request.http_version,
+            keep_alive=self.client.keep_alive,
+        )
+        out.append(reply.head)
+        body = reply.body
         while True:
             # A small body is buffered already: no read, no coroutine to await.
             piece = self._parse_server()
             if piece is NEED_DATA:
                 piece = await self._server_event(out, parse=False)
             if piece is END:
-                end = client.send(END_OF_MESSAGE)
-                if end:  # nothing at all for a Content-Length body
-                    out.append(end)
+                if body is Body.CHUNKED:
+                    out.append(LAST_CHUNK)
                 await self._flush(out)
                 server.counters.bytes_out += ex.bytes_out
                 reader = self.conn.reader
                 if reader is None or not reader.reusable():
                     ex.server_reusable = False
+                self.client.response_done(reply.close)
                 return
             if not isinstance(piece, bytes | bytearray):
                 raise ExchangeFailed(Failure.BAD_RESPONSE, "a second response head")
             ex.bytes_out += len(piece)
-            # Handed to h11 as it came: no copy of the body into a new buffer.
-            data = h11.Data(data=piece)  # type: ignore[arg-type]  # h11 passes bytearray on
-            out.extend(client.send_with_data_passthrough(data) or ())
+            if body is Body.AS_IS:
+                out.append(piece)  # as it came: no copy of the body into a new buffer
+            elif body is Body.CHUNKED:
+                out.append(chunk(piece))
 
 
 async def tunnel(

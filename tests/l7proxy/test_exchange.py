@@ -16,8 +16,8 @@ from l7proxy.exchange import (
     https_redirect_target,
     local_authority,
     rewrite_location,
-    splice_head,
 )
+from l7proxy.request_writer import request_head
 from l7proxy.routing import host_without_port, path_of
 from l7proxy.runtime import ClientInfo
 
@@ -253,15 +253,16 @@ def test_https_redirect_target(host: bytes, port: int, expected: bytes) -> None:
     assert https_redirect_target(host, b"/p?q", port) == expected
 
 
-def test_split_and_splice_keep_every_header() -> None:
-    headers = [(b"host", b"a"), (b"x-a", b"1"), (b"content-length", b"2"), (b"x-b", b"2")]
+def test_split_and_write_keep_every_header() -> None:
+    headers = [(b"x-a", b"1"), (b"content-length", b"2"), (b"host", b"a"), (b"x-b", b"2")]
     semantic, rest = split_for_h11(headers)
-    assert semantic == [(b"host", b"a"), (b"content-length", b"2")]
-    head = b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n"
-    assert splice_head(head, rest) == (
+    assert semantic == [(b"content-length", b"2"), (b"host", b"a")]
+    assert request_head(b"GET", b"/", semantic, rest) == (
         b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nx-a: 1\r\nx-b: 2\r\n\r\n"
     )
-    assert splice_head(head, []) == head
+    assert request_head(b"GET", b"/", semantic, []) == (
+        b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n"
+    )
 
 
 @pytest.mark.parametrize(
