@@ -8,6 +8,11 @@ Start-up, the readiness probe and shutdown are the same in a run of 1000 request
 of 3000, so (instructions of the 3000 run - those of the 1000 run) / 2000 is the cost of one
 request with warm caches and a pooled server connection. PYTHONHASHSEED is fixed so that both
 runs hash alike. Done for the access log off and on (on: lines go to a file, as in make bench).
+
+``--connection new`` opens a new connection for every request instead (what a connection costs:
+accept, task, close), ``--connection resumed`` a new TLS connection that resumes the session of
+the one before (RSA-2048 certificate; the handshake's share of the work, like the "resumed"
+line of make bench).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import certs
 import harness
 import memory
 import servers
@@ -59,7 +66,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="both",
         help="lbproxy's access log in the measured runs (default: both, off first)",
     )
+    parser.add_argument(
+        "--connection",
+        choices=("keepalive", "new", "resumed"),
+        default="keepalive",
+        help="one keep-alive connection (default), a new one per request, or a new TLS one "
+        "per request that resumes the session",
+    )
     return parser.parse_args(argv)
+
+
+class Client:
+    """The measured requests, one after another, over the connection shape asked for."""
+
+    def __init__(self, port: int, shape: str, bundle: Path | None) -> None:
+        self.port = port
+        self.shape = shape
+        self.sock: socket.socket | None = None
+        self.session: ssl.SSLSession | None = None
+        self.context: ssl.SSLContext | None = None
+        if bundle is not None:
+            self.context = ssl.create_default_context(cafile=str(bundle))
+            self.context.check_hostname = False
+
+    def request(self) -> None:
+        if self.sock is None or self.shape != "keepalive":
+            self.close()
+            self.sock = self._connect()
+        self.sock.sendall(memory.REQUEST)
+        memory.read_answer(self.sock)
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), IO_TIMEOUT)
+        if self.context is None:
+            return sock
+        tls = self.context.wrap_socket(sock, server_hostname="localhost", session=self.session)
+        if self.session is not None and not tls.session_reused:
+            raise BenchError("the TLS session was not resumed")
+        return tls
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.session = self.sock.session  # the ticket came with the answer
+            self.sock.close()
+            self.sock = None
 
 
 def python_command() -> list[str]:
@@ -87,13 +138,24 @@ def total_instructions(callgrind_out: Path) -> int:
 
 
 def one_run(
-    valgrind: str, workdir: Path, backend_port: int, *, access_log: bool, requests: int
+    valgrind: str,
+    workdir: Path,
+    backend_port: int,
+    *,
+    access_log: bool,
+    requests: int,
+    shape: str = "keepalive",
 ) -> int:
     """Instructions of a whole lbproxy process that proxied ``requests`` sequential GETs."""
-    label = f"callgrind-{'log' if access_log else 'nolog'}-{requests}"
+    label = f"callgrind-{'log' if access_log else 'nolog'}-{shape}-{requests}"
     port = harness.free_port()
     conf = workdir / f"{label}.yaml"
-    conf.write_text(servers.lbproxy_conf(port, backend_port, None, access_log=access_log))
+    bundle = None
+    if shape == "resumed":
+        bundle = workdir / "rsa2048.pem"
+        if not bundle.exists():
+            bundle = certs.make_bundle(workdir, "rsa2048")
+    conf.write_text(servers.lbproxy_conf(port, backend_port, bundle, access_log=access_log))
     out = workdir / f"{label}.out"
     argv = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *python_command()]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
@@ -102,12 +164,17 @@ def one_run(
     )
     try:
         harness.wait_ready(
-            child, port, "/100b", servers.FILES["100b"], tls=False, timeout=START_TIMEOUT
+            child,
+            port,
+            "/100b",
+            servers.FILES["100b"],
+            tls=bundle is not None,
+            timeout=START_TIMEOUT,
         )
-        with contextlib.closing(socket.create_connection(("127.0.0.1", port), IO_TIMEOUT)) as sock:
+        client = Client(port, shape, bundle)
+        with contextlib.closing(client):
             for _ in range(requests):
-                sock.sendall(memory.REQUEST)
-                memory.read_answer(sock)
+                client.request()
     except (BenchError, OSError) as error:
         say(f"--- last lines of {label}'s output ---\n{child.log_tail()}\n---")
         raise BenchError(f"{label}: {error}") from None
@@ -119,9 +186,9 @@ def one_run(
     return total_instructions(out)
 
 
-def count(valgrind: str, workdir: Path, backend_port: int, access_log: bool) -> Count:
+def count(valgrind: str, workdir: Path, backend_port: int, access_log: bool, shape: str) -> Count:
     runs = [
-        one_run(valgrind, workdir, backend_port, access_log=access_log, requests=n)
+        one_run(valgrind, workdir, backend_port, access_log=access_log, requests=n, shape=shape)
         for n in (SHORT, LONG)
     ]
     return Count(access_log, runs[0], runs[1])
@@ -139,8 +206,13 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     valgrind, nginx = harness.required_tools(["valgrind", "nginx"])
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.access_log]
+    shape = {
+        "keepalive": "one keep-alive connection",
+        "new": "a new connection per request",
+        "resumed": "a new TLS connection per request, session resumed",
+    }[args.connection]
     print(
-        f"instructions per proxied GET /100b, one keep-alive connection, "
+        f"instructions per proxied GET /100b, {shape}, "
         f"(I({LONG}) - I({SHORT})) / {LONG - SHORT} under callgrind"
     )
     with tempfile.TemporaryDirectory(prefix="lbproxy-instructions-") as tmp:
@@ -148,5 +220,6 @@ def main(argv: list[str]) -> int:
         with servers.running_backend(nginx, workdir, LOAD_CPU) as backend_port:
             for access_log in modes:
                 say(f"  callgrind runs with the access log {'on' if access_log else 'off'}")
-                print(render(count(valgrind, workdir, backend_port, access_log)), flush=True)
+                found = count(valgrind, workdir, backend_port, access_log, args.connection)
+                print(render(found), flush=True)
     return 0

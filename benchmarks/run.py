@@ -3,7 +3,8 @@
 Placement on a two-core machine: the server under test (lbproxy with its access log off and on,
 HAProxy, Pound, nginx as a proxy, or the backend itself for the "direct" line) owns core 0; wrk
 and, during the proxy runs, the backend nginx share core 1. The "memory" case measures what an
-idle connection costs lbproxy (memory.py). Settings come from the environment (see README.md):
+idle connection costs lbproxy (memory.py), the "workers" case lbproxy with one worker and with
+one per core, nothing pinned (workers_bench.py). Settings come from the environment (see README.md):
 BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_CASES, BENCH_TARGETS, BENCH_SIZES,
 BENCH_REPEAT, BENCH_IDLE, BENCH_JSON, LBPROXY, POUND, BENCH_POUND_CACHE. ``--profile`` runs
 lbproxy under cProfile instead (profiling.py); ``--instructions`` counts its instructions per
@@ -35,6 +36,7 @@ import memory
 import pound
 import report
 import servers
+import workers_bench
 from harness import BenchError, say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +45,7 @@ LOAD_CPU = 1  # wrk, and the backend while a proxy is measured
 DEFAULT_DURATION = 10.0  # seconds; wrk's own example duration is of this order
 DEFAULT_WARMUP = 2.0  # seconds of load thrown away first: pools filled, caches warm
 DEFAULT_CONNECTIONS = 50
-CASES = ("plain", "tls", "handshake", "resumed", "memory")
+CASES = ("plain", "tls", "handshake", "resumed", "memory", "workers")
 CASE_ALIASES = {
     "tls": ("tls", "handshake", "resumed"),
     "tls-keepalive": ("tls",),
@@ -83,7 +85,7 @@ def _positive(name: str, default: int) -> int:
 
 def settings_from_env() -> Settings:
     cases: list[str] = []
-    for case in _names("BENCH_CASES", "plain,tls,memory", (*CASES, *CASE_ALIASES)):
+    for case in _names("BENCH_CASES", "plain,tls,memory,workers", (*CASES, *CASE_ALIASES)):
         cases.extend(CASE_ALIASES.get(case, (case,)))
     seconds = harness.env_seconds("BENCH_DURATION", DEFAULT_DURATION)
     if seconds < 1:
@@ -362,7 +364,7 @@ def bench(settings: Settings) -> int:
         if tools[name] is None and name in settings.targets:
             say(f"{name} not found and could not be installed: its lines are skipped")
     missing: dict[str, str] = {}
-    if "pound" in settings.targets and set(settings.cases) - {"memory"}:
+    if "pound" in settings.targets and set(settings.cases) - {"memory", "workers"}:
         tools["pound"], why = pound.find(ROOT)
         if why:
             missing["pound"] = why
@@ -400,16 +402,25 @@ def bench(settings: Settings) -> int:
             raise
         finally:
             harness.stop(backend)
+        workers: list[workers_bench.Row] = []
+        if "workers" in settings.cases:
+            assert tools["wrk"] is not None
+            workers = workers_bench.measure_all(
+                settings.lbproxy, tools["wrk"], tools["nginx"], workdir
+            )
     print()
     if run.rows:
         print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
     if idle is not None:
         print(("\n" if run.rows else "") + memory.render(idle))
+    if workers:
+        print(("\n" if run.rows or idle else "") + workers_bench.render(workers))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if settings.json_path:
         figures: list[dict[str, object]] = [row.as_dict() for row in run.rows]
         if idle is not None:
             figures.append(idle.as_dict())
+        figures.extend(workers_bench.as_dicts(workers))
         Path(settings.json_path).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
