@@ -213,8 +213,7 @@ class ClientConnection:
         cost about a tenth of a proxied request. When the deadline fires, everything unwinds to
         here, and the phase it fired in says what the client gets.
         """
-        self.deadline = accepted_at + self.timeouts.header
-        self.scope = trio.CancelScope(deadline=self.deadline)
+        self.deadline = self.scope.deadline = accepted_at + self.timeouts.header
         with self.scope:
             await self._serve_requests()
         if self.scope.cancelled_caught and not self.stopping:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -74,6 +75,15 @@ def open_listening_socket(address: Address, *, freebind: bool = False) -> socket
 
 def client_ip(raw: str) -> str:
     """The address as a client should be known: IPv4-mapped IPv6 shown as IPv4, no zone."""
+    if ":" not in raw:
+        return raw  # IPv4, as the kernel wrote it: already in its one canonical form
+    return _ipv6_client_ip(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_client_ip(raw: str) -> str:
+    # Parsing an address cost more than the rest of an accept; clients come back, so the
+    # answers are kept.
     raw = raw.split("%", 1)[0]
     try:
         parsed = ipaddress.ip_address(raw)

@@ -20,6 +20,7 @@ from l7proxy.proxy_protocol import (
     encode,
     parse,
 )
+from l7proxy.server import client_ip
 
 V1, V2 = ProxyVersion.V1, ProxyVersion.V2
 SIG = V2_SIGNATURE
@@ -221,3 +222,17 @@ def test_fuzzed_headers_give_a_header_none_or_a_clear_error() -> None:
             )
             assert again is not None
             assert again.source == header.source
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # a dual-stack bind's IPv4 client
+        ("fe80::1%eth0", "fe80::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("unix", "unix"),
+    ],
+)
+def test_client_addresses_are_shown_in_one_form(raw: str, shown: str) -> None:
+    assert client_ip(raw) == shown
