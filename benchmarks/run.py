@@ -402,19 +402,23 @@ def bench(settings: Settings) -> int:
             raise
         finally:
             harness.stop(backend)
+        print()
+        if run.rows:
+            print(
+                report.render(run.rows, seconds=settings.seconds, connections=settings.connections)
+            )
+        if idle is not None:
+            print(("\n" if run.rows else "") + memory.render(idle))
         workers: list[workers_bench.Row] = []
         if "workers" in settings.cases:
+            # Last and apart: nothing is pinned there, and its own backend runs in its own folder.
             assert tools["wrk"] is not None
+            folder = workdir / "workers"
+            folder.mkdir()
             workers = workers_bench.measure_all(
-                settings.lbproxy, tools["wrk"], tools["nginx"], workdir
+                settings.lbproxy, tools["wrk"], tools["nginx"], folder
             )
-    print()
-    if run.rows:
-        print(report.render(run.rows, seconds=settings.seconds, connections=settings.connections))
-    if idle is not None:
-        print(("\n" if run.rows else "") + memory.render(idle))
-    if workers:
-        print(("\n" if run.rows or idle else "") + workers_bench.render(workers))
+            print(("\n" if run.rows or idle else "") + workers_bench.render(workers))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if settings.json_path:
         figures: list[dict[str, object]] = [row.as_dict() for row in run.rows]
