@@ -76,7 +76,7 @@ PROCESS_ONLY = words(
 )
 GLOBAL_NOT_NEEDED = words(
     """
-    daemon nbproc nbthread cpu-map chroot maxconn ulimit-n node description spread-checks
+    daemon cpu-map chroot maxconn ulimit-n node description spread-checks
     log-send-hostname log-tag quiet master-worker noepoll nopoll nosplice uid gid stats
     ssl-server-verify insecure-fork-wanted expose-experimental-directives localpeer set-dumpable
     zero-warning strict-limits busy-polling max-spread-checks maxsslconn maxcompcpuusage
@@ -87,6 +87,8 @@ GLOBAL_NOT_NEEDED = words(
     httpclient.resolvers.prefer
     """
 )
+
+MAX_WORKERS = 64  # the configuration's bound for global.workers
 
 # lbproxy refuses rules on the fields that carry framing or routing (docs/configuration.md).
 HEADER_FORBIDDEN = words(
@@ -262,6 +264,7 @@ class HaproxyTranslator:
         for section in self.sections:
             if section.kind == "global":
                 self._global(section)
+        self._workers()
         for section in self.sections:
             if section.kind in {"backend", "listen"} and section.name:
                 self.backends[section.name] = section
@@ -350,6 +353,11 @@ class HaproxyTranslator:
                         f"minimum, tickets and ALPN http/1.1 are lbproxy's own)",
                         traffic=False,
                     )
+            elif kw in {"nbthread", "nbproc"} and args and args[0].isdigit():
+                count = int(args[0])
+                if kw == "nbproc" and count <= 1:
+                    continue  # the old default: it says nothing about nbthread
+                g["workers"] = max(1, min(count, MAX_WORKERS))  # threads become processes
             elif kw in {"user", "group"} and args:
                 g[kw] = args[0]
             elif kw == "pidfile" and args:
@@ -392,6 +400,14 @@ class HaproxyTranslator:
                 self.note(line, "Lua scripts cannot be carried / rewrite what they do as rules")
             else:
                 self.note(line, "no lbproxy equivalent", traffic=False)
+
+    def _workers(self) -> None:
+        """HAProxy 2.x runs one thread per core unless ``nbthread`` says otherwise, so an
+        appliance that moves over keeps its cores: ``workers: auto`` (lbproxy's own default is
+        one process, docs/configuration.md)."""
+        if "workers" in self.out.global_:
+            return
+        self.out.global_["workers"] = "auto"
 
     def _global_log(self, line: Line) -> None:
         args = list(line.args)

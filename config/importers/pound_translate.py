@@ -115,6 +115,8 @@ class PoundTranslator:
                 self.out.global_[kw] = d.args[0]
             elif kw == "pidfile" and d.args:
                 self.out.global_["pidfile"] = d.args[0]
+        # Pound's worker threads use every core; lbproxy does with a worker process per core.
+        self.out.global_.setdefault("workers", "auto")
         for d in top:
             kw = d.keyword
             if kw in {"listenhttp", "listenhttps"}:

@@ -222,3 +222,22 @@ def test_every_virtual_server_and_rule_names_its_line() -> None:
 def test_garbage_never_raises(text: str) -> None:
     result = import_configs("h.cfg", None, env={}, read_text=lambda _: text, exists=lambda _: False)
     assert result.status in (EXIT_CARRIED, EXIT_DROPPED)
+
+
+@pytest.mark.parametrize(
+    ("global_lines", "workers"),
+    [
+        ("", "auto"),  # HAProxy 2.x: one thread per core
+        ("  nbthread 4\n", 4),
+        ("  nbthread 1\n", 1),
+        ("  nbproc 1\n", "auto"),  # the old default says nothing about threads
+        ("  nbthread 200\n", 64),
+    ],
+)
+def test_an_appliance_keeps_its_cores(global_lines: str, workers: object) -> None:
+    text = (
+        f"global\n{global_lines}defaults\n  mode http\nfrontend f\n  bind :8080\n"
+        "  default_backend b\nbackend b\n  server s1 127.0.0.1:80\n"
+    )
+    doc, _, _ = translate(text)
+    assert doc["global"]["workers"] == workers

@@ -93,6 +93,7 @@ def test_pound2_listener_services_include_emergency_and_sessions(tmp_path: pathl
     (tmp_path / "pound.cfg").write_text(POUND2)
     (tmp_path / "services.cfg").write_text(INCLUDED)
     doc, report, status = translate(tmp_path / "pound.cfg")
+    assert doc["global"]["workers"] == "auto"  # Pound's threads use every core
     [vs] = doc["virtual_servers"]
     assert vs["bind"] == {
         "address": "0.0.0.0:443",
