@@ -20,7 +20,7 @@ from .connection import ClientConnection
 from .exchange import trusted_peer
 from .proxy_protocol import MAX_HEADER, ProxyHeader, ProxyHeaderError, parse
 from .runtime import ClientInfo, Runtime, ServedBind, SessionInfo
-from .stream import SockStream, TlsSockStream, accept_tls
+from .stream import SockStream, TlsSockStream
 
 if TYPE_CHECKING:
     from tls.server_tls import TlsServer
@@ -256,10 +256,13 @@ def make_handler(runtime: Runtime, served: ServedBind, tls_server: TlsServer | N
             stream = SockStream(sock)
         else:
             try:
-                stream = accept_tls(tls_server.context, sock)
+                tls_sock = tls_server.context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
             except (ssl.SSLError, OSError):
                 sock.close()
                 return
+            stream = TlsSockStream(tls_sock)
         label = served.vs.label
         runtime.connections += 1
         frontend = runtime.frontend(label)

@@ -14,7 +14,6 @@ import os
 import socket
 import ssl
 import struct
-from typing import Any, Protocol
 
 import trio
 
@@ -186,7 +185,7 @@ async def connect_tls(
     except (ssl.SSLError, ValueError) as error:
         plain.close()
         raise ServerTlsError(describe_tls_error(error)) from error
-    stream = TlsSockStream(tls_sock, tls_sock._sslobj)  # type: ignore[attr-defined]
+    stream = TlsSockStream(tls_sock)
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as error:
@@ -198,109 +197,25 @@ async def connect_tls(
     return stream
 
 
-class TlsConnection(Protocol):
-    """OpenSSL's connection object (``_ssl._SSLSocket``): what ``ssl.SSLSocket`` wraps in Python
-    methods that check, convert and set timeouts on every call."""
-
-    context: ssl.SSLContext
-
-    def do_handshake(self) -> None: ...
-
-    def read(self, size: int) -> bytes: ...
-
-    def write(self, data: bytes | bytearray | memoryview) -> int: ...
-
-    def shutdown(self) -> object: ...
-
-    def pending(self) -> int: ...
-
-    def getpeercert(self, binary_form: bool = ...) -> Any: ...
-
-    def cipher(self) -> tuple[str, str, int] | None: ...
-
-    def version(self) -> str | None: ...
-
-
-def accept_tls(context: ssl.SSLContext, sock: socket.socket) -> TlsSockStream:
-    """The server side of TLS on an accepted socket, handshake not done yet.
-
-    OpenSSL's connection object is made directly on the socket (``SSLContext._wrap_socket``, the
-    call ``ssl.SSLSocket`` makes): the SSLSocket around it cost a duplicated socket object and a
-    getpeername per connection, and two fcntl calls per handshake step for its timeouts. The
-    SNI callback then gets this object, whose ``context`` it may change like an SSLSocket's.
-    Where the interpreter lacks it, the SSLSocket is used as before.
-    """
-    wrap = getattr(context, "_wrap_socket", None)
-    if wrap is None:
-        tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return TlsSockStream(tls_sock, tls_sock._sslobj)  # type: ignore[attr-defined]
-    stream = TlsSockStream(sock)  # non-blocking before OpenSSL's object is made on it
-    # The stream is the owner the SNI callback gets: its ``context`` is the connection's.
-    stream.tls = wrap(sock, True, owner=stream)
-    return stream
-
-
 class TlsSockStream(SockStream):
     """TLS on the socket itself: OpenSSL reads and writes the descriptor directly.
 
     trio.SSLStream runs OpenSSL over memory buffers with Python moving every record, which cost
     more per handshake than the signature on these machines; here a handshake, a read or a
-    write is one C call on ``tls`` (OpenSSL's connection object), and a wait happens only when
-    OpenSSL asks for one. One task may read while another writes (the relay does): each call is
-    non-blocking and completes before the next starts, which OpenSSL allows on one thread.
-    ``sock`` is the plain socket, or the ssl.SSLSocket whose connection ``tls`` is.
+    write is one C call, and a wait happens only when OpenSSL asks for one. One task may read
+    while another writes (the relay does): each call is non-blocking and completes before the
+    next starts, which OpenSSL allows on one thread.
     """
 
-    __slots__ = ("__weakref__", "tls")  # OpenSSL's object refers to its owner weakly
+    __slots__ = ()
 
+    sock: ssl.SSLSocket
     _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
     # close_notify, or a client that just closed: HTTPS clients may (RFC 9112 §9.8).
     _ENDED = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
-    def __init__(self, sock: socket.socket, tls: TlsConnection | None = None) -> None:
+    def __init__(self, sock: ssl.SSLSocket) -> None:
         super().__init__(sock)
-        if tls is not None:
-            self.tls = tls
-
-    @property
-    def context(self) -> ssl.SSLContext:
-        return self.tls.context
-
-    @context.setter
-    def context(self, context: ssl.SSLContext) -> None:
-        """The SNI callback moves the handshake onto the name's context (tls/server_tls)."""
-        self.tls.context = context
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        size = max_bytes or READ_SIZE
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            try:
-                return self.tls.read(size)
-            except self._WOULD_BLOCK as error:
-                await self._wait(error, writing=False)
-            except self._ENDED:
-                return b""
-            except OSError as error:
-                raise trio.BrokenResourceError(f"receive failed: {error}") from error
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        view = memoryview(data)
-        with view:
-            while view:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed")
-                try:
-                    sent = self.tls.write(view)
-                except self._WOULD_BLOCK as error:
-                    await self._wait(error, writing=True)
-                    continue
-                except OSError as error:
-                    raise trio.BrokenResourceError(f"send failed: {error}") from error
-                view = view[sent:]
 
     async def _wait(self, error: OSError, *, writing: bool) -> None:
         """OpenSSL says which way it waits (a write may need to read, and the reverse)."""
@@ -313,7 +228,7 @@ class TlsSockStream(SockStream):
         """Raises trio.BrokenResourceError when the handshake fails; the caller bounds time."""
         while True:
             try:
-                self.tls.do_handshake()
+                self.sock.do_handshake()
                 return
             except self._WOULD_BLOCK as want:
                 await self._wait(want, writing=False)
@@ -326,13 +241,13 @@ class TlsSockStream(SockStream):
     def is_idle_and_open(self) -> bool:
         """As for plain sockets, on the raw socket: a close_notify or any record the server sent
         while idle makes the connection unusable; so do decrypted bytes nobody read."""
-        return not self.tls.pending() and super().is_idle_and_open()
+        return not self.sock.pending() and super().is_idle_and_open()
 
     def close(self) -> None:
         """Send close_notify when the socket takes it at once, then close."""
         if not self._closed:
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-                self.tls.shutdown()  # non-blocking: sends close_notify, does not wait for one
+                self.sock.unwrap()  # non-blocking: sends close_notify, does not wait for one
         super().close()
 
     def abort(self) -> None:
@@ -343,11 +258,10 @@ class TlsSockStream(SockStream):
             SockStream.close(self)
 
     def getpeercert(self, binary_form: bool = True) -> bytes | None:
-        cert: bytes | None = self.tls.getpeercert(True)
-        return cert
+        return self.sock.getpeercert(binary_form=True)
 
     def cipher(self) -> tuple[str, str, int] | None:
-        return self.tls.cipher()
+        return self.sock.cipher()
 
     def version(self) -> str | None:
-        return self.tls.version()
+        return self.sock.version()
