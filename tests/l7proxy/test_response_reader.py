@@ -1,7 +1,10 @@
 """The response reader against h11: the same accept/reject decisions, heads, body bytes,
 framing and reusability on the same bytes, fed in the same pieces (hypothesis).
 
-h11 is the oracle: a CLIENT-role connection that sent the same request. Responses are generated
+h11 is the oracle: a CLIENT-role connection that sent the same request, read through its public
+API only. Framing is compared by what it decides: where the body ends (at a length, at the
+chunked end, or only at the close), which bytes it holds and which are left after it; the
+reader's own framing value must agree with where its body ended. Responses are generated
 from parts (status lines, header fields, bodies of each framing, interim responses, what comes
 after), then mutated byte by byte, and cut into random pieces; the close is sent last unless the
 response ended before. ``LBPROXY_FUZZ_EXAMPLES`` raises the number of examples for a run by hand.
@@ -14,7 +17,6 @@ from typing import NamedTuple
 
 import h11
 import pytest
-from h11._connection import _body_framing  # the oracle's own framing decision
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -28,14 +30,13 @@ from l7proxy.response_reader import (
 )
 
 EXAMPLES = int(os.environ.get("LBPROXY_FUZZ_EXAMPLES", "1500"))
-_H11_FRAMING = {"content-length": Framing.LENGTH, "chunked": Framing.CHUNKED}
 
 
 class Seen(NamedTuple):
     heads: list[tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]]
     body: bytes
     outcome: str  # "end", "error", "switched" or "incomplete"
-    framing: tuple[Framing, int] | None
+    at_close: bool  # the body ended only when the server closed (framing "until close")
     reusable: bool
     trailing: bytes
 
@@ -49,28 +50,23 @@ def through_h11(method: bytes, upgrade: bool, pieces: list[bytes], max_head: int
     conn.send(h11.EndOfMessage())
     heads: list[tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]] = []
     body = bytearray()
-    framing: tuple[Framing, int] | None = None
     for piece in [*pieces, b""]:
         conn.receive_data(piece)
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError:
-                return Seen(heads, bytes(body), "error", framing, False, b"")
+                return Seen(heads, bytes(body), "error", False, False, b"")
             if event is h11.NEED_DATA:
                 break
             if event is h11.PAUSED:
                 assert conn.their_state is h11.SWITCHED_PROTOCOL
                 trailing = bytes(conn.trailing_data[0])
-                return Seen(heads, bytes(body), "switched", framing, False, trailing)
+                return Seen(heads, bytes(body), "switched", False, False, trailing)
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 heads.append(
                     (event.status_code, event.reason, event.http_version, list(event.headers))
                 )
-                if isinstance(event, h11.Response):
-                    kind, args = _body_framing(method, event)
-                    length = args[0] if args else 0
-                    framing = (_H11_FRAMING.get(kind, Framing.CLOSE), length)
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
@@ -80,42 +76,42 @@ def through_h11(method: bytes, upgrade: bool, pieces: list[bytes], max_head: int
                     and not any(conn.trailing_data)
                 )
                 trailing = bytes(conn.trailing_data[0])
-                return Seen(heads, bytes(body), "end", framing, reusable, trailing)
+                return Seen(heads, bytes(body), "end", piece == b"", reusable, trailing)
             else:
                 raise AssertionError(f"unexpected event {event!r}")
-    return Seen(heads, bytes(body), "incomplete", framing, False, b"")
+    return Seen(heads, bytes(body), "incomplete", False, False, b"")
 
 
 def through_reader(method: bytes, upgrade: bool, pieces: list[bytes], max_head: int) -> Seen:
     reader = ResponseReader(method, max_head=max_head, upgrade=upgrade)
     heads: list[tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]] = []
     body = bytearray()
-    framing: tuple[Framing, int] | None = None
     for piece in [*pieces, b""]:
         reader.receive_data(piece)
         while True:
             try:
                 event = reader.next_event()
             except BadResponse:
-                return Seen(heads, bytes(body), "error", framing, False, b"")
+                return Seen(heads, bytes(body), "error", False, False, b"")
             if event is NEED_DATA:
                 if reader.switched:
-                    return Seen(
-                        heads, bytes(body), "switched", framing, False, reader.trailing_data
-                    )
+                    trailing = reader.trailing_data
+                    return Seen(heads, bytes(body), "switched", False, False, trailing)
                 break
             if isinstance(event, ResponseHead):
                 heads.append((event.status, event.reason, event.http_version, event.headers))
-                if event.status >= 200:
-                    assert reader.framing is not None
-                    framing = (reader.framing, reader.length)
             elif event is END:
+                at_close = piece == b""
+                # The reader's own framing agrees with where its body ended.
+                assert (reader.framing is Framing.CLOSE) == at_close
+                if reader.framing is Framing.LENGTH:
+                    assert len(body) == reader.length
                 trailing = reader.trailing_data
-                return Seen(heads, bytes(body), "end", framing, reader.reusable(), trailing)
+                return Seen(heads, bytes(body), "end", at_close, reader.reusable(), trailing)
             else:
                 assert isinstance(event, bytes | bytearray)
                 body += event
-    return Seen(heads, bytes(body), "incomplete", framing, False, b"")
+    return Seen(heads, bytes(body), "incomplete", False, False, b"")
 
 
 # ---- generating responses --------------------------------------------------------------------
@@ -331,7 +327,13 @@ def test_framing_and_reuse(
 ) -> None:
     seen = _seen(data, method)
     assert seen.outcome == "end"
-    assert (seen.framing, seen.body, seen.reusable) == (framing, body, reusable)
+    assert (seen.body, seen.reusable) == (body, reusable)
+    assert seen.at_close == (framing[0] is Framing.CLOSE)
+    reader = ResponseReader(method)
+    reader.receive_data(data)
+    while not isinstance(reader.next_event(), ResponseHead):
+        pass
+    assert (reader.framing, reader.length) == framing
 
 
 @pytest.mark.parametrize(
