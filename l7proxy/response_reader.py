@@ -146,14 +146,6 @@ class ResponseReader:
         return len(self._buffer)
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
-
-    @property
     def switched(self) -> bool:
         return self._state == _SWITCHED
 
