@@ -153,4 +153,23 @@ async def test_response_framings_chunked_and_until_close() -> None:
             _, pport = await start_farm(nursery, upstream)
             assert (await request(pport, "GET", "/chunked")).body == b"abcde"
             assert (await request(pport, "GET", "/close")).body == b"until-close"
+            # The bytes on the wire (response_writer): an HTTP/1.1 client gets a body of
+            # unknown length chunked and the connection stays open for it; an HTTP/1.0 client
+            # gets it as it came, ended by the close it is told about.
+            raw = await raw_exchange(
+                pport,
+                b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            first, second = raw.split(b"HTTP/1.1 200 ")[1:]
+            assert b"transfer-encoding: chunked" in first.lower()
+            assert first.endswith(b"\r\n\r\nb\r\nuntil-close\r\n0\r\n\r\n")
+            assert b"connection: close" in second.lower()
+            assert second.endswith(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            old = await raw_exchange(pport, b"GET /chunked HTTP/1.0\r\n\r\n")
+            head, _, body = old.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"connection: close" in head.lower()
+            assert b"transfer-encoding" not in head.lower()
+            assert body == b"abcde"
             nursery.cancel_scope.cancel()
